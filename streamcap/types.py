@@ -1,0 +1,93 @@
+"""Value types passed between pipeline stages.
+
+Frozen dataclasses, no behaviour beyond small derived properties. Times inside the process
+are monotonic nanoseconds (``*_ns``); media time is seconds (``*_s``) since the stream's first
+frame. Wall-clock time appears only on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+class StreamState(str, Enum):
+    STARTING = "starting"
+    LIVE = "live"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    ERROR = "error"
+
+
+class CaptionState(str, Enum):
+    PARTIAL = "partial"
+    FINAL = "final"
+
+
+class DropPolicy(str, Enum):
+    """What a bounded buffer does when it is full."""
+
+    DROP_OLDEST = "drop_oldest"  # live sources: keep the newest, count the overwritten one
+    BLOCK = "block"  # files/batch: the producer waits, nothing is lost
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One decoded frame. ``image`` is RGB uint8 H×W×3 (already resized for the engine when it
+    comes out of a ring buffer)."""
+
+    stream: str
+    seq: int
+    capture_ns: int  # monotonic ns when the frame was decoded
+    pts_s: float  # media time, seconds since the stream's first frame
+    image: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Window:
+    """K frames evenly spaced over ``[start_s, end_s]`` of media time."""
+
+    stream: str
+    index: int
+    start_s: float
+    end_s: float
+    frames: tuple[Frame, ...]
+
+    @property
+    def newest_capture_ns(self) -> int:
+        return max(f.capture_ns for f in self.frames)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionResult:
+    """What an engine says about one window."""
+
+    text: str
+    score: float  # mean log-probability per generated token (≤ 0; higher is surer)
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    """A caption as the stabiliser publishes it."""
+
+    stream: str
+    seq: int
+    state: CaptionState
+    text: str
+    start_s: float
+    end_s: float
+    score: float = 0.0
+    window_index: int = -1
+    capture_ns: int = 0  # newest frame behind it, for glass-to-caption latency
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    stream: str
+    state: StreamState
+    detail: str = ""
+    code: str | None = None
+    extra: dict = field(default_factory=dict)

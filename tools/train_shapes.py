@@ -1,0 +1,328 @@
+#!/usr/bin/env python
+"""Train the embedded demo captioner: a tiny GitForCausalLM on the synthetic shapes world.
+
+Deterministic (seeded), CPU-only, runs once; its result is exported to ``engines/shapes-git``
+and committed. The smoke mode (``--smoke``) runs a few steps for CI and checks the loss falls.
+
+Recipe (see docs/training.md for the learning curve):
+- 64-px frames, 16-px patches: 17 image tokens per frame, 6 frames per clip (102 tokens);
+- curriculum: one object with large motions first, then one or two objects, then clips that
+  straddle a scene cut (captioned by the scene holding most frames) so live windows that
+  cross a cut caption the new scene early;
+- auxiliary colour/shape/motion heads on the projected visual tokens (training only, never
+  exported): they make the vision tower encode what the caption needs before the decoder
+  has learnt to look;
+- clips are rendered up front into uint8 pools by worker processes.
+
+Usage: python tools/train_shapes.py [--minutes 45] [--out engines/shapes-git] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamcap import synthetic as syn  # noqa: E402
+from streamcap.engine.preprocess import Preprocessing, normalise  # noqa: E402
+
+FRAMES = 6
+IMAGE_SIZE = 64
+PATCH = 16
+WINDOW_S = 2.0
+PRE = Preprocessing(IMAGE_SIZE)
+CANVASES = ((96, 96, 1.0), (128, 96, 4 / 3))
+COLOURS = syn.COLOUR_NAMES
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+MAX_TEXT = 16
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray]:
+    """Render one training clip → (frames uint8 (K,64,64,3), caption, aux labels (6,))."""
+    import cv2
+
+    seed, kind = args
+    rng = np.random.default_rng(seed)
+    w, h, aspect = CANVASES[int(rng.integers(len(CANVASES)))]
+    if kind == "easy":
+        scene = syn.sample_scene(rng, n_objects=1, speed_range=(0.09, 0.15), aspect=aspect)
+    else:
+        scene = syn.sample_scene(rng, n_objects=int(rng.choice([1, 2], p=[0.4, 0.6])),
+                                 speed_range=(0.05, 0.15), aspect=aspect)
+    jitter = rng.uniform(-0.04, 0.04, FRAMES)
+    jitter[0] = 0.0
+    times = [t + j for t, j in zip(syn.clip_times(WINDOW_S, FRAMES), jitter)]
+    noise = float(rng.uniform(2, 10))
+    frames = list(syn.render_clip(scene, times, w, h, noise_seed=seed, noise_std=noise))
+    if kind == "cut":  # 1 or 2 frames at one end come from another scene
+        other = syn.sample_scene(rng, aspect=aspect)
+        j = int(rng.integers(1, 3))
+        o_frames = syn.render_clip(other, times, w, h, noise_seed=seed + 1, noise_std=noise)
+        if rng.random() < 0.5:
+            frames[:j] = o_frames[:j]
+            first = j
+        else:
+            frames[FRAMES - j:] = o_frames[FRAMES - j:]
+            first = 0
+        caption = scene.caption(times[first])
+        ordered = scene.ordered(times[first])
+    else:
+        caption = scene.caption(0.0)
+        ordered = scene.ordered(0.0)
+    out = []
+    for f in frames:
+        if rng.random() < 0.3:
+            f = cv2.GaussianBlur(f, (3, 3), float(rng.uniform(0.3, 1.0)))
+        out.append(cv2.resize(f, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA))
+    aux = np.full(6, -1, np.int64)
+    for slot in range(2):
+        if slot < len(ordered):
+            o = ordered[slot]
+            aux[slot * 3:slot * 3 + 3] = [COLOURS.index(o.colour), syn.SHAPES.index(o.shape),
+                                          syn.MOTIONS.index(o.motion)]
+        else:  # "no object" class
+            aux[slot * 3:slot * 3 + 3] = [len(COLOURS), len(syn.SHAPES), len(syn.MOTIONS)]
+    return np.stack(out), caption, aux
+
+
+def render_pool(n: int, seed: int, kinds: list[tuple[str, float]], workers: int) -> dict:
+    rng = np.random.default_rng(seed)
+    names = [k for k, _ in kinds]
+    probs = np.array([p for _, p in kinds])
+    choice = rng.choice(len(names), size=n, p=probs / probs.sum())
+    jobs = [(int(seed * 1_000_003 + i), names[c]) for i, c in enumerate(choice)]
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            items = pool.map(_render_one, jobs, chunksize=256)
+    else:
+        items = [_render_one(j) for j in jobs]
+    return {
+        "frames": np.stack([it[0] for it in items]),
+        "captions": [it[1] for it in items],
+        "aux": np.stack([it[2] for it in items]),
+    }
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + list(syn.VOCABULARY))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tok.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
+    return tok, vocab
+
+
+def build_model(vocab: dict):
+    from transformers import GitConfig, GitForCausalLM
+
+    cfg = GitConfig(
+        vision_config={
+            "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "image_size": IMAGE_SIZE, "patch_size": PATCH,
+            "num_channels": 3,
+        },
+        vocab_size=len(vocab), hidden_size=128, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=512, max_position_embeddings=32, num_image_with_embedding=FRAMES,
+        pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"],
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, tie_word_embeddings=False,
+    )
+    return GitForCausalLM(cfg)
+
+
+def build_aux(hidden: int):
+    import torch.nn as nn
+
+    class AuxHeads(nn.Module):
+        """Training-only heads reading the projected visual tokens (never exported)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(FRAMES * 2 * hidden, 256), nn.GELU())
+            sizes = [len(COLOURS) + 1, len(syn.SHAPES) + 1, len(syn.MOTIONS) + 1] * 2
+            self.heads = nn.ModuleList(nn.Linear(256, s) for s in sizes)
+
+        def forward(self, vis):  # vis: (B, K*T, H)
+            b = vis.shape[0]
+            v = vis.view(b, FRAMES, -1, vis.shape[-1])
+            feats = torch.cat([v[:, :, 0], v[:, :, 1:].mean(2)], dim=-1).reshape(b, -1)
+            z = self.body(feats)
+            return [h(z) for h in self.heads]
+
+    import torch
+
+    return AuxHeads()
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def greedy_exact_match(model, frames_u8: np.ndarray, captions: list[str], tok, vocab,
+                       batch: int = 100) -> tuple[float, list[str]]:
+    import torch
+
+    preds: list[str] = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(frames_u8), batch):
+            px = torch.from_numpy(normalise(frames_u8[i:i + batch], PRE))
+            ids = torch.full((px.shape[0], 1), vocab["[CLS]"], dtype=torch.long)
+            out = model.generate(pixel_values=px, input_ids=ids, max_length=MAX_TEXT,
+                                 do_sample=False, num_beams=1)
+            preds += [tok.decode(o.tolist(), skip_special_tokens=True) for o in out]
+    model.train()
+    em = float(np.mean([p == c for p, c in zip(preds, captions)]))
+    return em, preds
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=45.0, help="training wall-time budget")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--pool", type=int, default=40000, help="clips rendered for the main pool")
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "shapes-git"))
+    ap.add_argument("--out", default=str(ROOT / "engines" / "shapes-git"))
+    ap.add_argument("--smoke", action="store_true", help="a few steps on a tiny pool; no export")
+    ap.add_argument("--steps", type=int, default=0, help="fixed step count (overrides --minutes)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    workers = 1 if args.smoke else max(1, os.cpu_count() or 1)
+    t_start = time.time()
+
+    tok, vocab = build_tokenizer()
+    model = build_model(vocab)
+    aux = build_aux(model.config.hidden_size)
+    captured = {}
+    model.git.visual_projection.register_forward_hook(lambda m, i, o: captured.__setitem__("vis", o))
+
+    if args.smoke:
+        easy = render_pool(96, args.seed, [("easy", 1.0)], 1)
+        main_pool = easy
+        n_easy_steps, total_steps = 0, args.steps or 12
+    else:
+        print("rendering pools ...", flush=True)
+        easy = render_pool(8000, args.seed, [("easy", 1.0)], workers)
+        main_pool = render_pool(args.pool, args.seed + 1, [("mixed", 0.85), ("cut", 0.15)], workers)
+        print(f"pools ready in {time.time() - t_start:.0f}s", flush=True)
+        total_steps = args.steps
+        n_easy_steps = 300
+    held = render_pool(64 if args.smoke else 500, 999_999, [("mixed", 1.0)], 1 if args.smoke else workers)
+
+    params = list(model.parameters()) + list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    rng = np.random.default_rng(args.seed)
+    budget_s = args.minutes * 60.0
+    train_t0 = time.time()
+    curve: list[dict] = []
+    step = 0
+    warmup = 150
+    ema = None
+    first_loss = None
+    aux_weight = 0.5
+
+    def lr_at(step: int, frac: float) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    while True:
+        elapsed = time.time() - train_t0
+        frac = step / total_steps if total_steps else elapsed / budget_s
+        if frac >= 1.0:
+            break
+        pool = easy if step < n_easy_steps else main_pool
+        idx = rng.integers(0, len(pool["captions"]), size=args.batch)
+        px = torch.from_numpy(normalise(pool["frames"][idx], PRE))
+        enc = tok.encode_batch([pool["captions"][i] for i in idx])
+        ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
+        labels = ids.clone()
+        labels[ids == vocab["[PAD]"]] = -100
+        attn = (ids != vocab["[PAD]"]).long()
+        out = model(input_ids=ids, attention_mask=attn, pixel_values=px, labels=labels)
+        aux_logits = aux(captured["vis"])
+        aux_t = torch.from_numpy(pool["aux"][idx])
+        aux_loss = sum(torch.nn.functional.cross_entropy(lg, aux_t[:, j]) for j, lg in enumerate(aux_logits)) / 6
+        loss = out.loss + aux_weight * aux_loss
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, frac)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lm = float(out.loss.detach())
+        first_loss = lm if first_loss is None else first_loss
+        ema = lm if ema is None else 0.95 * ema + 0.05 * lm
+        step += 1
+        if step % 25 == 0 or step == 1:
+            rec = {"step": step, "minutes": round((time.time() - train_t0) / 60, 2),
+                   "lm_loss": round(lm, 4), "lm_loss_ema": round(ema, 4), "aux_loss": round(float(aux_loss), 4),
+                   "lr": round(lr_at(step, frac), 6)}
+            if not args.smoke and step % 500 == 0:
+                em, _ = greedy_exact_match(model, held["frames"][:200], held["captions"][:200], tok, vocab)
+                rec["heldout_exact_match_200"] = em
+            curve.append(rec)
+            print(json.dumps(rec), flush=True)
+
+    em, preds = greedy_exact_match(model, held["frames"], held["captions"], tok, vocab)
+    summary = {
+        "steps": step, "batch": args.batch, "seed": args.seed,
+        "train_minutes": round((time.time() - train_t0) / 60, 2),
+        "total_minutes": round((time.time() - t_start) / 60, 2),
+        "first_lm_loss": first_loss, "final_lm_loss_ema": ema,
+        "heldout_exact_match": em, "heldout_clips": len(preds), "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(summary), flush=True)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "curve.json").write_text(json.dumps({"summary": summary, "curve": curve}, indent=1))
+    if args.smoke:
+        return 0 if ema is not None and ema < first_loss else 1
+    ckpt = work / "checkpoint"
+    model.save_pretrained(ckpt)
+    _save_hf_tokenizer(tok, ckpt)
+    from streamcap.export.git import export_git
+
+    export_git(ckpt, Path(args.out), preprocessing=PRE, window_s=WINDOW_S,
+               extra={"training": summary, "trained_on": "synthetic shapes world (tools/train_shapes.py)"})
+    print(f"exported to {args.out}", flush=True)
+    return 0
+
+
+def _save_hf_tokenizer(tok, folder: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", bos_token="[CLS]", eos_token="[SEP]")
+    fast.save_pretrained(folder)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
