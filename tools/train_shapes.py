@@ -124,6 +124,7 @@ def build_tokenizer():
 
     vocab = {t: i for i, t in enumerate(SPECIALS + list(syn.VOCABULARY))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.add_special_tokens(SPECIALS)  # so decode(skip_special_tokens=True) drops them
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
@@ -208,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "engines" / "shapes-git"))
     ap.add_argument("--smoke", action="store_true", help="a few steps on a tiny pool; no export")
     ap.add_argument("--steps", type=int, default=0, help="fixed step count (overrides --minutes)")
+    ap.add_argument("--export-only", action="store_true",
+                    help="re-export the checkpoint in --workdir without training")
     args = ap.parse_args(argv)
 
     import torch
 
+    if args.export_only:
+        return export(Path(args.workdir), Path(args.out))
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     workers = 1 if args.smoke else max(1, os.cpu_count() or 1)
@@ -305,14 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     (work / "curve.json").write_text(json.dumps({"summary": summary, "curve": curve}, indent=1))
     if args.smoke:
         return 0 if ema is not None and ema < first_loss else 1
-    ckpt = work / "checkpoint"
-    model.save_pretrained(ckpt)
-    _save_hf_tokenizer(tok, ckpt)
+    model.save_pretrained(work / "checkpoint")
+    return export(work, Path(args.out))
+
+
+def export(work: Path, out: Path) -> int:
+    """Export ``work/checkpoint`` (tokenizer rebuilt from the grammar) into the engine folder."""
     from streamcap.export.git import export_git
 
-    export_git(ckpt, Path(args.out), preprocessing=PRE, window_s=WINDOW_S,
+    ckpt = work / "checkpoint"
+    tok, _ = build_tokenizer()
+    _save_hf_tokenizer(tok, ckpt)
+    summary = json.loads((work / "curve.json").read_text())["summary"]
+    export_git(ckpt, out, preprocessing=PRE, window_s=WINDOW_S, max_new_tokens=MAX_TEXT,
                extra={"training": summary, "trained_on": "synthetic shapes world (tools/train_shapes.py)"})
-    print(f"exported to {args.out}", flush=True)
+    print(f"exported to {out}", flush=True)
     return 0
 
 

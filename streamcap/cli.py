@@ -1,0 +1,183 @@
+"""``streamcap`` command line: ``run`` (the live server) and ``caption`` (a file → subtitles).
+
+Parses flags, loads the typed config once (file → env → flags) and hands it down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from streamcap import __version__
+from streamcap.config import Config, load_config
+from streamcap.errors import StreamcapError
+
+log = logging.getLogger("streamcap")
+
+
+def _source_flag(value: str) -> dict:
+    sid, sep, url = value.partition("=")
+    if not sep or not sid or not url:
+        raise argparse.ArgumentTypeError(f"expected ID=URL, got {value!r}")
+    return {"id": sid, "url": url}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="configuration file (see docs/configuration.md)")
+    p.add_argument("--engine", metavar="PATH", help="engine folder (default: the bundled demo model)")
+    p.add_argument("--stride", type=float, metavar="S", help="seconds between windows (windows.stride_s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="streamcap", description="Real-time streaming video captioner.")
+    ap.add_argument("--version", action="version", version=f"streamcap {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="caption live streams and serve them over websocket/HTTP",
+                         description="With no --source, captions the synthetic demo stream 'demo'.")
+    run.add_argument("--source", action="append", type=_source_flag, default=[], metavar="ID=URL",
+                     help="a stream to caption (repeatable): file, rtsp://, http(s)://, webcam:N, "
+                          "synthetic:shapes")
+    run.add_argument("--host", help="bind address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
+    _common(run)
+    cap = sub.add_parser("caption", help="caption a video file into WebVTT, SRT or JSONL")
+    cap.add_argument("input", help="video file (or any source URL that ends)")
+    cap.add_argument("--format", choices=["vtt", "srt", "jsonl"], help="default: from -o's suffix, else vtt")
+    cap.add_argument("-o", "--output", help="output file (default: stdout)")
+    cap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(cap)
+    return ap
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    o: dict = {}
+    if getattr(args, "host", None):
+        o.setdefault("server", {})["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        o.setdefault("server", {})["port"] = args.port
+    if args.engine:
+        o.setdefault("engine", {})["path"] = args.engine
+    if args.stride:
+        o.setdefault("windows", {})["stride_s"] = args.stride
+    if getattr(args, "source", None):
+        o["sources"] = args.source
+    return o
+
+
+async def _run(config: Config) -> int:
+    from streamcap.service import Service
+
+    svc = Service(config)
+    await svc.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    assert svc.pipeline is not None
+    print(f"streamcap {__version__} serving on {svc.url('/')}", flush=True)
+    for sid in svc.pipeline.stream_ids():
+        print(f"  overlay for {sid}: {svc.overlay_url(sid)}", flush=True)
+    ws = svc.url("/ws").replace("http://", "ws://", 1)
+    print(f"  websocket: {ws}   health: {svc.url('/healthz')}   metrics: {svc.url('/metrics')}",
+          flush=True)
+    print("Press Ctrl+C to stop.", flush=True)
+    pipeline_task = asyncio.ensure_future(svc.wait())
+    stop_task = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({pipeline_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    await svc.stop()
+    return 0
+
+
+async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool) -> int:
+    from streamcap.engine.base import load_engine
+    from streamcap.metrics import Metrics
+    from streamcap.pipeline import Pipeline
+    from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
+    from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+    from streamcap.types import StreamState
+
+    spec = parse_source_url(input_)
+    if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
+        raise StreamcapError(f"no such file: {input_}", code="source_error")
+    engine = await asyncio.to_thread(load_engine, config.engine.path,
+                                     intra_op_threads=config.engine.threads or (os.cpu_count() or 1))
+    duration = _duration_s(spec.location) if spec.kind is SourceKind.FILE else None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(duration, 1) if duration else None, unit="s", desc="captioning",
+                   file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt}s [{elapsed}<{remaining}]")
+    errors: list[str] = []
+
+    def on_status(s) -> None:
+        if s.state is StreamState.ERROR:
+            errors.append(s.detail)
+
+    def on_progress(_sid: str, end_s: float) -> None:
+        if bar is not None:
+            bar.update(max(0.0, end_s - bar.n))
+
+    pipeline = Pipeline(config, engine, metrics=Metrics(), on_caption=lambda c: None, on_status=on_status,
+                        collect_finals=True, on_progress=on_progress)
+    runner = pipeline.add_stream("file", input_)
+    await pipeline.run(stop_when_idle=True)
+    if bar is not None:
+        bar.close()
+    if errors:
+        raise StreamcapError(f"could not caption {sanitize_url(input_)}: {errors[0]}", code="source_error")
+    finals = runner.finals
+    if fmt == "jsonl":
+        text = to_jsonl(finals)
+    else:
+        cues = cues_from_finals(finals)
+        text = to_webvtt(cues) if fmt == "vtt" else to_srt(cues)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote {len(finals)} caption(s) to {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _duration_s(path: str) -> float | None:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    try:
+        n, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
+        return n / fps if n > 0 and fps > 0 else None
+    finally:
+        cap.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, overrides=_overrides(args))
+        if args.command == "run":
+            return asyncio.run(_run(config))
+        fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "vtt")
+        if fmt not in ("vtt", "srt", "jsonl"):
+            raise StreamcapError(f"unknown output format {fmt!r} (use --format vtt|srt|jsonl)", code="bad_config")
+        return asyncio.run(_caption(config, args.input, fmt, args.output, not args.no_progress))
+    except StreamcapError as e:
+        print(f"streamcap: error: {e.detail}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

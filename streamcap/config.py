@@ -1,0 +1,191 @@
+"""Typed configuration: loaded once (TOML file, then ``STREAMCAP_*`` env, then CLI flags) and
+passed down. Nothing else in streamcap reads ``os.environ``.
+
+Unknown keys are rejected with the offending path in the message. Every field has a
+description and bounds; ``docs/configuration.md`` is generated from these models
+(``python -m streamcap.config --markdown``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streamcap.errors import ConfigError
+
+DEFAULT_ENGINE = str(Path(__file__).resolve().parents[1] / "engines" / "shapes-git")
+DEMO_SOURCE_URL = "synthetic:shapes?seed=7&fps=10&size=320x240&scene_s=6"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address the HTTP/websocket server binds to.")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    client_queue_size: int = Field(256, ge=4, le=100_000,
+                                   description="Messages queued per websocket client before it is "
+                                               "dropped as a slow client.")
+    replay_finals: int = Field(20, ge=0, le=1000,
+                               description="Recent final captions per stream replayed to a new client.")
+
+
+class EngineConfig(_Model):
+    path: str = Field(DEFAULT_ENGINE, description="Engine folder (holds engine.json).")
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = all cores).")
+    max_batch: int = Field(4, ge=1, le=64,
+                           description="Most windows (from any streams) captioned in one engine call.")
+    queue_size: int = Field(8, ge=1, le=1024,
+                            description="Windows waiting for the engine; when full, live streams drop "
+                                        "their oldest waiting window (reason engine_busy).")
+
+
+class WindowConfig(_Model):
+    window_s: float | None = Field(None, gt=0, le=60,
+                                   description="Window length in seconds (default: the engine's).")
+    stride_s: float = Field(0.5, gt=0, le=60, description="Seconds between window starts.")
+    max_ingest_fps: float = Field(10.0, gt=0, le=120,
+                                  description="Frames kept per second of media; extra frames are "
+                                              "skipped at ingest (not counted as drops).")
+    max_backlog: int = Field(2, ge=1, le=100,
+                             description="Live streams: most overdue windows emitted at once; older "
+                                         "ones are skipped (counted) so captions never lag behind.")
+
+
+class StabilizerConfig(_Model):
+    agree: int = Field(2, ge=1, le=10, description="Consecutive agreeing windows before a caption is final.")
+
+
+class PipelineConfig(_Model):
+    ring_capacity: int = Field(64, ge=8, le=4096, description="Frames held per stream (preallocated).")
+    stall_timeout_s: float = Field(2.0, gt=0, le=120,
+                                   description="No frame for this long marks a live stream stalled.")
+
+
+class SourceConfig(_Model):
+    id: str = Field(description="Stream id (letters, digits, _ . -).")
+    url: str = Field(description="File path, file://, rtsp://, http(s)://, webcam:N or synthetic:shapes.")
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(f"stream id {v!r} must be 1-64 of letters, digits, '_', '.', '-'")
+        return v
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    engine: EngineConfig = EngineConfig()
+    windows: WindowConfig = WindowConfig()
+    stabilizer: StabilizerConfig = StabilizerConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        ids = [s.id for s in self.sources]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate stream id(s): {sorted(dup)}")
+        return self
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict:
+    """``STREAMCAP_SECTION__KEY=value`` → ``{"section": {"key": value}}`` (values parsed as TOML
+    scalars when they parse, else kept as strings)."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("STREAMCAP_") or "__" not in name:
+            continue
+        section, _, key = name[len("STREAMCAP_"):].lower().partition("__")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _format_errors(e: ValidationError, origin: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = "unknown key (not allowed)" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return f"invalid configuration ({origin}):\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
+                overrides: Mapping | None = None) -> Config:
+    """File → env → overrides (flags), validated once. Raises ConfigError with every problem."""
+    data: dict = {}
+    origin = []
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {p} does not exist") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from e
+        origin.append(str(p))
+    env = env_overrides(os.environ if environ is None else environ)
+    if env:
+        data = _deep_merge(data, env)
+        origin.append("STREAMCAP_* environment")
+    if overrides:
+        data = _deep_merge(data, overrides)
+        origin.append("command line")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, ", ".join(origin) or "defaults")) from e
+
+
+def markdown_reference() -> str:
+    """The configuration reference, generated from the models."""
+    lines = ["# Configuration reference", "",
+             "Generated by `python -m streamcap.config --markdown`. Sources of settings, later wins: "
+             "TOML file (`--config`), environment `STREAMCAP_SECTION__KEY=value`, command-line flags. "
+             "Unknown keys are rejected.", ""]
+    for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
+                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig)]:
+        lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
+        for name, f in model.model_fields.items():
+            default = f.default
+            if section == "engine" and name == "path":
+                default = "engines/shapes-git (bundled demo)"
+            lines.append(f"| `{name}` | `{default}` | {f.description} |")
+        lines.append("")
+    lines += ["## [[sources]]", "", "| key | description |", "|---|---|"]
+    for name, f in SourceConfig.model_fields.items():
+        lines.append(f"| `{name}` | {f.description} |")
+    lines += ["", "Example:", "", "```toml", "[server]", "port = 8765", "", "[windows]", "stride_s = 0.5", "",
+              "[[sources]]", 'id = "cam1"', 'url = "rtsp://user:pass@10.0.0.5/stream1"', "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--markdown" in sys.argv:
+        print(markdown_reference())

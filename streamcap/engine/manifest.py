@@ -1,0 +1,88 @@
+"""Engine folder manifest (``engine.json``): reading, validating and hashing. Pure file I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamcap.engine.preprocess import Preprocessing
+from streamcap.errors import EngineLoadError
+
+MANIFEST_NAME = "engine.json"
+SUPPORTED_FORMAT_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    folder: Path
+    name: str
+    architecture: str
+    frames_per_window: int
+    window_s: float
+    preprocessing: Preprocessing
+    tokenizer: str
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    max_new_tokens: int
+    graphs: dict[str, str]
+    files: dict[str, str]
+    precision: str
+    raw: dict
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+
+def load_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest:
+    """Read and check ``folder/engine.json``; raise EngineLoadError with a clear reason."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        raise EngineLoadError(f"engine folder {folder} does not exist")
+    if not mpath.is_file():
+        raise EngineLoadError(f"{folder} is not an engine folder: no {MANIFEST_NAME} "
+                              "(export one with tools/train_shapes.py or `streamcap export`)")
+    try:
+        raw = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise EngineLoadError(f"{mpath} is not valid JSON: {e}") from e
+    if raw.get("format") != "streamcap-engine":
+        raise EngineLoadError(f"{mpath}: not a streamcap engine manifest")
+    if raw.get("format_version") != SUPPORTED_FORMAT_VERSION:
+        raise EngineLoadError(f"{mpath}: format_version {raw.get('format_version')!r} is not supported "
+                              f"(this streamcap reads {SUPPORTED_FORMAT_VERSION})")
+    try:
+        m = Manifest(
+            folder=folder, name=str(raw["name"]), architecture=str(raw["architecture"]),
+            frames_per_window=int(raw["frames_per_window"]), window_s=float(raw.get("window_s", 2.0)),
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]), tokenizer=str(raw["tokenizer"]),
+            bos_token_id=int(raw["bos_token_id"]), eos_token_id=int(raw["eos_token_id"]),
+            pad_token_id=int(raw["pad_token_id"]), max_new_tokens=int(raw.get("max_new_tokens", 20)),
+            graphs=dict(raw["graphs"]), files=dict(raw.get("files", {})),
+            precision=str(raw.get("precision", "fp32")), raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineLoadError(f"{mpath}: missing or invalid field: {e}") from e
+    for name in [*m.graphs.values(), m.tokenizer]:
+        if not (folder / name).is_file():
+            raise EngineLoadError(f"{folder}: manifest names {name} but the file is missing")
+    if verify_hashes:
+        for name, digest in m.files.items():
+            p = folder / name
+            if not p.is_file():
+                raise EngineLoadError(f"{folder}: {name} listed in the manifest is missing")
+            if file_sha256(p) != digest:
+                raise EngineLoadError(f"{folder}: {name} does not match its sha256 in {MANIFEST_NAME} "
+                                      "(corrupt or partially copied engine folder)")
+    return m

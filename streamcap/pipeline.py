@@ -1,0 +1,362 @@
+"""The one place that wires the stages together.
+
+Per stream, a :class:`StreamRunner` task: ``source.recv()`` → ingest subsampling → ring buffer →
+window planner → the shared :class:`WindowQueue`. One engine task takes batches of windows from
+that queue (up to ``engine.max_batch``, from any streams), runs the engine in a dedicated
+single-thread executor (never on the event loop), and routes each result back to its stream's
+stabiliser, whose captions go to the ``on_caption`` sink (the websocket hub, or a file writer).
+
+Everything is bounded: the source handoff, the ring (``pipeline.ring_capacity``), the window queue
+(``engine.queue_size``). Live streams drop (oldest window first, reason ``engine_busy``; ring
+overwrites, reason ``ring_full``); files apply back-pressure instead and lose nothing. Every drop
+is counted in :class:`~streamcap.metrics.Metrics` with its reason.
+
+Async contract: all methods run on one event loop; only the engine call leaves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from streamcap.config import Config
+from streamcap.engine.base import CaptionEngine
+from streamcap.engine.preprocess import resize_frame
+from streamcap.errors import SourceEnded, SourceError, StreamcapError
+from streamcap.metrics import Metrics
+from streamcap.ringbuffer import FrameRing
+from streamcap.sources.base import Source
+from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url, open_source
+from streamcap.stabilizer import CaptionStabilizer
+from streamcap.types import Caption, CaptionResult, CaptionState, DropPolicy, Frame, Status, StreamState, Window
+from streamcap.windowing import WindowPlanner, build_window, min_ring_capacity, pick_frames
+
+log = logging.getLogger(__name__)
+
+CaptionSink = Callable[[Caption], None]
+StatusSink = Callable[[Status], None]
+
+
+class WindowQueue:
+    """Bounded FIFO of windows waiting for the engine.
+
+    Policy when full: a live stream's window replaces the oldest waiting window of the same
+    stream (else the oldest of any live stream) and that one is counted as dropped with reason
+    ``engine_busy``; a file's window waits for space (``BLOCK``), so nothing is lost.
+    """
+
+    def __init__(self, maxsize: int, on_drop: Callable[[Window, str], None]) -> None:
+        self.maxsize = maxsize
+        self._items: deque[tuple[Window, bool]] = deque()
+        self._cond = asyncio.Condition()
+        self._on_drop = on_drop
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, window: Window, *, live: bool) -> None:
+        async with self._cond:
+            if live and len(self._items) >= self.maxsize:
+                victim = next((i for i, (w, lv) in enumerate(self._items) if lv and w.stream == window.stream),
+                              None)
+                if victim is None:
+                    victim = next((i for i, (_, lv) in enumerate(self._items) if lv), None)
+                if victim is None:  # only file windows queued: the live one is dropped instead
+                    self._on_drop(window, "engine_busy")
+                    return
+                dropped, _ = self._items[victim]
+                del self._items[victim]
+                self._on_drop(dropped, "engine_busy")
+            while len(self._items) >= self.maxsize:
+                await self._cond.wait()
+            self._items.append((window, live))
+            self._cond.notify_all()
+
+    async def get_batch(self, max_batch: int) -> list[Window]:
+        async with self._cond:
+            while not self._items:
+                await self._cond.wait()
+            batch = [self._items.popleft()[0] for _ in range(min(max_batch, len(self._items)))]
+            self._cond.notify_all()
+            return batch
+
+
+@dataclass
+class StreamHealth:
+    state: StreamState = StreamState.STARTING
+    detail: str = ""
+    frames_in: int = 0
+    windows_captioned: int = 0
+    last_frame_ns: int | None = None
+    last_caption_ns: int | None = None
+    last_final: str | None = None
+    media_s: float | None = None  # pts of the newest frame
+    last_window_end_s: float | None = None
+    url: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class StreamRunner:
+    """Reads one source into its ring, plans windows, and turns engine results into captions."""
+
+    def __init__(self, pipeline: Pipeline, stream_id: str, url: str) -> None:
+        self.p = pipeline
+        self.id = stream_id
+        self.url = url
+        self.safe_url = sanitize_url(url)
+        cfg = pipeline.config
+        eng = pipeline.engine
+        self.health = StreamHealth(url=self.safe_url)
+        self.live = True
+        self.source: Source | None = None
+        self.stabilizer = CaptionStabilizer(stream_id, agree=cfg.stabilizer.agree)
+        self.window_s = cfg.windows.window_s or eng.window_s
+        self.stride_s = cfg.windows.stride_s
+        self.min_gap_s = 1.0 / cfg.windows.max_ingest_fps - 1e-3
+        self._last_kept_pts: float | None = None
+        s = eng.preprocessing.image_size
+        self.frame_shape = (s, s, 3)
+        self.ring: FrameRing | None = None
+        self.planner: WindowPlanner | None = None
+        self.task: asyncio.Task | None = None
+        self.finals: list[Caption] = []  # closed finals (full spans), kept only when collect_finals
+
+    # ---------------------------------------------------------------- status & drops
+
+    def _status(self, status: Status) -> None:
+        self.health.state = status.state
+        self.health.detail = status.detail
+        if status.state is StreamState.RECONNECTING:
+            self.p.metrics.source_reconnects_total.labels(stream=self.id).inc()
+        self.p.on_status(status)
+
+    def _drop_frame(self, reason: str) -> None:
+        self.p.metrics.frames_dropped_total.labels(stream=self.id, reason=reason).inc()
+
+    # ---------------------------------------------------------------- main loop
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except StreamcapError as e:
+            log.error("stream %s: %s (%s)", self.id, e.detail, self.safe_url)
+            self._emit_status(StreamState.ERROR, e.detail, e.code)
+        except Exception as e:  # boundary: one stream's bug must not stop the others
+            log.exception("stream %s: unexpected failure (%s)", self.id, self.safe_url)
+            self._emit_status(StreamState.ERROR, f"internal error: {type(e).__name__}: {e}", "internal_error")
+        finally:
+            if self.source is not None:
+                await self.source.aclose()
+
+    def _emit_status(self, state: StreamState, detail: str, code: str | None = None) -> None:
+        if self.health.state in (StreamState.ERROR, StreamState.ENDED) and state is self.health.state:
+            return
+        self._status(Status(self.id, state, detail, code))
+
+    async def _run(self) -> None:
+        cfg = self.p.config
+        spec = parse_source_url(self.url)  # raises BadSourceURL with a clear message
+        self.live = spec.live
+        pre = self.p.engine.preprocessing
+        kwargs: dict = {
+            "on_status": self._status,
+            "on_drop": self._drop_frame,
+            "frame_transform": lambda img: resize_frame(img, pre),
+            "clock": self.p.clock,
+        }
+        if spec.kind is not SourceKind.SYNTHETIC and spec.live:
+            kwargs["stall_timeout_s"] = cfg.pipeline.stall_timeout_s
+        self.source = open_source(self.id, spec, **kwargs)
+        fps = cfg.windows.max_ingest_fps
+        need = min_ring_capacity(self.window_s + self.stride_s, fps) + 2
+        if cfg.pipeline.ring_capacity < need:
+            raise StreamcapError(f"pipeline.ring_capacity={cfg.pipeline.ring_capacity} cannot hold a "
+                                 f"{self.window_s}s window at {fps} fps (needs {need})", code="bad_config")
+        policy = DropPolicy.DROP_OLDEST if self.live else DropPolicy.BLOCK
+        self.ring = FrameRing(cfg.pipeline.ring_capacity, self.frame_shape, policy)
+        self.planner = WindowPlanner(self.window_s, self.stride_s, self.p.engine.frames_per_window,
+                                     max_backlog=cfg.windows.max_backlog if self.live else None)
+        log.info("stream %s: opening %s (%s, window %.2fs stride %.2fs)", self.id, self.safe_url,
+                 "live" if self.live else "file", self.window_s, self.stride_s)
+        while True:
+            try:
+                frame = await self.source.recv()
+            except SourceEnded:
+                break
+            await self._ingest(frame)
+        self._finish()
+
+    async def _ingest(self, frame: Frame) -> None:
+        m = self.p.metrics
+        m.frames_in_total.labels(stream=self.id).inc()
+        self.health.frames_in += 1
+        self.health.last_frame_ns = frame.capture_ns
+        self.health.media_s = frame.pts_s
+        if self._last_kept_pts is not None and frame.pts_s - self._last_kept_pts < self.min_gap_s:
+            return  # ingest subsampling: not a drop, the windows never need that many frames
+        assert self.ring is not None and self.planner is not None
+        if frame.image.shape != self.frame_shape:
+            frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s,
+                          resize_frame(frame.image, self.p.engine.preprocessing))
+        res = self.ring.push(frame)
+        if res.dropped and res.reason:
+            self._drop_frame(res.reason)
+        if not res.stored:
+            if self.ring.is_full and not self.live:
+                raise StreamcapError("ring buffer full in blocking mode (ring_capacity too small)",
+                                     code="bad_config")
+            return
+        self._last_kept_pts = frame.pts_s
+        for spec in self.planner.due(frame.pts_s):
+            frames = pick_frames(self.ring, self.planner.sample_targets(spec))
+            await self.p.queue.put(build_window(self.id, spec, frames), live=self.live)
+        skipped = self.planner.last_skipped
+        if skipped:
+            m.windows_dropped_total.labels(stream=self.id, reason="behind_live").inc(skipped)
+        self.ring.release_before(self.planner.release_pts())
+
+    def _finish(self) -> None:
+        """A finite source ended: commit the last scene and report ENDED."""
+        for c in self.stabilizer.flush(commit_pending=not self.live):
+            self._publish(c)
+        self._collect_closed()
+        self._emit_status(StreamState.ENDED, "end of stream")
+
+    # ---------------------------------------------------------------- results
+
+    def on_result(self, window: Window, result: CaptionResult, now_ns: int) -> None:
+        self.health.windows_captioned += 1
+        self.health.last_window_end_s = window.end_s
+        self.p.metrics.windows_captioned_total.labels(stream=self.id).inc()
+        for c in self.stabilizer.observe(window.index, window.start_s, window.end_s, result,
+                                         window.newest_capture_ns):
+            self._publish(c)
+            self.p.metrics.glass_to_caption_seconds.labels(stream=self.id).observe(
+                max(0.0, (now_ns - window.newest_capture_ns) / 1e9))
+        self._collect_closed()
+        if self.p.on_progress is not None:
+            self.p.on_progress(self.id, window.end_s)
+
+    def _publish(self, c: Caption) -> None:
+        self.health.last_caption_ns = self.p.clock()
+        if c.state is CaptionState.FINAL:
+            self.health.last_final = c.text
+        self.p.on_caption(c)
+
+    def _collect_closed(self) -> None:
+        closed = self.stabilizer.pop_closed_finals()
+        if self.p.collect_finals:
+            self.finals.extend(closed)
+
+
+class Pipeline:
+    """Streams + one engine worker. ``run()`` until cancelled (server) or until every finite
+    stream has ended (``stop_when_idle=True``, used by ``streamcap caption``)."""
+
+    def __init__(self, config: Config, engine: CaptionEngine, *, metrics: Metrics,
+                 on_caption: CaptionSink, on_status: StatusSink,
+                 clock: Callable[[], int] = time.monotonic_ns, collect_finals: bool = False,
+                 on_progress: Callable[[str, float], None] | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics
+        self.on_caption = on_caption
+        self.on_status = on_status
+        self.clock = clock
+        self.collect_finals = collect_finals
+        self.on_progress = on_progress
+        self.queue = WindowQueue(config.engine.queue_size, self._drop_window)
+        self.runners: dict[str, StreamRunner] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-engine")
+        self._tg: asyncio.TaskGroup | None = None
+        self.batches = 0
+        self._busy = False
+        self._idle = asyncio.Event()
+
+    def _drop_window(self, window: Window, reason: str) -> None:
+        self.metrics.windows_dropped_total.labels(stream=window.stream, reason=reason).inc()
+
+    # ---------------------------------------------------------------- streams
+
+    def stream_ids(self) -> list[str]:
+        return list(self.runners)
+
+    def add_stream(self, stream_id: str, url: str) -> StreamRunner:
+        if stream_id in self.runners:
+            raise ValueError(f"stream {stream_id!r} already exists")
+        runner = StreamRunner(self, stream_id, url)
+        self.runners[stream_id] = runner
+        if self._tg is not None:
+            runner.task = self._tg.create_task(runner.run(), name=f"stream-{stream_id}")
+        return runner
+
+    def health(self) -> dict:
+        now = self.clock()
+        out = {}
+        for sid, r in self.runners.items():
+            h = r.health
+            out[sid] = {
+                "state": h.state.value, "detail": h.detail, "url": h.url,
+                "frames_in": h.frames_in, "windows_captioned": h.windows_captioned,
+                "last_frame_age_s": None if h.last_frame_ns is None else round((now - h.last_frame_ns) / 1e9, 3),
+                "last_caption_age_s": None if h.last_caption_ns is None else round((now - h.last_caption_ns) / 1e9, 3),
+                "last_final": h.last_final,
+                "media_s": h.media_s, "last_window_end_s": h.last_window_end_s,
+            }
+        return out
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self, *, stop_when_idle: bool = False) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for r in self.runners.values():
+                    if r.task is None:
+                        r.task = tg.create_task(r.run(), name=f"stream-{r.id}")
+                engine_task = tg.create_task(self._engine_loop(), name="engine")
+                if stop_when_idle:
+                    await asyncio.gather(*(r.task for r in self.runners.values() if r.task))
+                    await self._drain()
+                    engine_task.cancel()
+        finally:
+            self._tg = None
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self) -> None:
+        while len(self.queue) or self._busy:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _engine_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self.queue.get_batch(self.config.engine.max_batch)
+            self._busy = True
+            try:
+                t0 = time.perf_counter()
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, self.engine.caption_batch, [[f.image for f in w.frames] for w in batch])
+                except Exception as e:  # boundary: a failed batch becomes counted drops + a log line
+                    log.error("engine %s failed on %d window(s): %s", self.engine.name, len(batch), e)
+                    for w in batch:
+                        self._drop_window(w, "engine_error")
+                    continue
+                self.metrics.engine_latency_seconds.observe(time.perf_counter() - t0)
+                self.batches += 1
+                now = self.clock()
+                for w, res in zip(batch, results):
+                    runner = self.runners.get(w.stream)
+                    if runner is not None:
+                        runner.on_result(w, res, now)
+            finally:
+                self._busy = False
+                self._idle.set()

@@ -1,0 +1,100 @@
+"""The live service: engine + pipeline + hub + HTTP/websocket server, started and stopped as one.
+
+Used by ``streamcap run`` and by integration tests (``async with Service(config) as svc``).
+Runs on one event loop; the engine runs in the pipeline's executor thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from streamcap.config import DEMO_SOURCE_URL, Config
+from streamcap.engine.base import CaptionEngine, load_engine
+from streamcap.metrics import Metrics
+from streamcap.pipeline import Pipeline
+from streamcap.server.app import Server
+from streamcap.server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config: Config, *, engine: CaptionEngine | None = None) -> None:
+        self.config = config
+        self._engine = engine
+        self.metrics = Metrics()
+        self.hub = Hub(metrics=self.metrics, replay_finals=config.server.replay_finals,
+                       client_queue_size=config.server.client_queue_size)
+        self.pipeline: Pipeline | None = None
+        self.server: Server | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def engine(self) -> CaptionEngine:
+        assert self._engine is not None, "service not started"
+        return self._engine
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "service not started"
+        return self.server.port
+
+    def url(self, path: str = "/") -> str:
+        assert self.server is not None
+        return self.server.url(path)
+
+    def overlay_url(self, stream: str) -> str:
+        assert self.server is not None
+        return self.server.overlay_url(stream)
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self._engine is None:
+            threads = cfg.engine.threads or (os.cpu_count() or 1)
+            self._engine = await asyncio.to_thread(load_engine, cfg.engine.path, intra_op_threads=threads)
+        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics,
+                                 on_caption=self.hub.publish_caption, on_status=self.hub.publish_status)
+        sources = cfg.sources or []
+        if not sources:
+            self.pipeline.add_stream("demo", DEMO_SOURCE_URL)
+        for s in sources:
+            self.pipeline.add_stream(s.id, s.url)
+        self.server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
+                             health=self.pipeline.health, streams=self.pipeline.stream_ids)
+        await self.server.start()
+        self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        self._task.add_done_callback(self._pipeline_done)
+        log.info("streamcap serving on %s (streams: %s)", self.server.url("/"),
+                 ", ".join(self.pipeline.stream_ids()))
+
+    @staticmethod
+    def _pipeline_done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pipeline stopped: %r", task.exception())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # already logged by _pipeline_done
+                log.debug("pipeline ended with an error during stop", exc_info=True)
+            self._task = None
+        if self.server is not None:
+            await self.server.stop()
+
+    async def wait(self) -> None:
+        """Until the pipeline stops (normally: until cancelled)."""
+        assert self._task is not None
+        await self._task
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,40 @@
+"""The committed demo engine really captions: exact match on freshly generated held-out clips,
+run through the ONNX Runtime engine exactly as the server runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamcap.config import DEFAULT_ENGINE
+from streamcap.engine.base import load_engine
+from tools.train_shapes import render_pool
+
+HELD_OUT_SEED = 20261121  # never used by training (tools/train_shapes.py uses 1234, 1235, 999999)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return load_engine(DEFAULT_ENGINE)
+
+
+def test_demo_engine_manifest_describes_its_model(engine):
+    assert engine.frames_per_window == 6
+    assert engine.preprocessing.image_size == 64
+    size = sum(p.stat().st_size for p in Path(DEFAULT_ENGINE).iterdir())
+    assert size < 20 * 1024 * 1024
+
+
+def test_demo_model_exact_match_on_500_held_out_clips(engine):
+    pool = render_pool(500, HELD_OUT_SEED, [("mixed", 1.0)], workers=2)
+    preds: list[str] = []
+    for i in range(0, 500, 50):
+        preds += [r.text for r in engine.caption_batch([list(c) for c in pool["frames"][i:i + 50]])]
+    truth = pool["captions"]
+    hits = np.array([p == t for p, t in zip(preds, truth)])
+    two = np.array([" and " in t for t in truth])
+    misses = [(t, p) for p, t, h in zip(preds, truth, hits) if not h][:10]
+    print(f"exact match {hits.mean():.3f} (one object {hits[~two].mean():.3f}, two {hits[two].mean():.3f})")
+    assert hits.mean() >= 0.95, f"exact match {hits.mean():.3f} < 0.95; e.g. {misses}"

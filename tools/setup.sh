@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create/refresh the project virtualenv (.venv) with the given extras, e.g.
+#   tools/setup.sh            # serving only
+#   tools/setup.sh export,test
+# Needs Python 3.11+ with venv; on Debian/Ubuntu installs python3-venv when missing (root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+PY="${PYTHON:-python3}"
+SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
+if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "streamcap needs Python 3.11 or newer (found: $("$PY" --version 2>&1))" >&2; exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    echo "installing python3-venv (needs root/sudo) ..." >&2
+    $SUDO apt-get update -q && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+    "$PY" -m venv .venv
+  fi
+fi
+stamp=".venv/.streamcap-setup-${extras:-base}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  if [[ ",$extras," == *",export,"* ]]; then
+    # the CPU build of torch; an unpinned torch pulls a multi-GB CUDA build
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+  fi
+  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+  touch "$stamp"
+fi
