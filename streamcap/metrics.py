@@ -1,0 +1,145 @@
+"""Prometheus metrics: the only place they are defined.
+
+Each :class:`Metrics` owns its own ``CollectorRegistry`` (never the process-global one), so a
+test can build several servers in one process. Metric objects are plain attributes named after
+the metric without the ``streamcap_`` namespace, e.g.
+``metrics.frames_in_total.labels(stream="cam1").inc()``.
+
+Who updates what: the :class:`~streamcap.server.hub.Hub` updates ``captions_total``,
+``clients``, ``clients_dropped_total``, ``messages_dropped_total`` and ``stream_up`` as it
+publishes; sources, ring buffers, the windower, the engine runner and the pipeline update the
+rest. prometheus_client is thread-safe, so worker threads may update metrics directly.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+NAMESPACE = "streamcap"
+
+#: One engine call (a batch of windows), 5 ms .. 5 s.
+ENGINE_LATENCY_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.5,
+    5.0,
+)
+#: Newest frame of a window decoded → its caption published; includes queueing and inference.
+GLASS_TO_CAPTION_BUCKETS_S = (
+    0.025,
+    0.05,
+    0.1,
+    0.2,
+    0.35,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+)
+
+
+class Metrics:
+    """All streamcap metrics, registered in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        ns = NAMESPACE
+        self.frames_in_total = Counter(
+            "frames_in_total",
+            "Frames decoded from a source.",
+            ["stream"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.frames_dropped_total = Counter(
+            "frames_dropped_total",
+            "Frames dropped before captioning, by reason (ring_full, decode_error, ...).",
+            ["stream", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.windows_captioned_total = Counter(
+            "windows_captioned_total",
+            "Windows the engine captioned.",
+            ["stream"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.windows_dropped_total = Counter(
+            "windows_dropped_total",
+            "Windows dropped without a caption, by reason (queue_full, engine_error, ...).",
+            ["stream", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.captions_total = Counter(
+            "captions_total",
+            "Captions published, by state (partial, final).",
+            ["stream", "state"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.engine_latency_seconds = Histogram(
+            "engine_latency_seconds",
+            "Wall time of one engine call (a batch of windows).",
+            namespace=ns,
+            registry=reg,
+            buckets=ENGINE_LATENCY_BUCKETS_S,
+        )
+        self.glass_to_caption_seconds = Histogram(
+            "glass_to_caption_seconds",
+            "From decoding the newest frame of a window to publishing its caption.",
+            ["stream"],
+            namespace=ns,
+            registry=reg,
+            buckets=GLASS_TO_CAPTION_BUCKETS_S,
+        )
+        self.clients = Gauge("clients", "Websocket clients connected.", namespace=ns, registry=reg)
+        self.clients_dropped_total = Counter(
+            "clients_dropped_total",
+            "Websocket clients disconnected by the server, by reason (slow_client, ...).",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.messages_dropped_total = Counter(
+            "messages_dropped_total",
+            "Messages not delivered to a client, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.source_reconnects_total = Counter(
+            "source_reconnects_total",
+            "Reconnect attempts of a live source.",
+            ["stream"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.stream_up = Gauge(
+            "stream_up", "1 while a stream is live, else 0.", ["stream"], namespace=ns, registry=reg
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,281 @@
+"""Fan-out of captions and statuses to websocket clients, without sockets.
+
+The :class:`Hub` encodes each message once with :mod:`streamcap.wire` and appends the same
+string to the bounded outgoing queue of every client subscribed to its stream. Publishing never
+waits: a client whose queue is full is marked for disconnection (reason ``slow_client``), its
+queue is discarded and it receives nothing more, so one slow reader can neither block the
+publisher nor delay the other clients. The server's per-client sender task drains a
+:class:`ClientHandle` with :meth:`ClientHandle.get`; the connection handler also awaits
+:meth:`ClientHandle.wait_closed`, so it closes the connection when the handle says so even
+while a send is stuck on a peer that does not read.
+
+The hub also keeps, per stream, the last status and the most recent finals; a client that
+joins (or widens its subscription) gets those first (replay).
+
+Threading: every Hub and ClientHandle method must be called from the event loop thread (or,
+in tests, from one thread with no loop at all). Nothing here awaits except
+:meth:`ClientHandle.get` and :meth:`ClientHandle.wait_closed`, the only methods that need a
+running loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from streamcap import wire
+from streamcap.metrics import Metrics
+from streamcap.types import Caption, CaptionState, Status, StreamState
+
+logger = logging.getLogger(__name__)
+
+
+class DisconnectReason(str, Enum):
+    """Why the server ends a client's connection."""
+
+    SLOW_CLIENT = "slow_client"  # its outgoing queue was full
+    SERVER_SHUTDOWN = "server_shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class _Final:
+    caption: Caption
+    text: str  # encoded once
+
+
+class ClientHandle:
+    """One client's subscription and bounded outgoing queue of encoded messages."""
+
+    def __init__(self, client_id: int, streams: frozenset[str] | None, capacity: int) -> None:
+        self.id = client_id
+        self._streams = streams
+        self._capacity = capacity
+        self._queue: deque[str] = deque()
+        self._ready = asyncio.Event()  # set while the queue is non-empty or the handle closed
+        self._closed = asyncio.Event()
+        self._close_reason: DisconnectReason | None = None
+
+    def __repr__(self) -> str:
+        return f"<ClientHandle {self.id} streams={self.streams} queued={len(self._queue)}>"
+
+    @property
+    def streams(self) -> frozenset[str] | None:
+        """The subscribed streams; ``None`` means all streams."""
+        return self._streams
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def close_reason(self) -> DisconnectReason | None:
+        """Set once the hub (or server) wants this client gone; the queue is then empty."""
+        return self._close_reason
+
+    @property
+    def closed(self) -> bool:
+        return self._close_reason is not None
+
+    def wants(self, stream: str) -> bool:
+        return self._streams is None or stream in self._streams
+
+    def get_nowait(self) -> str | None:
+        """The next queued message, or None when the queue is empty or the handle closed."""
+        if self.closed or not self._queue:
+            return None
+        text = self._queue.popleft()
+        if not self._queue:
+            self._ready.clear()
+        return text
+
+    async def get(self) -> str | None:
+        """Wait for the next message; None once the handle is closed (stop sending, close)."""
+        while not self.closed and not self._queue:
+            await self._ready.wait()
+        return self.get_nowait()
+
+    async def wait_closed(self) -> DisconnectReason:
+        """Return once the handle is closed, even while a send is blocked on the socket."""
+        await self._closed.wait()
+        assert self._close_reason is not None
+        return self._close_reason
+
+    # Called by the Hub only.
+
+    def _offer(self, text: str) -> bool:
+        """Queue a message; False when the queue is full (the caller drops the client)."""
+        if len(self._queue) >= self._capacity:
+            return False
+        self._queue.append(text)
+        self._ready.set()
+        return True
+
+    def _close(self, reason: DisconnectReason) -> int:
+        """Mark closed, discard the queue and wake the sender; returns messages discarded."""
+        discarded = len(self._queue)
+        self._queue.clear()
+        if self._close_reason is None:
+            self._close_reason = reason
+        self._ready.set()
+        self._closed.set()
+        return discarded
+
+
+class Hub:
+    """Delivers published captions and statuses to subscribed clients; see the module doc."""
+
+    def __init__(
+        self, *, metrics: Metrics, replay_finals: int = 20, client_queue_size: int = 256
+    ) -> None:
+        if replay_finals < 0:
+            raise ValueError(f"replay_finals must be >= 0, got {replay_finals}")
+        if client_queue_size < 1:
+            raise ValueError(f"client_queue_size must be >= 1, got {client_queue_size}")
+        self._metrics = metrics
+        self._replay_finals = replay_finals
+        self._client_queue_size = client_queue_size
+        self._clients: dict[int, ClientHandle] = {}
+        self._ids = itertools.count(1)
+        self._finals: dict[str, deque[_Final]] = {}
+        self._last_status: dict[str, tuple[Status, str]] = {}
+
+    # --- clients ------------------------------------------------------------------------------
+
+    @property
+    def clients(self) -> tuple[ClientHandle, ...]:
+        return tuple(self._clients.values())
+
+    def add_client(self, streams: Iterable[str] | None = None) -> ClientHandle:
+        """Register a client (``None`` = all streams) with its queue primed by the replay."""
+        subscribed = None if streams is None else frozenset(streams)
+        client = ClientHandle(next(self._ids), subscribed, self._client_queue_size)
+        self._clients[client.id] = client
+        self._metrics.clients.set(len(self._clients))
+        self._prime(client, self._replay_streams(subscribed))
+        return client
+
+    def remove_client(self, client: ClientHandle) -> None:
+        """Forget a client (idempotent). Its handle stays closed if it was."""
+        if self._clients.pop(client.id, None) is not None:
+            self._metrics.clients.set(len(self._clients))
+
+    def set_subscription(self, client: ClientHandle, streams: Iterable[str] | None) -> None:
+        """Replace a client's subscription; streams it did not have before are replayed."""
+        if client.closed or client.id not in self._clients:
+            return
+        before = client.streams
+        after = None if streams is None else frozenset(streams)
+        client._streams = after
+        if before is None:
+            added: frozenset[str] | None = frozenset()
+        elif after is None:
+            added = frozenset(self._known_streams() - before)
+        else:
+            added = after - before
+        self._prime(client, added)
+
+    def send_to(self, client: ClientHandle, text: str) -> bool:
+        """Queue a reply (pong, error) for one client; a full queue drops it like a publish."""
+        return self._deliver(client, text)
+
+    def close_client(self, client: ClientHandle, reason: DisconnectReason) -> None:
+        """Ask the server to end one client's connection (its sender wakes and gets None)."""
+        client._close(reason)
+        self.remove_client(client)
+
+    def close_all(self, reason: DisconnectReason) -> None:
+        for client in self.clients:
+            self.close_client(client, reason)
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    def publish_caption(self, caption: Caption) -> int:
+        """Send a caption to its stream's subscribers; finals are kept for replay.
+        Returns how many clients it was queued for."""
+        text = wire.encode_caption(caption)
+        state = CaptionState(caption.state)
+        self._metrics.captions_total.labels(stream=caption.stream, state=state.value).inc()
+        if state is CaptionState.FINAL and self._replay_finals > 0:
+            finals = self._finals.get(caption.stream)
+            if finals is None:
+                finals = self._finals[caption.stream] = deque(maxlen=self._replay_finals)
+            finals.append(_Final(caption, text))
+        return self._fan_out(caption.stream, text)
+
+    def publish_status(self, status: Status) -> int:
+        """Send a status to its stream's subscribers and remember it as the stream's latest."""
+        text = wire.encode_status(status)
+        self._last_status[status.stream] = (status, text)
+        up = 1 if StreamState(status.state) is StreamState.LIVE else 0
+        self._metrics.stream_up.labels(stream=status.stream).set(up)
+        return self._fan_out(status.stream, text)
+
+    def last_status(self, stream: str) -> Status | None:
+        entry = self._last_status.get(stream)
+        return None if entry is None else entry[0]
+
+    def recent_finals(self, stream: str) -> tuple[Caption, ...]:
+        return tuple(f.caption for f in self._finals.get(stream, ()))
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _known_streams(self) -> frozenset[str]:
+        return frozenset(self._last_status) | frozenset(self._finals)
+
+    def _replay_streams(self, subscribed: frozenset[str] | None) -> frozenset[str]:
+        known = self._known_streams()
+        return known if subscribed is None else known & subscribed
+
+    def _prime(self, client: ClientHandle, streams: Iterable[str]) -> None:
+        """Queue the last status of each stream, then each stream's recent finals, oldest
+        first (streams sorted by id). At most half the queue is used; beyond that the oldest
+        finals are left out, so a new client never starts out close to being dropped."""
+        statuses: list[str] = []
+        finals: list[list[str]] = []
+        for stream in sorted(streams):
+            entry = self._last_status.get(stream)
+            if entry is not None:
+                statuses.append(entry[1])
+            finals.append([f.text for f in self._finals.get(stream, ())])
+        budget = client.capacity // 2
+        finals_budget = max(0, budget - len(statuses))
+        while sum(len(f) for f in finals) > finals_budget:
+            longest = max(finals, key=len)  # trim the stream with most finals, oldest first
+            longest.pop(0)
+        messages = statuses[:budget] + [text for group in finals for text in group]
+        for text in messages:
+            if not self._deliver(client, text):
+                break
+
+    def _fan_out(self, stream: str, text: str) -> int:
+        delivered = 0
+        for client in self.clients:
+            if client.wants(stream) and self._deliver(client, text):
+                delivered += 1
+        return delivered
+
+    def _deliver(self, client: ClientHandle, text: str) -> bool:
+        if client.closed:
+            return False
+        if client._offer(text):
+            return True
+        discarded = client._close(DisconnectReason.SLOW_CLIENT)
+        self.remove_client(client)
+        reason = DisconnectReason.SLOW_CLIENT.value
+        self._metrics.clients_dropped_total.labels(reason=reason).inc()
+        self._metrics.messages_dropped_total.labels(reason=reason).inc(discarded + 1)
+        logger.warning(
+            "client %d: dropped, outgoing queue full (%d messages); it fell behind",
+            client.id,
+            client.capacity,
+        )
+        return False

@@ -1,0 +1,126 @@
+"""The one interface every source implements, and the status bookkeeping they share.
+
+A :class:`Source` is one abstract ``async recv()`` returning the next
+:class:`~streamcap.types.Frame` and an idempotent ``aclose()`` (aiortc's track shape). One
+consumer task calls ``recv()``; concurrent ``recv()`` calls are not supported.
+
+Threading contract: hooks (``on_status``, ``on_drop``, ``on_reconnect``) are always called on the
+event loop thread, never from a decoder thread, so they may touch loop state directly.
+``frame_transform`` is the exception: it runs in the decoder thread, on every decoded RGB frame,
+and must be thread-safe (a pure function of its input).
+
+Status follows a small state machine (:data:`TRANSITIONS`); ENDED and ERROR are terminal.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from streamcap.types import Frame, Status, StreamState
+
+log = logging.getLogger(__name__)
+
+StatusHook = Callable[[Status], None]
+DropHook = Callable[[str], None]
+ReconnectHook = Callable[[], None]
+Clock = Callable[[], int]
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+
+_S = StreamState
+#: legal status changes; anything else is a bug in a source and is refused
+TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
+    _S.STARTING: frozenset({_S.LIVE, _S.RECONNECTING, _S.ENDED, _S.ERROR}),
+    _S.LIVE: frozenset({_S.STALLED, _S.RECONNECTING, _S.ENDED, _S.ERROR}),
+    _S.STALLED: frozenset({_S.LIVE, _S.RECONNECTING, _S.ENDED, _S.ERROR}),
+    _S.RECONNECTING: frozenset({_S.LIVE, _S.ENDED, _S.ERROR}),
+    _S.ENDED: frozenset(),
+    _S.ERROR: frozenset(),
+}
+
+
+def can_transition(old: StreamState | None, new: StreamState) -> bool:
+    """Whether a source may move from ``old`` (None: not started) to ``new``."""
+    if old is None:
+        return new in (_S.STARTING, _S.ERROR)
+    return new in TRANSITIONS[old]
+
+
+class Source(abc.ABC):
+    """A stream of frames. Subclasses implement :meth:`recv` and :meth:`aclose` and report
+    status through :meth:`_set_state`."""
+
+    id: str
+    live: bool
+
+    def __init__(
+        self,
+        stream_id: str,
+        *,
+        live: bool,
+        on_status: StatusHook | None = None,
+        on_drop: DropHook | None = None,
+        on_reconnect: ReconnectHook | None = None,
+        clock: Clock | None = None,
+        frame_transform: FrameTransform | None = None,
+    ) -> None:
+        self.id = stream_id
+        self.live = live
+        self._on_status = on_status
+        self._on_drop = on_drop
+        self._on_reconnect = on_reconnect
+        self._clock: Clock = clock if clock is not None else time.monotonic_ns
+        self._frame_transform = frame_transform
+        self._state: StreamState | None = None
+
+    @property
+    def state(self) -> StreamState | None:
+        """The last status reported (None before the source starts)."""
+        return self._state
+
+    @abc.abstractmethod
+    async def recv(self) -> Frame:
+        """The next frame. Raises :class:`~streamcap.errors.SourceEnded` once a finite source is
+        done (or the source was closed) and :class:`~streamcap.errors.SourceError` when it failed
+        for good."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop the source and release what it holds. Idempotent."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def _set_state(self, state: StreamState, detail: str = "", code: str | None = None,
+                   **extra: object) -> bool:
+        """Report a status change. Repeating the current state is a no-op; an illegal change is
+        logged and refused. Returns whether the status was emitted. Call on the loop thread."""
+        old = self._state
+        if old is state:
+            return False
+        if not can_transition(old, state):
+            log.warning("stream %s: refused status change %s -> %s (%s)", self.id,
+                        old.value if old else None, state.value, detail)
+            return False
+        self._state = state
+        level = (logging.ERROR if state is _S.ERROR
+                 else logging.WARNING if state in (_S.STALLED, _S.RECONNECTING) else logging.INFO)
+        log.log(level, "stream %s: %s%s", self.id, state.value, f" ({detail})" if detail else "")
+        if self._on_status is not None:
+            self._on_status(Status(self.id, state, detail, code, dict(extra)))
+        return True
+
+    def _drop(self, reason: str) -> None:
+        if self._on_drop is not None:
+            self._on_drop(reason)
+
+    def _reconnecting(self) -> None:
+        """Call before each reconnect attempt (``on_reconnect`` counts attempts)."""
+        if self._on_reconnect is not None:
+            self._on_reconnect()
+
+    def _transform(self, image: np.ndarray) -> np.ndarray:
+        return image if self._frame_transform is None else self._frame_transform(image)

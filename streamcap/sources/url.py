@@ -1,0 +1,258 @@
+"""Source URLs: parse them into a :class:`SourceSpec`, sanitise them for humans, open them.
+
+Accepted forms::
+
+    /path/to/video.mp4   file:///path/to/video.mp4
+    rtsp://[user:pass@]host[:port]/path   (also rtsps://)
+    http(s)://host/stream
+    webcam:N
+    synthetic:shapes[?seed=1&fps=10&size=320x240&scene_s=6&realtime=1&duration_s=60]
+
+Parsing and sanitising are pure. :func:`sanitize_url` is what every log line and status detail
+shows instead of the URL itself: it never raises and hides credentials.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from streamcap.errors import BadSourceURL
+
+if TYPE_CHECKING:
+    from streamcap.sources.base import Source
+
+
+class SourceKind(str, Enum):
+    FILE = "file"
+    RTSP = "rtsp"
+    HTTP = "http"
+    WEBCAM = "webcam"
+    SYNTHETIC = "synthetic"
+
+
+#: kinds whose frames come in real time and are lost when not taken (drop-oldest handoff)
+LIVE_KINDS = frozenset({SourceKind.RTSP, SourceKind.HTTP, SourceKind.WEBCAM})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """A parsed source URL.
+
+    ``location`` is what the backend opens: a file path, the full network URL (credentials
+    included — never log it, log :func:`sanitize_url` of it), the webcam index as text, or the
+    synthetic world's name. ``options`` holds typed, validated options (synthetic sources and
+    the webcam ``index``).
+    """
+
+    kind: SourceKind
+    location: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        if self.kind is SourceKind.SYNTHETIC:
+            return bool(self.options.get("realtime", True))
+        return self.kind in LIVE_KINDS
+
+
+# --------------------------------------------------------------------------- sanitising
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.DOTALL)
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred", re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+
+
+def sanitize_url(url: str) -> str:
+    """``url`` with credentials hidden: ``user:pass@`` becomes ``***@`` and the values of
+    password-like query parameters (``password``, ``token``, ``key``, …) become ``***``.
+
+    Errs on the side of hiding: everything up to the last ``@`` of the part before the query
+    is treated as user info (passwords may contain ``/`` or ``@`` unencoded). Never raises.
+    """
+    text = str(url)
+    match = _SCHEME.match(text)
+    if match is None:
+        return text
+    scheme, rest = match.groups()
+    cut = len(rest)
+    for sep in "?#":
+        i = rest.find(sep)
+        if i != -1:
+            cut = min(cut, i)
+    head, tail = rest[:cut], rest[cut:]
+    at = head.rfind("@")
+    if at != -1:
+        head = "***" + head[at:]
+    tail = _QUERY_PAIR.sub(
+        lambda m: f"{m[1]}{m[2]}=***" if _SECRET_PARAM.search(m[2]) else m[0], tail)
+    return scheme + head + tail
+
+
+# --------------------------------------------------------------------------- parsing
+
+_NETWORK_SCHEMES = {"rtsp": SourceKind.RTSP, "rtsps": SourceKind.RTSP,
+                    "http": SourceKind.HTTP, "https": SourceKind.HTTP}
+_KNOWN_PREFIXES = ("file", "rtsp", "rtsps", "http", "https", "webcam", "synthetic")
+_SYNTHETIC_WORLDS = ("shapes",)
+_SIZE = re.compile(r"^(\d{1,5})[xX](\d{1,5})$")
+
+
+def _bad(url: str, why: str) -> BadSourceURL:
+    return BadSourceURL(f"bad source URL {sanitize_url(url)!r}: {why}")
+
+
+def _parse_int(url: str, name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise _bad(url, f"option {name}={value!r} is not an integer") from None
+    if not lo <= number <= hi:
+        raise _bad(url, f"option {name}={number} is outside [{lo}, {hi}]")
+    return number
+
+
+def _parse_float(url: str, name: str, value: str, lo: float, hi: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad(url, f"option {name}={value!r} is not a number") from None
+    if not lo < number <= hi:  # also rejects nan
+        raise _bad(url, f"option {name}={value} is outside ({lo:g}, {hi:g}]")
+    return number
+
+
+def _parse_size(url: str, name: str, value: str) -> tuple[int, int]:
+    match = _SIZE.match(value)
+    if match is None:
+        raise _bad(url, f"option {name}={value!r} is not WIDTHxHEIGHT (e.g. 320x240)")
+    width, height = int(match[1]), int(match[2])
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise _bad(url, f"option {name}={value} is outside 16..4096 pixels per side")
+    return width, height
+
+
+def _parse_bool(url: str, name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise _bad(url, f"option {name}={value!r} is not a boolean (use 1 or 0)")
+
+
+_SYNTHETIC_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
+    "seed": lambda u, n, v: _parse_int(u, n, v, 0, 2**31 - 1),
+    "fps": lambda u, n, v: _parse_float(u, n, v, 0.0, 120.0),
+    "size": _parse_size,
+    "scene_s": lambda u, n, v: _parse_float(u, n, v, 0.0, 86_400.0),
+    "realtime": _parse_bool,
+    "duration_s": lambda u, n, v: _parse_float(u, n, v, 0.0, 1e9),
+}
+SYNTHETIC_DEFAULTS: Mapping[str, Any] = {
+    "seed": 1, "fps": 10.0, "size": (320, 240), "scene_s": 6.0, "realtime": True,
+    "duration_s": None,
+}
+
+
+def _parse_synthetic(url: str, rest: str) -> SourceSpec:
+    world, _, query = rest.partition("?")
+    if world not in _SYNTHETIC_WORLDS:
+        known = ", ".join(_SYNTHETIC_WORLDS)
+        raise _bad(url, f"unknown synthetic world {world!r} (known: {known})")
+    options = dict(SYNTHETIC_DEFAULTS)
+    seen: set[str] = set()
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise _bad(url, "malformed query string (expected name=value&…)") from None
+        for name, value in pairs:
+            parser = _SYNTHETIC_OPTIONS.get(name)
+            if parser is None:
+                raise _bad(url, f"unknown option {name!r} (known: {', '.join(_SYNTHETIC_OPTIONS)})")
+            if name in seen:
+                raise _bad(url, f"option {name!r} given twice")
+            seen.add(name)
+            options[name] = parser(url, name, value)
+    return SourceSpec(SourceKind.SYNTHETIC, world, options)
+
+
+def _parse_network(url: str, scheme: str) -> SourceSpec:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise _bad(url, f"invalid host or port ({exc})") from None
+    if not parts.hostname:
+        raise _bad(url, "no host")
+    del port
+    return SourceSpec(_NETWORK_SCHEMES[scheme], url)
+
+
+def _parse_file_url(url: str) -> SourceSpec:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise _bad(url, f"file URLs must be local (file:///path), got host {parts.netloc!r}")
+    path = unquote(parts.path)
+    if not path:
+        raise _bad(url, "no path")
+    return SourceSpec(SourceKind.FILE, path)
+
+
+def parse_source_url(url: str) -> SourceSpec:
+    """Parse a source URL or file path. Raises :class:`BadSourceURL` with the reason."""
+    if not isinstance(url, str) or not url.strip():
+        raise BadSourceURL("bad source URL: empty")
+    url = url.strip()
+    scheme_match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):", url)
+    if scheme_match is None:
+        return SourceSpec(SourceKind.FILE, url)
+    scheme = scheme_match[1].lower()
+    rest = url[scheme_match.end():]
+    if scheme == "webcam":
+        if not re.fullmatch(r"\d{1,3}", rest):
+            raise _bad(url, "expected webcam:N with a device index N (e.g. webcam:0)")
+        return SourceSpec(SourceKind.WEBCAM, rest, {"index": int(rest)})
+    if scheme == "synthetic":
+        return _parse_synthetic(url, rest)
+    if scheme in _KNOWN_PREFIXES and not rest.startswith("//"):
+        raise _bad(url, f"expected {scheme}://…")
+    if scheme == "file":
+        return _parse_file_url(url)
+    if scheme in _NETWORK_SCHEMES:
+        return _parse_network(url, scheme)
+    if rest.startswith("//"):
+        raise _bad(url, f"unknown scheme {scheme!r} (known: file, rtsp, rtsps, http, https, "
+                        "webcam:N, synthetic:shapes)")
+    return SourceSpec(SourceKind.FILE, url)  # a relative path that happens to contain ':'
+
+
+#: options of network sources that do not apply to synthetic ones
+NETWORK_TUNING = frozenset({"stall_timeout_s", "open_timeout_s", "read_timeout_s", "backoff", "rng",
+                            "max_failures"})
+
+
+def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
+    """Open the source for ``url`` (not started yet: it starts on the first ``recv()``).
+
+    ``kwargs`` go to the source class: the hooks of :class:`~streamcap.sources.base.Source`
+    (``on_status``, ``on_drop``, ``on_reconnect``, ``clock``, ``frame_transform``),
+    ``handoff_size``, and the network tuning of
+    :class:`~streamcap.sources.opencv.OpenCVSource` (``stall_timeout_s``, ``open_timeout_s``,
+    ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``), which a synthetic source, having
+    no network, ignores — so one set of options can be passed for every stream.
+    """
+    spec = url if isinstance(url, SourceSpec) else parse_source_url(url)
+    if spec.kind is SourceKind.SYNTHETIC:
+        from streamcap.sources.synthetic import SyntheticShapesSource
+
+        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING}
+        return SyntheticShapesSource(stream_id, **{**spec.options, **own})
+    from streamcap.sources.opencv import OpenCVSource
+
+    return OpenCVSource(stream_id, spec, **kwargs)

@@ -1,0 +1,61 @@
+import pytest
+
+from streamcap.config import Config, env_overrides, load_config, markdown_reference
+from streamcap.errors import ConfigError
+
+
+def test_defaults_are_valid_and_serve_the_bundled_engine():
+    cfg = load_config(None, environ={})
+    assert cfg.server.port == 8765 and cfg.server.host == "127.0.0.1"
+    assert cfg.engine.path.endswith("engines/shapes-git")
+    assert cfg.sources == []
+
+
+def test_unknown_key_in_file_is_rejected_with_its_path(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[server]\nprot = 9000\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, environ={})
+    assert "server.prot" in str(e.value) and "unknown key" in str(e.value)
+
+
+def test_out_of_range_value_is_rejected():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, environ={}, overrides={"windows": {"stride_s": -1}})
+    assert "windows.stride_s" in str(e.value)
+
+
+def test_file_then_env_then_flags_later_wins(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[server]\nport = 1000\nhost = "0.0.0.0"\n[windows]\nstride_s = 1.0\n')
+    env = {"STREAMCAP_SERVER__PORT": "2000", "STREAMCAP_WINDOWS__STRIDE_S": "0.75", "OTHER": "x"}
+    cfg = load_config(p, environ=env, overrides={"server": {"port": 3000}})
+    assert cfg.server.port == 3000
+    assert cfg.server.host == "0.0.0.0"
+    assert cfg.windows.stride_s == 0.75
+
+
+def test_env_override_parses_scalars_and_keeps_strings():
+    assert env_overrides({"STREAMCAP_ENGINE__PATH": "/m/x", "STREAMCAP_ENGINE__THREADS": "2"}) == {
+        "engine": {"path": "/m/x", "threads": 2}}
+
+
+def test_sources_need_valid_unique_ids():
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_config(None, environ={}, overrides={"sources": [{"id": "a", "url": "x.mp4"}, {"id": "a", "url": "y"}]})
+    with pytest.raises(ConfigError, match="stream id"):
+        load_config(None, environ={}, overrides={"sources": [{"id": "bad id!", "url": "x.mp4"}]})
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p, environ={})
+
+
+def test_reference_doc_lists_every_field():
+    doc = markdown_reference()
+    for section in ("server", "engine", "windows", "stabilizer", "pipeline"):
+        for name in getattr(Config.model_fields[section].annotation, "model_fields"):
+            assert f"`{name}`" in doc
