@@ -199,28 +199,47 @@ def render_scene(
     tex = texture if texture is not None else _texture(scene.texture_seed, height, width)
     base += tex[..., None] * 12.0
     img = np.clip(base, 0, 255).astype(np.uint8)
-    shift = 4  # sub-pixel precision for anti-aliased drawing
-    mul = 1 << shift
     for obj in scene.objects:
-        cx, cy = obj.centre(t_s)
-        px, py = cx * unit * sx, cy * unit
-        r = obj.size * unit / 2
         colour = tuple(int(np.clip(c + d, 0, 255)) for c, d in zip(COLOURS[obj.colour], obj.tint))
-        if obj.shape == "circle":
-            cv2.circle(img, (round(px * mul), round(py * mul)), round(r * mul), colour, -1,
-                       cv2.LINE_AA, shift)
-        elif obj.shape == "square":
-            h = r * 0.9
-            pts = np.array([[px - h, py - h], [px + h, py - h], [px + h, py + h], [px - h, py + h]])
-            cv2.fillPoly(img, [np.round(pts * mul).astype(np.int32)], colour, cv2.LINE_AA, shift)
-        else:
-            pts = np.array([[px, py - r], [px + r * 0.95, py + r * 0.8], [px - r * 0.95, py + r * 0.8]])
-            cv2.fillPoly(img, [np.round(pts * mul).astype(np.int32)], colour, cv2.LINE_AA, shift)
+        _draw(img, obj, t_s, unit, sx, colour, cv2.LINE_AA)
     if noise_std > 0:
         nrng = np.random.default_rng(noise_seed)
         noisy = img.astype(np.int16) + nrng.normal(0, noise_std, img.shape).astype(np.int16)
         img = np.clip(noisy, 0, 255).astype(np.uint8)
     return img
+
+
+def _draw(img: np.ndarray, obj: ShapeObject, t_s: float, unit: float, sx: float, colour,
+          line_type: int) -> None:
+    import cv2
+
+    shift = 4  # sub-pixel precision
+    mul = 1 << shift
+    cx, cy = obj.centre(t_s)
+    px, py = cx * unit * sx, cy * unit
+    r = obj.size * unit / 2
+    if obj.shape == "circle":
+        cv2.circle(img, (round(px * mul), round(py * mul)), round(r * mul), colour, -1, line_type, shift)
+        return
+    if obj.shape == "square":
+        h = r * 0.9
+        pts = np.array([[px - h, py - h], [px + h, py - h], [px + h, py + h], [px - h, py + h]])
+    else:
+        pts = np.array([[px, py - r], [px + r * 0.95, py + r * 0.8], [px - r * 0.95, py + r * 0.8]])
+    cv2.fillPoly(img, [np.round(pts * mul).astype(np.int32)], colour, line_type, shift)
+
+
+def render_label_map(scene: Scene, t_s: float, width: int, height: int) -> np.ndarray:
+    """Which object covers each pixel at ``t_s``: 0 = background, i + 1 = ``scene.objects[i]``
+    (uint8 ``height``×``width``; later objects are drawn over earlier ones, as in ``render_scene``)."""
+    import cv2
+
+    unit = float(min(width, height))
+    sx = width / (scene.aspect * unit)
+    labels = np.zeros((height, width), np.uint8)
+    for i, obj in enumerate(scene.objects):
+        _draw(labels, obj, t_s, unit, sx, i + 1, cv2.LINE_8)
+    return labels
 
 
 def clip_times(window_s: float, frames: int, t0_s: float = 0.0) -> list[float]:

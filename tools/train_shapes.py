@@ -6,15 +6,18 @@ and committed. The smoke mode (``--smoke``) runs a few steps for CI and checks t
 
 Recipe (see docs/training.md for the learning curve):
 - 64-px frames, 16-px patches: 17 image tokens per frame, 6 frames per clip (102 tokens);
-- curriculum: one object with large motions first, then one or two objects, then clips that
-  straddle a scene cut (captioned by the scene holding most frames) so live windows that
-  cross a cut caption the new scene early;
-- auxiliary colour/shape/motion heads on the projected visual tokens (training only, never
-  exported): they make the vision tower encode what the caption needs before the decoder
-  has learnt to look;
+- curriculum: 600 steps of one object with large motions, then 900 steps of mostly one object,
+  then one or two objects (40/60) with 15 % clips that straddle a scene cut (captioned by the
+  scene holding most frames) so live windows that cross a cut caption the new scene early;
+- auxiliary heads on the projected visual tokens (training only, never exported): dense
+  per-patch colour/shape labels (what covers each 16-px patch) and clip-level colour/shape/
+  motion per object slot. They make the vision tower encode what the caption needs before the
+  decoder has learnt to look (without the dense heads a first run plateaued at LM loss ~0.51
+  after 1350 steps: docs/training.md);
 - clips are rendered up front into uint8 pools by worker processes.
 
-Usage: python tools/train_shapes.py [--minutes 45] [--out engines/shapes-git] [--smoke]
+Usage: python tools/train_shapes.py --steps 4500 --batch 32 --pool 24000   # the committed model
+       python tools/train_shapes.py --smoke --steps 20                       # CI smoke run
 """
 
 from __future__ import annotations
@@ -50,8 +53,29 @@ MAX_TEXT = 16
 # ----------------------------------------------------------------------------- data
 
 
-def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray]:
-    """Render one training clip → (frames uint8 (K,64,64,3), caption, aux labels (6,))."""
+GRID = IMAGE_SIZE // PATCH  # patches per side
+
+
+def _patch_labels(scene: syn.Scene, t_s: float, w: int, h: int) -> np.ndarray:
+    """Per patch of the model's input: (colour class, shape class) of the object covering most of
+    it (at least a fifth of the patch), 0 for background → int64 (GRID*GRID, 2)."""
+    import cv2
+
+    lm = cv2.resize(syn.render_label_map(scene, t_s, w, h), (IMAGE_SIZE, IMAGE_SIZE),
+                    interpolation=cv2.INTER_NEAREST)
+    blocks = lm.reshape(GRID, PATCH, GRID, PATCH).transpose(0, 2, 1, 3).reshape(GRID * GRID, -1)
+    out = np.zeros((GRID * GRID, 2), np.int64)
+    cover = np.stack([(blocks == i + 1).sum(1) for i in range(len(scene.objects))])  # (n_obj, P)
+    best = cover.argmax(0)
+    for p_i in np.nonzero(cover.max(0) >= PATCH * PATCH // 5)[0]:
+        obj = scene.objects[best[p_i]]
+        out[p_i] = [COLOURS.index(obj.colour) + 1, syn.SHAPES.index(obj.shape) + 1]
+    return out
+
+
+def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
+    """Render one training clip → (frames uint8 (K,64,64,3), caption, aux labels (6,),
+    per-patch labels (K, GRID*GRID, 2))."""
     import cv2
 
     seed, kind = args
@@ -59,6 +83,8 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray]:
     w, h, aspect = CANVASES[int(rng.integers(len(CANVASES)))]
     if kind == "easy":
         scene = syn.sample_scene(rng, n_objects=1, speed_range=(0.09, 0.15), aspect=aspect)
+    elif kind == "single":
+        scene = syn.sample_scene(rng, n_objects=1, speed_range=(0.05, 0.15), aspect=aspect)
     else:
         scene = syn.sample_scene(rng, n_objects=int(rng.choice([1, 2], p=[0.4, 0.6])),
                                  speed_range=(0.05, 0.15), aspect=aspect)
@@ -67,15 +93,18 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray]:
     times = [t + j for t, j in zip(syn.clip_times(WINDOW_S, FRAMES), jitter)]
     noise = float(rng.uniform(2, 10))
     frames = list(syn.render_clip(scene, times, w, h, noise_seed=seed, noise_std=noise))
+    frame_scenes = [scene] * FRAMES
     if kind == "cut":  # 1 or 2 frames at one end come from another scene
         other = syn.sample_scene(rng, aspect=aspect)
         j = int(rng.integers(1, 3))
         o_frames = syn.render_clip(other, times, w, h, noise_seed=seed + 1, noise_std=noise)
         if rng.random() < 0.5:
             frames[:j] = o_frames[:j]
+            frame_scenes[:j] = [other] * j
             first = j
         else:
             frames[FRAMES - j:] = o_frames[FRAMES - j:]
+            frame_scenes[FRAMES - j:] = [other] * j
             first = 0
         caption = scene.caption(times[first])
         ordered = scene.ordered(times[first])
@@ -95,7 +124,8 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray]:
                                           syn.MOTIONS.index(o.motion)]
         else:  # "no object" class
             aux[slot * 3:slot * 3 + 3] = [len(COLOURS), len(syn.SHAPES), len(syn.MOTIONS)]
-    return np.stack(out), caption, aux
+    patches = np.stack([_patch_labels(sc, t, w, h) for sc, t in zip(frame_scenes, times)])
+    return np.stack(out), caption, aux, patches
 
 
 def render_pool(n: int, seed: int, kinds: list[tuple[str, float]], workers: int) -> dict:
@@ -113,6 +143,7 @@ def render_pool(n: int, seed: int, kinds: list[tuple[str, float]], workers: int)
         "frames": np.stack([it[0] for it in items]),
         "captions": [it[1] for it in items],
         "aux": np.stack([it[2] for it in items]),
+        "patches": np.stack([it[3] for it in items]),
     }
 
 
@@ -161,13 +192,17 @@ def build_aux(hidden: int):
             self.body = nn.Sequential(nn.Linear(FRAMES * 2 * hidden, 256), nn.GELU())
             sizes = [len(COLOURS) + 1, len(syn.SHAPES) + 1, len(syn.MOTIONS) + 1] * 2
             self.heads = nn.ModuleList(nn.Linear(256, s) for s in sizes)
+            # dense per-patch heads: what covers this patch (background, colour, shape)
+            self.patch_colour = nn.Linear(hidden, len(COLOURS) + 1)
+            self.patch_shape = nn.Linear(hidden, len(syn.SHAPES) + 1)
 
         def forward(self, vis):  # vis: (B, K*T, H)
             b = vis.shape[0]
             v = vis.view(b, FRAMES, -1, vis.shape[-1])
             feats = torch.cat([v[:, :, 0], v[:, :, 1:].mean(2)], dim=-1).reshape(b, -1)
             z = self.body(feats)
-            return [h(z) for h in self.heads]
+            tokens = v[:, :, 1:]
+            return [h(z) for h in self.heads], self.patch_colour(tokens), self.patch_shape(tokens)
 
     import torch
 
@@ -231,14 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         easy = render_pool(96, args.seed, [("easy", 1.0)], 1)
         main_pool = easy
-        n_easy_steps, total_steps = 0, args.steps or 12
+        mid = easy
+        n_easy_steps, n_mid_steps, total_steps = 0, 0, args.steps or 12
     else:
         print("rendering pools ...", flush=True)
-        easy = render_pool(8000, args.seed, [("easy", 1.0)], workers)
+        easy = render_pool(6000, args.seed, [("easy", 1.0)], workers)
+        mid = render_pool(10000, args.seed + 2, [("single", 0.7), ("mixed", 0.3)], workers)
         main_pool = render_pool(args.pool, args.seed + 1, [("mixed", 0.85), ("cut", 0.15)], workers)
         print(f"pools ready in {time.time() - t_start:.0f}s", flush=True)
         total_steps = args.steps
-        n_easy_steps = 300
+        n_easy_steps, n_mid_steps = 600, 1500
     held = render_pool(64 if args.smoke else 500, 999_999, [("mixed", 1.0)], 1 if args.smoke else workers)
 
     params = list(model.parameters()) + list(aux.parameters())
@@ -263,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         frac = step / total_steps if total_steps else elapsed / budget_s
         if frac >= 1.0:
             break
-        pool = easy if step < n_easy_steps else main_pool
+        pool = easy if step < n_easy_steps else mid if step < n_mid_steps else main_pool
         idx = rng.integers(0, len(pool["captions"]), size=args.batch)
         px = torch.from_numpy(normalise(pool["frames"][idx], PRE))
         enc = tok.encode_batch([pool["captions"][i] for i in idx])
@@ -272,9 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         labels[ids == vocab["[PAD]"]] = -100
         attn = (ids != vocab["[PAD]"]).long()
         out = model(input_ids=ids, attention_mask=attn, pixel_values=px, labels=labels)
-        aux_logits = aux(captured["vis"])
+        aux_logits, p_col, p_shape = aux(captured["vis"])
         aux_t = torch.from_numpy(pool["aux"][idx])
-        aux_loss = sum(torch.nn.functional.cross_entropy(lg, aux_t[:, j]) for j, lg in enumerate(aux_logits)) / 6
+        patch_t = torch.from_numpy(pool["patches"][idx])  # (B, K, P, 2)
+        ce = torch.nn.functional.cross_entropy
+        aux_loss = sum(ce(lg, aux_t[:, j]) for j, lg in enumerate(aux_logits)) / 6
+        aux_loss = aux_loss + 0.5 * (ce(p_col.reshape(-1, p_col.shape[-1]), patch_t[..., 0].reshape(-1))
+                                     + ce(p_shape.reshape(-1, p_shape.shape[-1]), patch_t[..., 1].reshape(-1)))
         loss = out.loss + aux_weight * aux_loss
         for g in opt.param_groups:
             g["lr"] = lr_at(step, frac)
@@ -288,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         if step % 25 == 0 or step == 1:
             rec = {"step": step, "minutes": round((time.time() - train_t0) / 60, 2),
-                   "lm_loss": round(lm, 4), "lm_loss_ema": round(ema, 4), "aux_loss": round(float(aux_loss), 4),
+                   "lm_loss": round(lm, 4), "lm_loss_ema": round(ema, 4), "aux_loss": round(float(aux_loss.detach()), 4),
                    "lr": round(lr_at(step, frac), 6)}
             if not args.smoke and step % 500 == 0:
                 em, _ = greedy_exact_match(model, held["frames"][:200], held["captions"][:200], tok, vocab)
