@@ -75,7 +75,12 @@ async def _run(config: Config) -> int:
     from streamcap.service import Service
 
     svc = Service(config)
-    await svc.start()
+    try:
+        await svc.start()
+    except OSError as e:
+        await svc.stop()
+        raise StreamcapError(f"cannot listen on {config.server.host}:{config.server.port}: {e.strerror or e} "
+                             "(is another streamcap running? use --port)", code="bad_config") from e
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

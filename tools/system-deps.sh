@@ -13,3 +13,7 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
+# the tests fetch vtest.avi from the opencv-doc package (apt-get download): it needs apt lists
+if ! apt-cache show opencv-doc >/dev/null 2>&1; then
+  $SUDO apt-get update -q
+fi

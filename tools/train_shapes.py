@@ -13,7 +13,14 @@ Recipe (see docs/training.md for the learning curve):
   per-patch colour/shape labels (what covers each 16-px patch) and clip-level colour/shape/
   motion per object slot. They make the vision tower encode what the caption needs before the
   decoder has learnt to look (without the dense heads a first run plateaued at LM loss ~0.51
-  after 1350 steps: docs/training.md);
+  after 1350 steps: docs/training.md); per-patch regression of the covering object's centre
+  and of its absolute position, and per-frame regression of both objects' centres on each
+  frame's CLS token: with these, positions are linearly readable from the visual tokens and
+  the decoder can compare them across frames (a third run had learnt colour, shape and the
+  sub-patch offset, but a head reading mean-pooled tokens stayed at chance on motion); and a
+  motion head on the decoder's own hidden state at each frame's CLS position, so the decoder
+  learns to compare frames in its image-token layers and the caption only has to read it;
+- per-frame temporal embeddings initialised at random, not at zero (see main()).
 - clips are rendered up front into uint8 pools by worker processes.
 
 Usage: python tools/train_shapes.py --steps 4500 --batch 32 --pool 24000   # the committed model
@@ -57,25 +64,34 @@ GRID = IMAGE_SIZE // PATCH  # patches per side
 
 
 def _patch_labels(scene: syn.Scene, t_s: float, w: int, h: int) -> np.ndarray:
-    """Per patch of the model's input: (colour class, shape class) of the object covering most of
-    it (at least a fifth of the patch), 0 for background → int64 (GRID*GRID, 2)."""
+    """Per patch of the model's input: colour class, shape class (0 = background) of the object
+    covering most of it (at least a fifth of the patch), that object's centre relative to the
+    patch centre in patch units (dx, dy) and in the whole image (x, y in [0, 1]); zeros for
+    background → float32 (GRID*GRID, 6)."""
     import cv2
 
     lm = cv2.resize(syn.render_label_map(scene, t_s, w, h), (IMAGE_SIZE, IMAGE_SIZE),
                     interpolation=cv2.INTER_NEAREST)
     blocks = lm.reshape(GRID, PATCH, GRID, PATCH).transpose(0, 2, 1, 3).reshape(GRID * GRID, -1)
-    out = np.zeros((GRID * GRID, 2), np.int64)
+    out = np.zeros((GRID * GRID, 6), np.float32)
     cover = np.stack([(blocks == i + 1).sum(1) for i in range(len(scene.objects))])  # (n_obj, P)
     best = cover.argmax(0)
+    unit = min(w, h)
+    sx = w / (scene.aspect * unit)
     for p_i in np.nonzero(cover.max(0) >= PATCH * PATCH // 5)[0]:
         obj = scene.objects[best[p_i]]
-        out[p_i] = [COLOURS.index(obj.colour) + 1, syn.SHAPES.index(obj.shape) + 1]
+        cx, cy = obj.centre(t_s)
+        mx, my = cx * unit * sx * IMAGE_SIZE / w, cy * unit * IMAGE_SIZE / h  # model pixels
+        px, py = (p_i % GRID + 0.5) * PATCH, (p_i // GRID + 0.5) * PATCH
+        out[p_i] = [COLOURS.index(obj.colour) + 1, syn.SHAPES.index(obj.shape) + 1,
+                    (mx - px) / PATCH, (my - py) / PATCH, mx / IMAGE_SIZE, my / IMAGE_SIZE]
     return out
 
 
 def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     """Render one training clip → (frames uint8 (K,64,64,3), caption, aux labels (6,),
-    per-patch labels (K, GRID*GRID, 2))."""
+    per-frame dense targets float32 (K, GRID*GRID*6 + 4): see _patch_labels, then the two
+    object slots' centres)."""
     import cv2
 
     seed, kind = args
@@ -125,7 +141,13 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
         else:  # "no object" class
             aux[slot * 3:slot * 3 + 3] = [len(COLOURS), len(syn.SHAPES), len(syn.MOTIONS)]
     patches = np.stack([_patch_labels(sc, t, w, h) for sc, t in zip(frame_scenes, times)])
-    return np.stack(out), caption, aux, patches
+    # per frame: centres (x, y in [0, 1]) of the frame's objects, left first; -1 when absent
+    slots = np.full((FRAMES, 4), -1.0, np.float32)
+    for k, (sc, t) in enumerate(zip(frame_scenes, times)):
+        for j, o in enumerate(sc.ordered(times[0])[:2]):
+            cx, cy = o.centre(t)
+            slots[k, 2 * j:2 * j + 2] = [cx / sc.aspect, cy]
+    return np.stack(out), caption, aux, np.concatenate([patches.reshape(FRAMES, -1), slots], 1)
 
 
 def render_pool(n: int, seed: int, kinds: list[tuple[str, float]], workers: int) -> dict:
@@ -189,20 +211,24 @@ def build_aux(hidden: int):
 
         def __init__(self) -> None:
             super().__init__()
-            self.body = nn.Sequential(nn.Linear(FRAMES * 2 * hidden, 256), nn.GELU())
+            self.body = nn.Sequential(nn.Linear(FRAMES * hidden, 256), nn.GELU())
             sizes = [len(COLOURS) + 1, len(syn.SHAPES) + 1, len(syn.MOTIONS) + 1] * 2
             self.heads = nn.ModuleList(nn.Linear(256, s) for s in sizes)
             # dense per-patch heads: what covers this patch (background, colour, shape)
             self.patch_colour = nn.Linear(hidden, len(COLOURS) + 1)
             self.patch_shape = nn.Linear(hidden, len(syn.SHAPES) + 1)
+            self.patch_offset = nn.Linear(hidden, 4)  # where the covering object's centre is
+            self.cls_slots = nn.Linear(hidden, 4)  # per frame, on CLS: both objects' centres
+            # on the decoder's last hidden state at each frame's CLS position: the clip's motions
+            self.dec_motion = nn.Linear(hidden, 2 * (len(syn.MOTIONS) + 1))
 
         def forward(self, vis):  # vis: (B, K*T, H)
             b = vis.shape[0]
             v = vis.view(b, FRAMES, -1, vis.shape[-1])
-            feats = torch.cat([v[:, :, 0], v[:, :, 1:].mean(2)], dim=-1).reshape(b, -1)
-            z = self.body(feats)
+            z = self.body(v[:, :, 0].reshape(b, -1))  # the frames' CLS tokens
             tokens = v[:, :, 1:]
-            return [h(z) for h in self.heads], self.patch_colour(tokens), self.patch_shape(tokens)
+            return ([h(z) for h in self.heads], self.patch_colour(tokens), self.patch_shape(tokens),
+                    self.patch_offset(tokens), self.cls_slots(v[:, :, 0]))
 
     import torch
 
@@ -244,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "engines" / "shapes-git"))
     ap.add_argument("--smoke", action="store_true", help="a few steps on a tiny pool; no export")
     ap.add_argument("--steps", type=int, default=0, help="fixed step count (overrides --minutes)")
+    ap.add_argument("--probe", type=int, default=0,
+                    help="experiment: train N steps on one-object clips only and log aux parts")
+    ap.add_argument("--resume-from", metavar="CHECKPOINT",
+                    help="continue from a saved checkpoint on the last stage only (fresh main pool "
+                         "rendered with seed+10; aux heads restored when aux_heads.pt is beside it)")
     ap.add_argument("--export-only", action="store_true",
                     help="re-export the checkpoint in --workdir without training")
     args = ap.parse_args(argv)
@@ -258,12 +289,38 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
 
     tok, vocab = build_tokenizer()
-    model = build_model(vocab)
+    if args.resume_from:
+        from transformers import GitForCausalLM
+
+        model = GitForCausalLM.from_pretrained(args.resume_from)
+        model.train()
+    else:
+        model = build_model(vocab)
+    # GIT initialises the per-frame temporal embeddings to zero, so at first the decoder cannot
+    # tell frames apart and has no gradient path to learn motion (a second run learnt colour and
+    # shape but no motion in 1000 steps). Random init gives each frame its own signature.
+    if not args.resume_from:
+        with torch.no_grad():
+            for p in model.git.img_temporal_embedding:
+                p.normal_(0.0, 0.3)
     aux = build_aux(model.config.hidden_size)
+    aux_state = Path(args.resume_from or "/nonexistent").parent / "aux_heads.pt"
+    if args.resume_from and aux_state.is_file():
+        aux.load_state_dict(torch.load(aux_state))
     captured = {}
     model.git.visual_projection.register_forward_hook(lambda m, i, o: captured.__setitem__("vis", o))
 
-    if args.smoke:
+    if args.probe:
+        easy = render_pool(4000, args.seed, [("easy", 1.0)], workers)
+        mid = main_pool = easy
+        n_easy_steps = n_mid_steps = total_steps = args.probe
+    elif args.resume_from:
+        print("rendering the main pool ...", flush=True)
+        easy = mid = main_pool = render_pool(args.pool, args.seed + 10, [("mixed", 0.85), ("cut", 0.15)],
+                                             workers)
+        n_easy_steps = n_mid_steps = 0
+        total_steps = args.steps
+    elif args.smoke:
         easy = render_pool(96, args.seed, [("easy", 1.0)], 1)
         main_pool = easy
         mid = easy
@@ -271,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("rendering pools ...", flush=True)
         easy = render_pool(6000, args.seed, [("easy", 1.0)], workers)
-        mid = render_pool(10000, args.seed + 2, [("single", 0.7), ("mixed", 0.3)], workers)
+        mid = render_pool(8000, args.seed + 2, [("single", 0.7), ("mixed", 0.3)], workers)
         main_pool = render_pool(args.pool, args.seed + 1, [("mixed", 0.85), ("cut", 0.15)], workers)
         print(f"pools ready in {time.time() - t_start:.0f}s", flush=True)
         total_steps = args.steps
         n_easy_steps, n_mid_steps = 600, 1500
-    held = render_pool(64 if args.smoke else 500, 999_999, [("mixed", 1.0)], 1 if args.smoke else workers)
+    held = render_pool(64 if args.smoke or args.probe else 500, 999_999, [("mixed", 1.0)], 1 if args.smoke else workers)
 
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -285,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     train_t0 = time.time()
     curve: list[dict] = []
     step = 0
-    warmup = 150
+    warmup = 50 if args.resume_from else 150
     ema = None
     first_loss = None
     aux_weight = 0.5
@@ -308,14 +365,33 @@ def main(argv: list[str] | None = None) -> int:
         labels = ids.clone()
         labels[ids == vocab["[PAD]"]] = -100
         attn = (ids != vocab["[PAD]"]).long()
-        out = model(input_ids=ids, attention_mask=attn, pixel_values=px, labels=labels)
-        aux_logits, p_col, p_shape = aux(captured["vis"])
+        out = model(input_ids=ids, attention_mask=attn, pixel_values=px, labels=labels,
+                    output_hidden_states=True)
+        aux_logits, p_col, p_shape, p_off, p_slots = aux(captured["vis"])
         aux_t = torch.from_numpy(pool["aux"][idx])
-        patch_t = torch.from_numpy(pool["patches"][idx])  # (B, K, P, 2)
+        dense = torch.from_numpy(pool["patches"][idx])  # (B, K, P*6 + 4)
+        patch_t = dense[..., :-4].reshape(dense.shape[0], FRAMES, GRID * GRID, 6)
+        slots_t = dense[..., -4:]
+        present = (slots_t >= 0).float()
+        slot_loss = (torch.nn.functional.smooth_l1_loss(p_slots, slots_t.clamp(min=0), reduction="none",
+                                                        beta=0.05) * present).sum() / present.sum().clamp(min=1.0)
         ce = torch.nn.functional.cross_entropy
-        aux_loss = sum(ce(lg, aux_t[:, j]) for j, lg in enumerate(aux_logits)) / 6
-        aux_loss = aux_loss + 0.5 * (ce(p_col.reshape(-1, p_col.shape[-1]), patch_t[..., 0].reshape(-1))
-                                     + ce(p_shape.reshape(-1, p_shape.shape[-1]), patch_t[..., 1].reshape(-1)))
+        col_t, shape_t = patch_t[..., 0].long(), patch_t[..., 1].long()
+        covered = (col_t > 0).unsqueeze(-1).float()
+        off_loss = (torch.nn.functional.smooth_l1_loss(p_off, patch_t[..., 2:], reduction="none", beta=0.05)
+                    * covered).sum() / covered.sum().clamp(min=1.0)
+        parts = {"aux_motion0": float(ce(aux_logits[2], aux_t[:, 2]).detach()),
+                 "aux_colour0": float(ce(aux_logits[0], aux_t[:, 0]).detach()),
+                 "offset": float(off_loss.detach()), "slots": float(slot_loss.detach())}
+        n_tok = captured["vis"].shape[1] // FRAMES
+        dec_cls = out.hidden_states[-1][:, :FRAMES * n_tok].reshape(ids.shape[0], FRAMES, n_tok, -1)[:, :, 0]
+        dm = aux.dec_motion(dec_cls).reshape(ids.shape[0], FRAMES, 2, -1)  # (B, K, slot, class)
+        dec_motion_loss = (ce(dm[:, :, 0].reshape(-1, dm.shape[-1]), aux_t[:, 2].repeat_interleave(FRAMES))
+                           + ce(dm[:, :, 1].reshape(-1, dm.shape[-1]), aux_t[:, 5].repeat_interleave(FRAMES))) / 2
+        parts["dec_motion"] = float(dec_motion_loss.detach())
+        aux_loss = sum(ce(lg, aux_t[:, j]) for j, lg in enumerate(aux_logits)) / 6 + dec_motion_loss
+        aux_loss = aux_loss + 0.5 * (ce(p_col.reshape(-1, p_col.shape[-1]), col_t.reshape(-1))
+                                     + ce(p_shape.reshape(-1, p_shape.shape[-1]), shape_t.reshape(-1))) + off_loss + 2.0 * slot_loss
         loss = out.loss + aux_weight * aux_loss
         for g in opt.param_groups:
             g["lr"] = lr_at(step, frac)
@@ -330,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         if step % 25 == 0 or step == 1:
             rec = {"step": step, "minutes": round((time.time() - train_t0) / 60, 2),
                    "lm_loss": round(lm, 4), "lm_loss_ema": round(ema, 4), "aux_loss": round(float(aux_loss.detach()), 4),
-                   "lr": round(lr_at(step, frac), 6)}
-            if not args.smoke and step % 500 == 0:
+                   "lr": round(lr_at(step, frac), 6), **{k: round(v, 4) for k, v in parts.items()}}
+            if not args.smoke and (step % 500 == 0 or (args.probe and step % 200 == 0)):
                 em, _ = greedy_exact_match(model, held["frames"][:200], held["captions"][:200], tok, vocab)
                 rec["heldout_exact_match_200"] = em
             curve.append(rec)
@@ -349,9 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     (work / "curve.json").write_text(json.dumps({"summary": summary, "curve": curve}, indent=1))
-    if args.smoke:
+    if args.smoke or args.probe:
         return 0 if ema is not None and ema < first_loss else 1
     model.save_pretrained(work / "checkpoint")
+    torch.save(aux.state_dict(), work / "aux_heads.pt")
     return export(work, Path(args.out))
 
 

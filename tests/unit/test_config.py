@@ -59,3 +59,10 @@ def test_reference_doc_lists_every_field():
     for section in ("server", "engine", "windows", "stabilizer", "pipeline"):
         for name in getattr(Config.model_fields[section].annotation, "model_fields"):
             assert f"`{name}`" in doc
+
+
+def test_the_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "streamcap.toml", environ={})
+    assert [s.id for s in cfg.sources] == ["door", "demo"]
