@@ -23,8 +23,11 @@ Recipe (see docs/training.md for the learning curve):
 - per-frame temporal embeddings initialised at random, not at zero (see main()).
 - clips are rendered up front into uint8 pools by worker processes.
 
-Usage: python tools/train_shapes.py --steps 4500 --batch 32 --pool 24000   # the committed model
-       python tools/train_shapes.py --smoke --steps 20                       # CI smoke run
+Usage (the committed model, about 60 min on 2 cores; see docs/training.md):
+    python tools/train_shapes.py --steps 3600 --batch 32 --pool 20000
+    python tools/train_shapes.py --resume-from runs/shapes-git/checkpoint --steps 1500 --batch 32 \
+        --pool 12000 --lr 5e-4 --workdir runs/shapes-git-cont --out engines/shapes-git
+CI smoke run: python tools/train_shapes.py --smoke --steps 20
 """
 
 from __future__ import annotations
