@@ -110,6 +110,9 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
     from streamcap.types import StreamState
 
+    # one window per engine call: batch composition would depend on timing, and batched float
+    # math can flip a borderline token, so the same file would not always give the same file
+    config = config.model_copy(update={"engine": config.engine.model_copy(update={"max_batch": 1})})
     spec = parse_source_url(input_)
     if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
         raise StreamcapError(f"no such file: {input_}", code="source_error")
