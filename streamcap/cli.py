@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -103,7 +102,7 @@ async def _run(config: Config) -> int:
 
 
 async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool) -> int:
-    from streamcap.engine.base import load_engine
+    from streamcap.engine.base import load_engine_from_config
     from streamcap.metrics import Metrics
     from streamcap.pipeline import Pipeline
     from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
@@ -116,9 +115,9 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     spec = parse_source_url(input_)
     if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
         raise StreamcapError(f"no such file: {input_}", code="source_error")
-    engine = await asyncio.to_thread(load_engine, config.engine.path,
-                                     intra_op_threads=config.engine.threads or (os.cpu_count() or 1))
-    duration = _duration_s(spec.location) if spec.kind is SourceKind.FILE else None
+    engine = await asyncio.to_thread(load_engine_from_config, config.engine)
+    # opening the container blocks: keep it off the event loop like every other decode
+    duration = await asyncio.to_thread(_duration_s, spec.location) if spec.kind is SourceKind.FILE else None
     bar = None
     if progress:
         from tqdm import tqdm

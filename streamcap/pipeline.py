@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from streamcap.config import Config
 from streamcap.engine.base import CaptionEngine
 from streamcap.engine.preprocess import resize_frame
-from streamcap.errors import SourceEnded, SourceError, StreamcapError
+from streamcap.errors import SourceEnded, StreamcapError
 from streamcap.metrics import Metrics
 from streamcap.ringbuffer import FrameRing
 from streamcap.sources.base import Source

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from streamcap.config import DEMO_SOURCE_URL, Config
-from streamcap.engine.base import CaptionEngine, load_engine
+from streamcap.engine.base import CaptionEngine, load_engine_from_config
 from streamcap.metrics import Metrics
 from streamcap.pipeline import Pipeline
 from streamcap.server.app import Server
@@ -52,8 +51,7 @@ class Service:
     async def start(self) -> None:
         cfg = self.config
         if self._engine is None:
-            threads = cfg.engine.threads or (os.cpu_count() or 1)
-            self._engine = await asyncio.to_thread(load_engine, cfg.engine.path, intra_op_threads=threads)
+            self._engine = await asyncio.to_thread(load_engine_from_config, cfg.engine)
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics,
                                  on_caption=self.hub.publish_caption, on_status=self.hub.publish_status)
         sources = cfg.sources or []

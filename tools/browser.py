@@ -55,7 +55,7 @@ class Chromium:
         exe = find_chromium()
         if exe is None:
             raise BrowserError("chromium is not installed (Debian package: chromium)")
-        self._profile = tempfile.TemporaryDirectory(prefix="streamcap-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="streamcap-chromium-", ignore_cleanup_errors=True)
         self._proc = subprocess.Popen(
             [exe, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}",
              f"--window-size={self.width},{self.height}", *self.extra_flags, "about:blank"],

@@ -21,10 +21,8 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.config import DEMO_SOURCE_URL, load_config  # noqa: E402
+from streamcap.config import load_config  # noqa: E402
 from streamcap.service import Service  # noqa: E402
-from streamcap.sources.url import parse_source_url  # noqa: E402
-from streamcap.synthetic import Storyline  # noqa: E402
 from tools.browser import Chromium  # noqa: E402
 
 
@@ -32,9 +30,6 @@ async def main(out: Path, width: int, height: int) -> int:
     cfg = load_config(None, environ={}, overrides={"server": {"port": 0}})
     async with Service(cfg) as svc:
         assert svc.pipeline is not None
-        opts = parse_source_url(DEMO_SOURCE_URL).options
-        w, h = opts.get("size", (320, 240))
-        story = Storyline(opts.get("seed", 1), opts.get("scene_s", 6.0), aspect=w / h)
         async with Chromium(width, height) as browser:
             # wait for a final, so the picture shows a settled caption
             while True:
@@ -43,6 +38,7 @@ async def main(out: Path, width: int, height: int) -> int:
                     break
                 await asyncio.sleep(0.2)  # a tool, not a test: polls the hub with the run's own pace
             media_s = svc.pipeline.health()["demo"]["media_s"]
+            story = svc.pipeline.runners["demo"].source.storyline  # the demo source's own ground truth
             frame = story.render(media_s, width, height)
             ok, png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             data_uri = "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()

@@ -233,8 +233,6 @@ def build_aux(hidden: int):
             return ([h(z) for h in self.heads], self.patch_colour(tokens), self.patch_shape(tokens),
                     self.patch_offset(tokens), self.cls_slots(v[:, :, 0]))
 
-    import torch
-
     return AuxHeads()
 
 

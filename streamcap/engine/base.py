@@ -30,6 +30,13 @@ class CaptionEngine(Protocol):
     def close(self) -> None: ...
 
 
+def load_engine_from_config(cfg) -> CaptionEngine:
+    """Load ``cfg.path`` (an ``EngineConfig``) with its thread setting (0 = all cores)."""
+    import os
+
+    return load_engine(cfg.path, intra_op_threads=cfg.threads or (os.cpu_count() or 1))
+
+
 def load_engine(path: str, **options) -> CaptionEngine:
     """Load an engine folder by its manifest (``engine.json``)."""
     from streamcap.engine.onnx import OnnxCaptionEngine

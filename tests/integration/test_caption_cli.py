@@ -4,7 +4,6 @@ with captions that match the storyline's ground truth."""
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 
