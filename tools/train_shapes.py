@@ -97,7 +97,7 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     object slots' centres)."""
     import cv2
 
-    seed, kind = args
+    seed, kind, jpeg_p = args
     rng = np.random.default_rng(seed)
     w, h, aspect = CANVASES[int(rng.integers(len(CANVASES)))]
     if kind == "easy":
@@ -130,8 +130,14 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     else:
         caption = scene.caption(0.0)
         ordered = scene.ordered(0.0)
+    # Live video arrives H.264-compressed with 4:2:0 chroma; JPEG at a random quality gives the
+    # same kind of blocking and colour bleed, cheaply, on a share of the clips.
+    quality = int(rng.integers(25, 86)) if rng.random() < jpeg_p else 0
     out = []
     for f in frames:
+        if quality:
+            ok, buf = cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            f = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else f
         if rng.random() < 0.3:
             f = cv2.GaussianBlur(f, (3, 3), float(rng.uniform(0.3, 1.0)))
         out.append(cv2.resize(f, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA))
@@ -153,12 +159,13 @@ def _render_one(args: tuple) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
     return np.stack(out), caption, aux, np.concatenate([patches.reshape(FRAMES, -1), slots], 1)
 
 
-def render_pool(n: int, seed: int, kinds: list[tuple[str, float]], workers: int) -> dict:
+def render_pool(n: int, seed: int, kinds: list[tuple[str, float]], workers: int,
+                jpeg_p: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
     names = [k for k, _ in kinds]
     probs = np.array([p for _, p in kinds])
     choice = rng.choice(len(names), size=n, p=probs / probs.sum())
-    jobs = [(int(seed * 1_000_003 + i), names[c]) for i, c in enumerate(choice)]
+    jobs = [(int(seed * 1_000_003 + i), names[c], jpeg_p) for i, c in enumerate(choice)]
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
             items = pool.map(_render_one, jobs, chunksize=256)
@@ -207,7 +214,7 @@ def build_model(vocab: dict):
 
 
 def build_aux(hidden: int):
-    import torch.nn as nn
+    from torch import nn
 
     class AuxHeads(nn.Module):
         """Training-only heads reading the projected visual tokens (never exported)."""
@@ -276,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume-from", metavar="CHECKPOINT",
                     help="continue from a saved checkpoint on the last stage only (fresh main pool "
                          "rendered with seed+10; aux heads restored when aux_heads.pt is beside it)")
+    ap.add_argument("--jpeg-p", type=float, default=0.0,
+                    help="share of training clips passed through JPEG at a random quality (25-85)")
+    ap.add_argument("--motion-weight", type=float, default=1.0,
+                    help="weight of the motion words in the caption loss (1 = plain LM loss)")
     ap.add_argument("--export-only", action="store_true",
                     help="re-export the checkpoint in --workdir without training")
     args = ap.parse_args(argv)
@@ -318,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.resume_from:
         print("rendering the main pool ...", flush=True)
         easy = mid = main_pool = render_pool(args.pool, args.seed + 10, [("mixed", 0.85), ("cut", 0.15)],
-                                             workers)
+                                             workers, jpeg_p=args.jpeg_p)
         n_easy_steps = n_mid_steps = 0
         total_steps = args.steps
     elif args.smoke:
@@ -330,12 +341,16 @@ def main(argv: list[str] | None = None) -> int:
         print("rendering pools ...", flush=True)
         easy = render_pool(6000, args.seed, [("easy", 1.0)], workers)
         mid = render_pool(8000, args.seed + 2, [("single", 0.7), ("mixed", 0.3)], workers)
-        main_pool = render_pool(args.pool, args.seed + 1, [("mixed", 0.85), ("cut", 0.15)], workers)
+        main_pool = render_pool(args.pool, args.seed + 1, [("mixed", 0.85), ("cut", 0.15)], workers,
+                                jpeg_p=args.jpeg_p)
         print(f"pools ready in {time.time() - t_start:.0f}s", flush=True)
         total_steps = args.steps
         n_easy_steps, n_mid_steps = 600, 1500
     held = render_pool(64 if args.smoke or args.probe else 500, 999_999, [("mixed", 1.0)], 1 if args.smoke else workers)
 
+    motion_ids = torch.zeros(len(vocab), dtype=torch.bool)
+    for word in ("moves", "stays", "left", "right", "up", "down", "still"):
+        motion_ids[vocab[word]] = True
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     rng = np.random.default_rng(args.seed)
@@ -393,7 +408,15 @@ def main(argv: list[str] | None = None) -> int:
         aux_loss = sum(ce(lg, aux_t[:, j]) for j, lg in enumerate(aux_logits)) / 6 + dec_motion_loss
         aux_loss = aux_loss + 0.5 * (ce(p_col.reshape(-1, p_col.shape[-1]), col_t.reshape(-1))
                                      + ce(p_shape.reshape(-1, p_shape.shape[-1]), shape_t.reshape(-1))) + off_loss + 2.0 * slot_loss
-        loss = out.loss + aux_weight * aux_loss
+        lm_loss = out.loss
+        if args.motion_weight != 1.0:  # same shifted CE as GIT's, with the motion words weighted up
+            n_img = out.logits.shape[1] - ids.shape[1]
+            tok_ce = ce(out.logits[:, n_img:-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1),
+                        reduction="none")
+            w = torch.where(motion_ids[labels[:, 1:].clamp(min=0)], args.motion_weight, 1.0).reshape(-1)
+            w = w * (labels[:, 1:].reshape(-1) != -100)
+            lm_loss = (tok_ce * w).sum() / w.sum()
+        loss = lm_loss + aux_weight * aux_loss
         for g in opt.param_groups:
             g["lr"] = lr_at(step, frac)
         opt.zero_grad(set_to_none=True)

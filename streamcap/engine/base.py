@@ -22,9 +22,16 @@ class CaptionEngine(Protocol):
     window_s: float  # the window length the model was trained for
     preprocessing: Preprocessing
 
-    def caption_batch(self, windows: Sequence[Sequence[np.ndarray]]) -> list[CaptionResult]:
+    def caption_batch(self, windows: Sequence[Sequence[np.ndarray]], *, keys=None,
+                      **options) -> list[CaptionResult]:
         """Caption each window: a sequence of ``frames_per_window`` RGB uint8 frames (any size;
-        frames already at the model's input size skip the resize)."""
+        frames already at the model's input size skip the resize). ``keys`` name each frame for the
+        frame-feature cache (``None``: content hashes)."""
+        ...
+
+    def caption(self, frames: Sequence[np.ndarray], prompt: str | None = None,
+                max_new_tokens: int | None = None, **options) -> CaptionResult:
+        """Caption one clip of any number of frames (``frames_per_window`` are sampled evenly)."""
         ...
 
     def close(self) -> None: ...

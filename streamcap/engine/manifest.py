@@ -11,7 +11,9 @@ from streamcap.engine.preprocess import Preprocessing
 from streamcap.errors import EngineLoadError
 
 MANIFEST_NAME = "engine.json"
-SUPPORTED_FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSION = 2
+ARCHITECTURES = ("git", "blip", "vision-encoder-decoder")
+GRAPHS = ("vision_encoder", "decoder_prefill", "decoder_step")
 
 
 def file_sha256(path: Path) -> str:
@@ -38,6 +40,10 @@ class Manifest:
     graphs: dict[str, str]
     files: dict[str, str]
     precision: str
+    encoder_mode: str  # "frame" (vision encoder per frame, cacheable) or "clip" (whole window)
+    num_layers: int
+    cross_attention: bool
+    prefix_tokens: int
     raw: dict
 
     def path(self, name: str) -> Path:
@@ -59,6 +65,9 @@ def load_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest
         raise EngineLoadError(f"{mpath} is not valid JSON: {e}") from e
     if raw.get("format") != "streamcap-engine":
         raise EngineLoadError(f"{mpath}: not a streamcap engine manifest")
+    if raw.get("format_version") == 1:
+        raise EngineLoadError(f"{mpath}: format_version 1 (no decoder cache) is no longer read; re-export it "
+                              "(`streamcap export CHECKPOINT --out FOLDER`, or tools/train_shapes.py --export-only)")
     if raw.get("format_version") != SUPPORTED_FORMAT_VERSION:
         raise EngineLoadError(f"{mpath}: format_version {raw.get('format_version')!r} is not supported "
                               f"(this streamcap reads {SUPPORTED_FORMAT_VERSION})")
@@ -70,10 +79,20 @@ def load_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest
             bos_token_id=int(raw["bos_token_id"]), eos_token_id=int(raw["eos_token_id"]),
             pad_token_id=int(raw["pad_token_id"]), max_new_tokens=int(raw.get("max_new_tokens", 20)),
             graphs=dict(raw["graphs"]), files=dict(raw.get("files", {})),
-            precision=str(raw.get("precision", "fp32")), raw=raw,
+            precision=str(raw.get("precision", "fp32")), encoder_mode=str(raw.get("encoder_mode", "frame")),
+            num_layers=int(raw["decoder"]["num_layers"]), cross_attention=bool(raw["decoder"]["cross_attention"]),
+            prefix_tokens=int(raw["decoder"].get("prefix_tokens", 0)), raw=raw,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise EngineLoadError(f"{mpath}: missing or invalid field: {e}") from e
+    if m.architecture not in ARCHITECTURES:
+        raise EngineLoadError(f"{mpath}: architecture {m.architecture!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    if m.encoder_mode not in ("frame", "clip"):
+        raise EngineLoadError(f"{mpath}: encoder_mode must be 'frame' or 'clip', not {m.encoder_mode!r}")
+    missing = [g for g in GRAPHS if g not in m.graphs]
+    if missing:
+        raise EngineLoadError(f"{mpath}: graphs {missing} are missing from the manifest")
     for name in [*m.graphs.values(), m.tokenizer]:
         if not (folder / name).is_file():
             raise EngineLoadError(f"{folder}: manifest names {name} but the file is missing")

@@ -1,19 +1,20 @@
-"""ONNX Runtime caption engine for GIT-style engine folders.
+"""ONNX Runtime caption engine for engine folders (format 2, docs/engine-format.md).
 
-Runs ``vision_encoder.onnx`` on every frame of a batch of windows, then greedy-decodes with
-``text_decoder.onnx`` (no KV cache yet: each step re-runs the decoder over the prefix; the
-graphs are tiny for the demo model). Blocking; call from an executor thread. Not thread-safe:
-one caller at a time.
+One vision encoder call for the frames not in the frame cache, one prefill call per batch, then
+one cached decoder step per token (greedy or beam search, streamcap.engine.decoding). Blocking;
+call from one executor thread. Not thread-safe: one caller at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
+from streamcap.engine.decoding import DecodeOptions, decode
+from streamcap.engine.framecache import FrameFeatureCache, content_key
 from streamcap.engine.manifest import load_manifest
 from streamcap.engine.preprocess import preprocess_frames
 from streamcap.errors import EngineError, EngineLoadError
@@ -21,25 +22,34 @@ from streamcap.types import CaptionResult
 
 log = logging.getLogger(__name__)
 
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = x.max(axis=-1, keepdims=True)
-    z = x - m
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+def sample_indices(n: int, k: int) -> list[int]:
+    """K frame indices spread over n frames: the centre of each of K equal segments."""
+    if n < 1:
+        raise EngineError("no frames to caption")
+    return [min(n - 1, int((i + 0.5) * n / k)) for i in range(k)]
+
+
+def _session(path, opts, providers):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), opts, providers=providers)
 
 
 class OnnxCaptionEngine:
     """A ``CaptionEngine`` on ONNX Runtime (CPU by default)."""
 
-    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None,
-                 intra_op_threads: int | None = None, verify_hashes: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, provider: str = "cpu", providers: Sequence[str] | None = None,
+                 intra_op_threads: int | None = None, verify_hashes: bool = True,
+                 frame_cache_size: int = 256, provider_options: dict | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.manifest = m = load_manifest(path, verify_hashes=verify_hashes)
-        if m.architecture != "git":
-            raise EngineLoadError(f"{path}: architecture {m.architecture!r} is not supported by this "
-                                  "runtime (supported: git)")
         self.name = m.name
         self.frames_per_window = m.frames_per_window
         self.window_s = m.window_s
@@ -49,73 +59,126 @@ class OnnxCaptionEngine:
             opts.intra_op_num_threads = intra_op_threads
         opts.log_severity_level = 3
         available = ort.get_available_providers()
-        providers = list(providers or ["CPUExecutionProvider"])
+        if providers is None:
+            if provider not in PROVIDERS:
+                raise EngineLoadError(f"unknown engine provider {provider!r} (choose from {', '.join(PROVIDERS)})")
+            providers = PROVIDERS[provider]
+        providers = list(providers)
         missing = [p for p in providers if p not in available]
         if missing:
+            hint = (" (install the gpu extra: pip install 'streamcap[gpu]', on a machine with an NVIDIA GPU)"
+                    if any(p != "CPUExecutionProvider" for p in missing) else "")
             raise EngineLoadError(f"ONNX Runtime execution provider(s) {missing} not available here "
-                                  f"(available: {available})")
+                                  f"(available: {available}){hint}")
+        chosen = [(p, (provider_options or {}).get(p, {})) for p in providers]
         try:
-            self._vision = ort.InferenceSession(str(m.path(m.graphs["vision_encoder"])), opts,
-                                                providers=providers)
-            self._decoder = ort.InferenceSession(str(m.path(m.graphs["text_decoder"])), opts,
-                                                 providers=providers)
+            self._vision = _session(m.path(m.graphs["vision_encoder"]), opts, chosen)
+            self._prefill = _session(m.path(m.graphs["decoder_prefill"]), opts, chosen)
+            self._step = _session(m.path(m.graphs["decoder_step"]), opts, chosen)
             self._tok = Tokenizer.from_file(str(m.path(m.tokenizer)))
         except Exception as e:  # onnxruntime raises its own exception types; one boundary here
             raise EngineLoadError(f"could not load engine {path}: {e}") from e
-        log.info("engine %s loaded from %s (%s, K=%d, %dpx)", self.name, path, ",".join(providers),
-                 self.frames_per_window, self.preprocessing.image_size)
+        self.providers = providers
+        self.cache = FrameFeatureCache(frame_cache_size if m.encoder_mode == "frame" else 0)
+        kinds = ("key", "value")
+        self._self_names = [f"{k}_{i}" for i in range(m.num_layers) for k in kinds]
+        self._cross_names = [f"cross_{k}_{i}" for i in range(m.num_layers) for k in kinds] if m.cross_attention else []
+        self.vision_frames_encoded = 0
+        self.debug_logits: list[np.ndarray] | None = None  # a list collects every raw logits array (tests)
+        log.info("engine %s loaded from %s (%s, %s, K=%d, %dpx)", self.name, path, ",".join(providers),
+                 m.precision, self.frames_per_window, self.preprocessing.image_size)
 
     # ------------------------------------------------------------------ public
 
-    def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 frames → per-frame features (N, T, D)."""
-        px = preprocess_frames(frames, self.preprocessing)
-        return self._vision.run(["frame_features"], {"pixel_values": px})[0]
+    def caption(self, frames: Sequence[np.ndarray], prompt: str | None = None,
+                max_new_tokens: int | None = None, **decode_options) -> CaptionResult:
+        """Caption one clip: RGB uint8 frames (H×W×3, any size and count; K are sampled evenly)."""
+        frames = list(frames)
+        picked = [frames[i] for i in sample_indices(len(frames), self.frames_per_window)]
+        return self.caption_batch([picked], prompt=prompt, max_new_tokens=max_new_tokens, **decode_options)[0]
 
-    def caption_batch(self, windows: Sequence[Sequence[np.ndarray]],
-                      max_new_tokens: int | None = None) -> list[CaptionResult]:
+    def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 frames → per-frame features (N, T, D) (frame mode), no cache."""
+        px = preprocess_frames(frames, self.preprocessing)
+        self.vision_frames_encoded += len(frames)
+        return self._vision.run(["features"], {"pixel_values": px})[0]
+
+    def caption_batch(self, windows: Sequence[Sequence[np.ndarray]], *, prompt: str | None = None,
+                      keys: Sequence[Sequence[Hashable]] | None = None, max_new_tokens: int | None = None,
+                      **decode_options) -> list[CaptionResult]:
+        """Caption each window (exactly ``frames_per_window`` frames). ``keys`` name each frame for
+        the frame cache (e.g. ``(stream, seq)``); without them a content hash is used."""
         if not windows:
             return []
         k = self.frames_per_window
         for w in windows:
             if len(w) != k:
                 raise EngineError(f"engine {self.name} needs {k} frames per window, got {len(w)}")
-        flat = [f for w in windows for f in w]
-        feats = self.encode_frames(flat)
-        feats = feats.reshape(len(windows), k, *feats.shape[1:])
-        return self._greedy(feats, max_new_tokens or self.manifest.max_new_tokens)
+        opts = DecodeOptions(max_new_tokens=max_new_tokens or self.manifest.max_new_tokens, **decode_options)
+        feats = self._window_features(windows, keys)
+        prompt_ids = self._prompt_ids(prompt)
+        ids = np.tile(np.asarray(prompt_ids, dtype=np.int64), (len(windows), 1))
+        out = self._prefill.run(None, {"features": feats, "input_ids": ids})
+        logits, cache = out[0], dict(zip(self._self_names + self._cross_names, out[1:]))
+        if self.debug_logits is not None:
+            self.debug_logits.append(logits)
+        state = {"self": [cache[n] for n in self._self_names], "cross": [cache[n] for n in self._cross_names]}
+
+        def step(tokens: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
+            if parents is not None:
+                state["self"] = [c[parents] for c in state["self"]]
+                state["cross"] = [c[parents] for c in state["cross"]]
+            feed = {"input_ids": tokens.reshape(-1, 1).astype(np.int64)}
+            feed.update({f"past_{n}": c for n, c in zip(self._self_names, state["self"])})
+            feed.update({n: c for n, c in zip(self._cross_names, state["cross"])})
+            res = self._step.run(None, feed)
+            state["self"] = res[1:]
+            if self.debug_logits is not None:
+                self.debug_logits.append(res[0])
+            return res[0]
+
+        m = self.manifest
+        hyps = decode(logits, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
+        return [CaptionResult(text=self._tok.decode(list(h.tokens), skip_special_tokens=True).strip(),
+                              score=h.score) for h in hyps]
 
     def close(self) -> None:
-        self._vision = None  # type: ignore[assignment]
-        self._decoder = None  # type: ignore[assignment]
+        self._vision = self._prefill = self._step = None  # type: ignore[assignment]
+        self.cache.clear()
 
-    # ------------------------------------------------------------------ decoding
+    # ------------------------------------------------------------------ internals
 
-    def _greedy(self, feats: np.ndarray, max_new_tokens: int) -> list[CaptionResult]:
-        m = self.manifest
-        b = feats.shape[0]
-        ids = np.full((b, 1), m.bos_token_id, dtype=np.int64)
-        done = np.zeros(b, dtype=bool)
-        logp_sum = np.zeros(b, dtype=np.float64)
-        n_tok = np.zeros(b, dtype=np.int64)
-        for _ in range(max_new_tokens):
-            logits = self._decoder.run(["logits"], {"frame_features": feats, "input_ids": ids})[0][:, -1]
-            lp = _log_softmax(logits.astype(np.float64))
-            nxt = lp.argmax(axis=-1)
-            live = ~done
-            logp_sum[live] += lp[np.arange(b), nxt][live]
-            n_tok[live] += 1
-            nxt = np.where(done, m.pad_token_id, nxt)
-            ids = np.concatenate([ids, nxt[:, None].astype(np.int64)], axis=1)
-            done |= nxt == m.eos_token_id
-            if done.all():
-                break
-        out = []
-        for i in range(b):
-            toks = [t for t in ids[i, 1:].tolist() if t not in (m.eos_token_id, m.pad_token_id)]
-            if m.eos_token_id in ids[i, 1:]:
-                cut = ids[i, 1:].tolist().index(m.eos_token_id)
-                toks = [t for t in ids[i, 1:1 + cut].tolist() if t != m.pad_token_id]
-            text = self._tok.decode(toks, skip_special_tokens=True).strip()
-            out.append(CaptionResult(text=text, score=float(logp_sum[i] / max(1, n_tok[i]))))
-        return out
+    def _prompt_ids(self, prompt: str | None) -> list[int]:
+        ids = [self.manifest.bos_token_id]
+        if prompt:
+            ids += self._tok.encode(prompt, add_special_tokens=False).ids
+        return ids
+
+    def _window_features(self, windows, keys) -> np.ndarray:
+        if self.manifest.encoder_mode == "clip":
+            b, k = len(windows), self.frames_per_window
+            px = preprocess_frames([f for w in windows for f in w], self.preprocessing)
+            self.vision_frames_encoded += b * k
+            return self._vision.run(["features"], {"pixel_values": px.reshape(b, k, *px.shape[1:])})[0]
+        flat_keys = ([kk for wk in keys for kk in wk] if keys is not None
+                     else [content_key(f) for w in windows for f in w])
+        flat = [f for w in windows for f in w]
+        if len(flat_keys) != len(flat):
+            raise EngineError("keys must name every frame of every window")
+        found: dict[Hashable, np.ndarray] = {}
+        todo: dict[Hashable, np.ndarray] = {}
+        for key, frame in zip(flat_keys, flat):
+            if key in found or key in todo:
+                continue
+            hit = self.cache.get(key)
+            if hit is not None:
+                found[key] = hit
+            else:
+                todo[key] = frame
+        if todo:
+            new = self.encode_frames(list(todo.values()))
+            for key, f in zip(todo, new):
+                found[key] = f
+                self.cache.put(key, f)
+        feats = np.stack([found[key] for key in flat_keys])
+        return feats.reshape(len(windows), self.frames_per_window, *feats.shape[1:])

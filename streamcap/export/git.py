@@ -1,142 +1,202 @@
-"""Export a local ``GitForCausalLM`` checkpoint to a streamcap engine folder.
+"""Export a local ``GitForCausalLM`` checkpoint (image GIT or video GIT such as GIT-base-VATEX)
+to a streamcap engine folder (format 2, docs/engine-format.md).
 
-Two ONNX graphs, split where GIT itself is split so that frames can be cached:
+Three ONNX graphs, split where GIT itself is split so that frames can be cached:
 
-- ``vision_encoder.onnx``: ``pixel_values`` (N, 3, S, S) → ``frame_features`` (N, T, Dv) — each
-  frame on its own, as GIT encodes them;
-- ``text_decoder.onnx``: ``frame_features`` (B, K, T, Dv) + ``input_ids`` (B, L) → ``logits``
-  (B, L, V) — adds the per-frame temporal embedding, projects, and runs the causal decoder over
-  [image tokens, text tokens].
+- ``vision_encoder.onnx``: ``pixel_values`` (N, 3, S, S) → ``features`` (N, T, Dv) — each frame on
+  its own, as GIT encodes them (the temporal embedding is added later, by window position);
+- ``decoder_prefill.onnx``: ``features`` (B, K, T, Dv) + ``input_ids`` (B, L) → last ``logits`` and
+  the self-attention cache over [K·T image tokens, L text tokens];
+- ``decoder_step.onnx``: one token + the cache → ``logits`` and the cache one longer.
 
+The decoder layers are written out here from the model's own submodules (BERT-style post-norm
+layers) so the cache is plain tensors; parity with ``GitForCausalLM.generate`` is tested.
 Needs torch + transformers (the ``export`` extra); never imported by the server.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import math
 from pathlib import Path
 
-from streamcap.engine.manifest import MANIFEST_NAME, file_sha256
 from streamcap.engine.preprocess import Preprocessing
+from streamcap.export.base import (
+    OPSET,
+    ExportError,
+    ExportOptions,
+    copy_tokenizer,
+    read_preprocessing,
+    write_manifest,
+)
 
-OPSET = 17
+# CLIPImageProcessor, which GIT checkpoints ship with
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _decoder_wrapper(model):
+def _layer(layer, x, mask, past_k=None, past_v=None):
+    """One GIT (BERT-style) decoder layer on plain tensors; returns (x, key, value)."""
+    import torch
+
+    att = layer.attention.self
+    b, n, _ = x.shape
+    h, hd = att.num_attention_heads, att.attention_head_size
+
+    def heads(t):
+        return t.view(b, n, h, hd).transpose(1, 2)
+
+    q, k, v = heads(att.query(x)), heads(att.key(x)), heads(att.value(x))
+    if past_k is not None:
+        k = torch.cat([past_k, k], dim=2)
+        v = torch.cat([past_v, v], dim=2)
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)
+    if mask is not None:
+        scores = scores + mask
+    ctx = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, n, h * hd)
+    a = layer.attention.output(ctx, x)
+    return layer.output(layer.intermediate(a), a), k, v
+
+
+def _wrappers(model, n_prefix: int):
     import torch
     from torch import nn
 
-    class GitTextDecoder(nn.Module):
-        def __init__(self, m) -> None:
-            super().__init__()
-            self.git = m.git
-            self.output = m.output
-            self.temporal = m.config.num_image_with_embedding is not None
+    git = model.git
+    temporal = model.config.num_image_with_embedding is not None
 
-        def forward(self, frame_features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-            b, k, t, d = frame_features.shape
-            if self.temporal:
+    class Prefill(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.git, self.output = git, model.output
+
+        def forward(self, features, input_ids):
+            b, k, t, d = features.shape
+            if temporal:
                 temb = torch.cat([p.reshape(1, d) for p in self.git.img_temporal_embedding], 0)
-                frame_features = frame_features + temb[:k].reshape(1, k, 1, d)
-            vis = self.git.visual_projection(frame_features.reshape(b, k * t, d))
+                features = features + temb[:k].reshape(1, k, 1, d)
+            vis = self.git.visual_projection(features.reshape(b, k * t, d))
             text = self.git.embeddings(input_ids=input_ids)
             x = torch.cat([vis, text], dim=1)
-            n_img = k * t
-            n_txt = input_ids.shape[1]
-            n = n_img + n_txt
-            neg = torch.finfo(x.dtype).min
+            n_img, n = k * t, k * t + input_ids.shape[1]
             row = torch.arange(n).unsqueeze(1)
             col = torch.arange(n).unsqueeze(0)
-            # image rows see image columns only; text rows see every image column and earlier text
+            # image rows see every image column; text rows see the image and earlier text
             allowed = (col < n_img) | ((row >= n_img) & (col <= row))
-            mask = torch.where(allowed, torch.zeros((), dtype=x.dtype), torch.full((), neg, dtype=x.dtype))
-            hidden = self.git.encoder(x, attention_mask=mask.reshape(1, 1, n, n)).last_hidden_state
-            return self.output(hidden[:, n_img:])
+            mask = torch.where(allowed, torch.zeros((), dtype=x.dtype),
+                               torch.full((), torch.finfo(x.dtype).min, dtype=x.dtype)).reshape(1, 1, n, n)
+            cache = []
+            for layer in self.git.encoder.layer:
+                x, kk, vv = _layer(layer, x, mask)
+                cache += [kk, vv]
+            return (self.output(x[:, -1]), *cache)
 
-    return GitTextDecoder(model).eval()
-
-
-def _vision_wrapper(model):
-    from torch import nn
-
-    class GitVisionEncoder(nn.Module):
-        def __init__(self, m) -> None:
+    class Step(nn.Module):
+        def __init__(self) -> None:
             super().__init__()
-            self.enc = m.git.image_encoder
+            self.git, self.output = git, model.output
+
+        def forward(self, input_ids, *past):
+            emb = self.git.embeddings
+            # text position of the new token = cache length − image tokens, from the data itself
+            pos = torch.ones_like(past[0][:, 0, :, 0], dtype=torch.long).sum(dim=1, keepdim=True) - n_prefix
+            x = emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(pos))
+            cache = []
+            for i, layer in enumerate(self.git.encoder.layer):
+                x, kk, vv = _layer(layer, x, None, past[2 * i], past[2 * i + 1])
+                cache += [kk, vv]
+            return (self.output(x[:, -1]), *cache)
+
+    class Vision(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = git.image_encoder
 
         def forward(self, pixel_values):
             return self.enc(pixel_values).last_hidden_state
 
-    return GitVisionEncoder(model).eval()
+    return Vision().eval(), Prefill().eval(), Step().eval()
 
 
-def export_git(
-    checkpoint: Path,
-    out: Path,
-    *,
-    preprocessing: Preprocessing | None = None,
-    window_s: float = 2.0,
-    max_new_tokens: int = 20,
-    name: str | None = None,
-    extra: dict | None = None,
-) -> Path:
-    """Export ``checkpoint`` (a ``save_pretrained`` folder with tokenizer files) into ``out``."""
+def export(checkpoint: Path, out: Path, opts: ExportOptions, *, preprocessing: Preprocessing | None = None,
+           extra: dict | None = None) -> Path:
+    """Export ``checkpoint`` (a ``save_pretrained`` folder with ``tokenizer.json``) into ``out``."""
     import torch
     from transformers import GitForCausalLM
 
     checkpoint, out = Path(checkpoint), Path(out)
     model = GitForCausalLM.from_pretrained(checkpoint).eval()
-    cfg = model.config
-    vcfg = cfg.vision_config
-    frames = cfg.num_image_with_embedding or 1
+    cfg, vcfg = model.config, model.config.vision_config
+    max_frames = cfg.num_image_with_embedding or 1
+    frames = opts.frames or max_frames
+    if not 1 <= frames <= max_frames:
+        raise ExportError(f"{checkpoint}: --frames {frames} is not possible; this GIT model has temporal "
+                          f"embeddings for {max_frames} frame(s)")
     size = vcfg.image_size
     tokens_per_frame = (size // vcfg.patch_size) ** 2 + 1
-    pre = preprocessing or Preprocessing(size)
+    n_prefix = frames * tokens_per_frame
+    pre = preprocessing or read_preprocessing(checkpoint, size=size, default_mean=CLIP_MEAN,
+                                              default_std=CLIP_STD, default_resize="center_crop")
+    n_layers = cfg.num_hidden_layers
+    heads = cfg.num_attention_heads
+    head_dim = cfg.hidden_size // heads
     out.mkdir(parents=True, exist_ok=True)
-
-    vision = _vision_wrapper(model)
-    decoder = _decoder_wrapper(model)
+    vision, prefill, step = _wrappers(model, n_prefix)
+    kv_names = [f"{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
+    present = [f"present_{n}" for n in kv_names]
+    past = [f"past_{n}" for n in kv_names]
     px = torch.randn(2, 3, size, size)
     ff = torch.randn(2, frames, tokens_per_frame, vcfg.hidden_size)
     ids = torch.full((2, 3), cfg.bos_token_id, dtype=torch.long)
+    past_t = tuple(torch.randn(2, heads, n_prefix + 3, head_dim) for _ in past)
     with torch.no_grad():
         torch.onnx.export(vision, (px,), out / "vision_encoder.onnx", input_names=["pixel_values"],
-                          output_names=["frame_features"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"pixel_values": {0: "n"}, "frame_features": {0: "n"}})
-        torch.onnx.export(decoder, (ff, ids), out / "text_decoder.onnx",
-                          input_names=["frame_features", "input_ids"], output_names=["logits"],
-                          opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"frame_features": {0: "b"}, "input_ids": {0: "b", 1: "l"},
-                                        "logits": {0: "b", 1: "l"}})
-    tok_src = checkpoint / "tokenizer.json"
-    if not tok_src.exists():
-        raise FileNotFoundError(f"{checkpoint} has no tokenizer.json (save the fast tokenizer beside the model)")
-    shutil.copy(tok_src, out / "tokenizer.json")
-    files = ["vision_encoder.onnx", "text_decoder.onnx", "tokenizer.json"]
-    manifest = {
-        "format": "streamcap-engine",
-        "format_version": 1,
-        "name": name or out.name,
+                          output_names=["features"], opset_version=opts.opset, dynamo=False,
+                          dynamic_axes={"pixel_values": {0: "n"}, "features": {0: "n"}})
+        torch.onnx.export(prefill, (ff, ids), out / "decoder_prefill.onnx",
+                          input_names=["features", "input_ids"], output_names=["logits", *present],
+                          opset_version=opts.opset, dynamo=False,
+                          dynamic_axes={"features": {0: "b"}, "input_ids": {0: "b", 1: "l"}, "logits": {0: "b"},
+                                        **{n: {0: "b", 2: "p"} for n in present}})
+        torch.onnx.export(step, (ids[:, :1], *past_t), out / "decoder_step.onnx",
+                          input_names=["input_ids", *past], output_names=["logits", *present],
+                          opset_version=opts.opset, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "b"}, "logits": {0: "b"},
+                                        **{n: {0: "b", 2: "p"} for n in past},
+                                        **{n: {0: "b", 2: "p1"} for n in present}})
+    tok = copy_tokenizer(checkpoint, out)
+    graphs = {"vision_encoder": "vision_encoder.onnx", "decoder_prefill": "decoder_prefill.onnx",
+              "decoder_step": "decoder_step.onnx"}
+    fields = {
+        "name": opts.name or out.name,
         "architecture": "git",
         "model_type": "GitForCausalLM",
-        "runtime": "onnxruntime",
         "precision": "fp32",
-        "opset": OPSET,
+        "opset": opts.opset,
         "frames_per_window": frames,
-        "window_s": window_s,
+        "encoder_mode": "frame",
+        "window_s": opts.window_s,
         "image_tokens_per_frame": tokens_per_frame,
         "vision_hidden_size": vcfg.hidden_size,
         "preprocessing": pre.to_dict(),
-        "tokenizer": "tokenizer.json",
+        "tokenizer": tok,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id,
-        "max_new_tokens": max_new_tokens,
-        "graphs": {"vision_encoder": "vision_encoder.onnx", "text_decoder": "text_decoder.onnx"},
-        "files": {f: file_sha256(out / f) for f in files},
+        "max_new_tokens": opts.max_new_tokens,
+        "decoder": {"num_layers": n_layers, "num_heads": heads, "head_dim": head_dim, "cross_attention": False,
+                    "prefix_tokens": n_prefix, "vocab_size": cfg.vocab_size},
+        "graphs": graphs,
+        **(extra or {}),
     }
-    if extra:
-        manifest.update(extra)
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out
+    return write_manifest(out, fields, [*graphs.values(), tok])
+
+
+def export_git(checkpoint: Path, out: Path, *, preprocessing: Preprocessing | None = None,
+               window_s: float = 2.0, max_new_tokens: int = 20, name: str | None = None,
+               extra: dict | None = None) -> Path:
+    """The training script's entry point (explicit preprocessing, no preprocessor_config.json)."""
+    return export(checkpoint, out, ExportOptions(window_s=window_s, max_new_tokens=max_new_tokens, name=name),
+                  preprocessing=preprocessing, extra=extra)
+
+
+__all__ = ["OPSET", "export", "export_git"]
