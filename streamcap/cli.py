@@ -1,4 +1,5 @@
-"""``streamcap`` command line: ``run`` (the live server) and ``caption`` (a file → subtitles).
+"""``streamcap`` command line: ``run`` (the live server), ``caption`` (a file → subtitles) and
+``export`` (a local Hugging Face checkpoint → an engine folder).
 
 Parses flags, loads the typed config once (file → env → flags) and hands it down.
 """
@@ -30,6 +31,10 @@ def _source_flag(value: str) -> dict:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="configuration file (see docs/configuration.md)")
     p.add_argument("--engine", metavar="PATH", help="engine folder (default: the bundled demo model)")
+    p.add_argument("--engine-provider", choices=["cpu", "cuda", "tensorrt", "tensorrt-native"],
+                   help="engine runtime (engine.provider; default cpu)")
+    p.add_argument("--beams", type=int, metavar="N", help="beam width (engine.num_beams; default 1 = greedy)")
+    p.add_argument("--prompt", help="text the decoder continues from (engine.prompt)")
     p.add_argument("--stride", type=float, metavar="S", help="seconds between windows (windows.stride_s)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -52,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-o", "--output", help="output file (default: stdout)")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(cap)
+    exp = sub.add_parser("export", help="export a local Hugging Face checkpoint to an engine folder",
+                         description="Supported: GitForCausalLM (image and video GIT, e.g. git-base-vatex), "
+                                     "BlipForConditionalGeneration, VisionEncoderDecoderModel (ViT, VideoMAE or "
+                                     "TimeSformer encoder + GPT-2 decoder). Needs the export extra.")
+    exp.add_argument("checkpoint", help="local checkpoint folder (config.json, weights, tokenizer.json)")
+    exp.add_argument("--out", required=True, help="engine folder to write")
+    exp.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                     help="int8: dynamic quantisation for CPU; fp16: for GPU (default fp32)")
+    exp.add_argument("--frames", type=int, metavar="K", help="frames per window (default: the model's own)")
+    exp.add_argument("--window-s", type=float, default=2.0, help="window length the engine suggests (default 2)")
+    exp.add_argument("--max-new-tokens", type=int, default=20, help="default caption length limit (default 20)")
+    exp.add_argument("--name", help="engine name (default: the folder name)")
+    exp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return ap
 
 
@@ -63,6 +81,12 @@ def _overrides(args: argparse.Namespace) -> dict:
         o.setdefault("server", {})["port"] = args.port
     if args.engine:
         o.setdefault("engine", {})["path"] = args.engine
+    if args.engine_provider:
+        o.setdefault("engine", {})["provider"] = args.engine_provider
+    if args.beams:
+        o.setdefault("engine", {})["num_beams"] = args.beams
+    if args.prompt:
+        o.setdefault("engine", {})["prompt"] = args.prompt
     if args.stride:
         o.setdefault("windows", {})["stride_s"] = args.stride
     if getattr(args, "source", None):
@@ -167,11 +191,30 @@ def _duration_s(path: str) -> float | None:
         cap.release()
 
 
+def _export(args: argparse.Namespace) -> int:
+    import time
+
+    try:
+        from streamcap.export import export_checkpoint
+    except ImportError as e:  # torch/transformers missing: the export extra is not installed
+        raise StreamcapError(f"export needs torch and transformers ({e.name} is missing): "
+                             "pip install 'streamcap[export]'", code="bad_config") from e
+    t0 = time.perf_counter()
+    print(f"exporting {args.checkpoint} → {args.out} ({args.precision}) ...", file=sys.stderr, flush=True)
+    out = export_checkpoint(args.checkpoint, args.out, precision=args.precision, frames=args.frames,
+                            window_s=args.window_s, max_new_tokens=args.max_new_tokens, name=args.name)
+    print(f"wrote engine folder {out} in {time.perf_counter() - t0:.1f} s "
+          f"(run it: streamcap run --engine {out})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "export":
+            return _export(args)
         config = load_config(args.config, overrides=_overrides(args))
         if args.command == "run":
             return asyncio.run(_run(config))

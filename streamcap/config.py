@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,9 +40,31 @@ class ServerConfig(_Model):
 
 class EngineConfig(_Model):
     path: str = Field(DEFAULT_ENGINE, description="Engine folder (holds engine.json).")
+    provider: Literal["cpu", "cuda", "tensorrt", "tensorrt-native"] = Field(
+        "cpu", description="Runtime: ONNX Runtime on CPU, CUDA or its TensorRT provider, or native TensorRT "
+                           "engines built from the graphs (the last three need an NVIDIA GPU and the gpu/tensorrt "
+                           "extras).")
+    trt_cache_dir: str = Field("~/.cache/streamcap/trt",
+                               description="Where built TensorRT engines are kept (keyed by GPU, TensorRT "
+                                           "version and engine manifest).")
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = all cores).")
     max_batch: int = Field(4, ge=1, le=64,
                            description="Most windows (from any streams) captioned in one engine call.")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000,
+                               description="After the first window of a batch is ready, wait up to this long "
+                                           "for windows of other streams to fill the batch (0 = take what is "
+                                           "queued).")
+    frame_cache_frames: int = Field(256, ge=0, le=100_000,
+                                    description="Per-frame vision features kept so overlapping windows encode "
+                                                "each frame once (least recently used evicted; 0 = off).")
+    num_beams: int = Field(1, ge=1, le=16, description="Beam width (1 = greedy).")
+    max_new_tokens: int | None = Field(None, ge=1, le=512,
+                                       description="Caption length limit in tokens (default: the engine's).")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Hugging Face-style repetition penalty "
+                                                                    "(1.0 = off).")
+    prompt: str | None = Field(None, max_length=500,
+                               description="Text the decoder continues from (a prefix or a question for "
+                                           "VQA-style checkpoints); not repeated in the caption.")
     queue_size: int = Field(8, ge=1, le=1024,
                             description="Windows waiting for the engine; when full, live streams drop "
                                         "their oldest waiting window (reason engine_busy).")

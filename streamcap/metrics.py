@@ -106,6 +106,13 @@ class Metrics:
             registry=reg,
             buckets=ENGINE_LATENCY_BUCKETS_S,
         )
+        self.frame_cache_total = Counter(
+            "frame_cache_total",
+            "Frame-feature cache lookups by result (hit, miss) and entries evicted when full (evicted).",
+            ["result"],
+            namespace=ns,
+            registry=reg,
+        )
         self.glass_to_caption_seconds = Histogram(
             "glass_to_caption_seconds",
             "From decoding the newest frame of a window to publishing its caption.",

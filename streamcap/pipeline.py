@@ -17,6 +17,7 @@ Async contract: all methods run on one event loop; only the engine call leaves i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from streamcap.config import Config
-from streamcap.engine.base import CaptionEngine
+from streamcap.engine.base import CaptionEngine, decode_options_from_config
 from streamcap.engine.preprocess import resize_frame
 from streamcap.errors import SourceEnded, StreamcapError
 from streamcap.metrics import Metrics
@@ -77,10 +78,20 @@ class WindowQueue:
             self._items.append((window, live))
             self._cond.notify_all()
 
-    async def get_batch(self, max_batch: int) -> list[Window]:
+    async def get_batch(self, max_batch: int, max_wait_s: float = 0.0) -> list[Window]:
+        """Up to ``max_batch`` windows, oldest first. Once one is ready, wait at most ``max_wait_s``
+        for more (from any stream) to fill the batch."""
         async with self._cond:
             while not self._items:
                 await self._cond.wait()
+            if max_wait_s > 0 and len(self._items) < max_batch:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + max_wait_s
+                while len(self._items) < max_batch and (left := deadline - loop.time()) > 0:
+                    try:
+                        await asyncio.wait_for(self._cond.wait(), left)
+                    except TimeoutError:
+                        break
             batch = [self._items.popleft()[0] for _ in range(min(max_batch, len(self._items)))]
             self._cond.notify_all()
             return batch
@@ -108,6 +119,7 @@ class StreamRunner:
         self.p = pipeline
         self.id = stream_id
         self.url = url
+        self.epoch = 0  # set by the pipeline: tells apart streams re-added under one id
         self.safe_url = sanitize_url(url)
         cfg = pipeline.config
         eng = pipeline.engine
@@ -277,6 +289,9 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-engine")
         self._tg: asyncio.TaskGroup | None = None
         self.batches = 0
+        self._decode_options = decode_options_from_config(config.engine)
+        self._cache_seen: dict[str, int] = {}
+        self._epochs = itertools.count()
         self._busy = False
         self._idle = asyncio.Event()
 
@@ -292,6 +307,7 @@ class Pipeline:
         if stream_id in self.runners:
             raise ValueError(f"stream {stream_id!r} already exists")
         runner = StreamRunner(self, stream_id, url)
+        runner.epoch = next(self._epochs)
         self.runners[stream_id] = runner
         if self._tg is not None:
             runner.task = self._tg.create_task(runner.run(), name=f"stream-{stream_id}")
@@ -335,16 +351,36 @@ class Pipeline:
             self._idle.clear()
             await self._idle.wait()
 
+    def _caption(self, batch: list[Window]) -> list[CaptionResult]:
+        """Engine thread: caption a batch; frames are named (stream, runner epoch, seq) for the
+        frame cache, so a re-added stream never reuses an old stream's features."""
+        keys = []
+        for w in batch:
+            runner = self.runners.get(w.stream)
+            epoch = runner.epoch if runner is not None else -1
+            keys.append([(w.stream, epoch, f.seq) for f in w.frames])
+        results = self.engine.caption_batch([[f.image for f in w.frames] for w in batch], keys=keys,
+                                            **self._decode_options)
+        cache = getattr(self.engine, "cache", None)
+        if cache is not None:
+            m = self.metrics
+            for name, value in (("hit", cache.hits), ("miss", cache.misses), ("evicted", cache.evictions)):
+                delta = value - self._cache_seen.get(name, 0)
+                if delta:
+                    m.frame_cache_total.labels(result=name).inc(delta)
+                self._cache_seen[name] = value
+        return results
+
     async def _engine_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self.queue.get_batch(self.config.engine.max_batch)
+            batch = await self.queue.get_batch(self.config.engine.max_batch,
+                                               self.config.engine.max_wait_ms / 1000.0)
             self._busy = True
             try:
                 t0 = time.perf_counter()
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor, self.engine.caption_batch, [[f.image for f in w.frames] for w in batch])
+                    results = await loop.run_in_executor(self._executor, self._caption, batch)
                 except Exception as e:  # boundary: a failed batch becomes counted drops + a log line
                     log.error("engine %s failed on %d window(s): %s", self.engine.name, len(batch), e)
                     for w in batch:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Create/refresh the project virtualenv (.venv) with the given extras, e.g.
-#   tools/setup.sh            # serving only
-#   tools/setup.sh export,test
+#   tools/setup.sh cpu        # serving only (CPU runtime)
+#   tools/setup.sh cpu,export,test
+#   tools/setup.sh gpu        # serving on an NVIDIA GPU (onnxruntime-gpu)
 # Needs Python 3.11+ with venv; on Debian/Ubuntu installs python3-venv when missing (root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="${1:-cpu}"
 PY="${PYTHON:-python3}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

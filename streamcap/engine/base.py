@@ -38,14 +38,39 @@ class CaptionEngine(Protocol):
 
 
 def load_engine_from_config(cfg) -> CaptionEngine:
-    """Load ``cfg.path`` (an ``EngineConfig``) with its thread setting (0 = all cores)."""
+    """Load ``cfg.path`` (an ``EngineConfig``) with its runtime settings."""
     import os
 
-    return load_engine(cfg.path, intra_op_threads=cfg.threads or (os.cpu_count() or 1))
+    options: dict = {"provider": cfg.provider, "frame_cache_size": cfg.frame_cache_frames}
+    if cfg.provider == "tensorrt-native":
+        from streamcap.engine.trt_options import ProfileLimits
+
+        options["cache_dir"] = os.path.expanduser(cfg.trt_cache_dir)
+        options["limits"] = ProfileLimits(max_batch=cfg.max_batch, max_beams=max(4, cfg.num_beams),
+                                          max_new_tokens=max(32, cfg.max_new_tokens or 0))
+    else:
+        options["intra_op_threads"] = cfg.threads or (os.cpu_count() or 1)
+        if cfg.provider == "tensorrt":
+            options["trt_cache_dir"] = os.path.expanduser(cfg.trt_cache_dir)
+    return load_engine(cfg.path, **options)
 
 
-def load_engine(path: str, **options) -> CaptionEngine:
-    """Load an engine folder by its manifest (``engine.json``)."""
+def decode_options_from_config(cfg) -> dict:
+    """The decoding keywords of ``caption_batch`` from an ``EngineConfig``."""
+    opts: dict = {"num_beams": cfg.num_beams, "repetition_penalty": cfg.repetition_penalty, "prompt": cfg.prompt}
+    if cfg.max_new_tokens is not None:
+        opts["max_new_tokens"] = cfg.max_new_tokens
+    return opts
+
+
+def load_engine(path: str, *, provider: str = "cpu", **options) -> CaptionEngine:
+    """Load an engine folder by its manifest (``engine.json``). ``provider``: ``cpu``, ``cuda`` or
+    ``tensorrt`` (ONNX Runtime execution providers) or ``tensorrt-native`` (TensorRT engines built
+    from the graphs and cached on disk)."""
+    if provider == "tensorrt-native":
+        from streamcap.engine.tensorrt import TensorRTCaptionEngine
+
+        return TensorRTCaptionEngine(path, **options)
     from streamcap.engine.onnx import OnnxCaptionEngine
 
-    return OnnxCaptionEngine(path, **options)
+    return OnnxCaptionEngine(path, provider=provider, **options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -45,8 +46,13 @@ class OnnxCaptionEngine:
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "cpu", providers: Sequence[str] | None = None,
                  intra_op_threads: int | None = None, verify_hashes: bool = True,
-                 frame_cache_size: int = 256, provider_options: dict | None = None) -> None:
-        import onnxruntime as ort
+                 frame_cache_size: int = 256, provider_options: dict | None = None,
+                 trt_cache_dir: str | os.PathLike | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise EngineLoadError("ONNX Runtime is not installed: pip install 'streamcap[cpu]' "
+                                  "(or 'streamcap[gpu]' on an NVIDIA GPU)") from e
         from tokenizers import Tokenizer
 
         self.manifest = m = load_manifest(path, verify_hashes=verify_hashes)
@@ -70,7 +76,16 @@ class OnnxCaptionEngine:
                     if any(p != "CPUExecutionProvider" for p in missing) else "")
             raise EngineLoadError(f"ONNX Runtime execution provider(s) {missing} not available here "
                                   f"(available: {available}){hint}")
-        chosen = [(p, (provider_options or {}).get(p, {})) for p in providers]
+        provider_options = dict(provider_options or {})
+        if "TensorrtExecutionProvider" in providers and "TensorrtExecutionProvider" not in provider_options:
+            from streamcap.engine.trt_options import manifest_digest, tensorrt_provider_options
+
+            cache = Path(trt_cache_dir or Path.home() / ".cache" / "streamcap" / "trt")
+            trt_opts = tensorrt_provider_options(cache, manifest_digest(m.folder), fp16=m.precision == "fp16",
+                                                 ort_version=ort.__version__)
+            Path(trt_opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            provider_options["TensorrtExecutionProvider"] = trt_opts
+        chosen = [(p, provider_options.get(p, {})) for p in providers]
         try:
             self._vision = _session(m.path(m.graphs["vision_encoder"]), opts, chosen)
             self._prefill = _session(m.path(m.graphs["decoder_prefill"]), opts, chosen)

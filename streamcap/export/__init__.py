@@ -49,7 +49,12 @@ def export_checkpoint(src: str | Path, out: str | Path, *, precision: str = "fp3
     module = importlib.import_module(f"streamcap.export.{EXPORTERS[arch]}")
     opts = ExportOptions(precision="fp32", frames=frames, window_s=window_s, max_new_tokens=max_new_tokens,
                          name=name)
-    module.export(src, out, opts)
+    try:
+        module.export(src, out, opts)
+    except ExportError:
+        raise
+    except Exception as e:  # boundary: torch/transformers/onnx errors become one clear export error
+        raise ExportError(f"could not export {src} ({arch}): {type(e).__name__}: {e}") from e
     if precision != "fp32":
         from streamcap.export.quantize import convert_precision
 

@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from tests.helpers.tiny_git import IMAGE_SIZE, save_tiny_git
 
 pytestmark = pytest.mark.integration
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 MAX_NEW = 10
 

@@ -49,3 +49,38 @@ def test_batch_takes_at_most_max_batch_in_fifo_order():
             await q.put(_w("a", i), live=True)
         return [w.index for w in await q.get_batch(3)], len(q)
     assert asyncio.run(go()) == ([0, 1, 2], 2)
+
+
+def test_batch_waits_for_windows_of_other_streams_up_to_max_wait():
+    async def go():
+        q = WindowQueue(8, lambda w, r: None)
+        await q.put(_w("a", 0), live=True)
+        getter = asyncio.create_task(q.get_batch(2, max_wait_s=30.0))
+        await asyncio.sleep(0)  # the getter holds one window and waits for a second
+        assert not getter.done()
+        await q.put(_w("b", 0), live=True)
+        # returns as soon as the batch is full, long before the 30 s limit
+        batch = await asyncio.wait_for(getter, 5)
+        return [(w.stream, w.index) for w in batch]
+    assert asyncio.run(go()) == [("a", 0), ("b", 0)]
+
+
+def test_batch_wait_ends_at_max_wait_with_what_is_queued():
+    async def go():
+        q = WindowQueue(8, lambda w, r: None)
+        await q.put(_w("a", 0), live=True)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        batch = await asyncio.wait_for(q.get_batch(4, max_wait_s=0.05), 5)
+        return len(batch), loop.time() - t0
+    n, waited = asyncio.run(go())
+    assert n == 1
+    assert waited >= 0.05
+
+
+def test_no_wait_takes_only_what_is_queued():
+    async def go():
+        q = WindowQueue(8, lambda w, r: None)
+        await q.put(_w("a", 0), live=True)
+        return len(await asyncio.wait_for(q.get_batch(4), 5))
+    assert asyncio.run(go()) == 1
