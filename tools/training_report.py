@@ -2,7 +2,10 @@
 """Turn a training run's ``curve.json`` into the learning-curve plot (PNG, drawn with OpenCV)
 and a markdown table, for docs/training.md.
 
-Usage: python tools/training_report.py runs/shapes-git/curve.json --png docs/img/learning_curve.png
+Usage: python tools/training_report.py runs/shapes-git/curve.json [RESUMED/curve.json ...] --png OUT.png
+
+Several curves (a run, then runs resumed from its checkpoint) are joined end to end: each one's
+steps and minutes continue from the previous one's last.
 """
 
 from __future__ import annotations
@@ -66,10 +69,15 @@ def table(curve: list[dict], every: int = 250) -> str:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("curve", type=Path)
+    ap.add_argument("curve", type=Path, nargs="+")
     ap.add_argument("--png", type=Path, default=Path("docs/img/learning_curve.png"))
     ap.add_argument("--every", type=int, default=250)
     a = ap.parse_args()
-    data = json.loads(a.curve.read_text())
-    plot(data["curve"], a.png)
-    print(table(data["curve"], a.every))
+    joined: list[dict] = []
+    for path in a.curve:
+        step0 = joined[-1]["step"] if joined else 0
+        min0 = joined[-1]["minutes"] if joined else 0.0
+        for r in json.loads(path.read_text())["curve"]:
+            joined.append({**r, "step": r["step"] + step0, "minutes": round(r["minutes"] + min0, 2)})
+    plot(joined, a.png)
+    print(table(joined, a.every))
