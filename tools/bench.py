@@ -18,7 +18,7 @@ with the same number of threads:
   raw_ort_int8  the same on the int8 graphs
 
 Usage:
-  python tools/bench.py                          # full run: 12 measured windows per variant
+  python tools/bench.py                          # full run: 3 rounds × 12 measured windows per variant
   python tools/bench.py --quick                  # tiny model, 4 windows: a CI smoke check (< 2 min)
   python tools/bench.py --json bench.json --markdown bench.md --plot docs/img/benchmark.png
 
@@ -318,6 +318,15 @@ def run_variant(variant: str, job_path: Path, workdir: Path) -> dict:
     return json.loads(result_path.read_text())
 
 
+def merge_rounds(acc: dict | None, raw: dict) -> dict:
+    """Pool one more round of a variant: windows and time add up, the peak is the highest."""
+    if acc is None:
+        return dict(raw)
+    return {**acc, "total_s": acc["total_s"] + raw["total_s"], "latencies_s": acc["latencies_s"] + raw["latencies_s"],
+            "frames_encoded": acc["frames_encoded"] + raw["frames_encoded"],
+            "peak_rss_mb": max(acc["peak_rss_mb"], raw["peak_rss_mb"]), "load_s": min(acc["load_s"], raw["load_s"])}
+
+
 def summarise(raw: dict) -> dict:
     lat = np.asarray(raw["latencies_s"]) * 1000
     n = len(lat)
@@ -364,7 +373,7 @@ def machine_info() -> dict:
 
 
 def build_report(results: dict[str, dict], job: dict) -> dict:
-    config_keys = ("model", "windows", "warmup", "stride", "tokens", "threads", "quick")
+    config_keys = ("model", "windows", "warmup", "rounds", "stride", "tokens", "threads", "quick")
     report: dict = {"machine": machine_info(), "config": {k: job[k] for k in config_keys}, "targets": TARGETS,
                     "variants": results}
     for v, r in results.items():
@@ -389,7 +398,8 @@ def markdown(report: dict) -> str:
          f"{mod['image_size']} px / patch {mod['patch_size']}, {mod['frames']} frames per window, decoder "
          f"{mod['text']['layers']}×{mod['text']['hidden']}, vocabulary {mod['text']['vocab']}. Stride "
          f"{c['stride']} frames, {c['tokens']} tokens per caption, {c['threads']} threads, {c['warmup']} warm-up + "
-         f"{c['windows']} measured windows per variant."),
+         f"{c['windows']} measured windows per variant and round, {c.get('rounds', 1)} round(s) with the variants in "
+         f"turn (windows pooled)."),
         "",
         "| variant | what runs | windows/s | × naive | p50 ms | p95 ms | peak RSS MB | frames encoded / window |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -474,6 +484,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny model and 4 windows (CI smoke check)")
     ap.add_argument("--windows", type=int, help="measured windows per variant (default 12; 4 with --quick)")
     ap.add_argument("--warmup", type=int, default=2, help="windows run before timing starts (default 2)")
+    ap.add_argument("--rounds", type=int, help="run the variants in turn this many times and pool the windows, so "
+                                               "slow drifts of a shared machine hit every variant alike "
+                                               "(default 3; 1 with --quick)")
     ap.add_argument("--tokens", type=int, default=20, help="generated tokens per caption (default 20)")
     ap.add_argument("--threads", type=int, default=usable_cores(),
                     help="threads for torch and ONNX Runtime (default: all usable cores)")
@@ -493,6 +506,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
     if a.windows is None:
         a.windows = 4 if a.quick else 12
+    if a.rounds is None:
+        a.rounds = 1 if a.quick else 3
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if a.windows < 1 or a.warmup < 0 or a.tokens < 1 or a.threads < 1:
         ap.error("--windows, --tokens and --threads must be positive, --warmup non-negative")
     return a
@@ -516,18 +533,23 @@ def main(argv: list[str] | None = None) -> int:
     warn_if_busy(a.threads)
     model = QUICK_MODEL if a.quick else FULL_MODEL
     assets = prepare_assets(model, a.cache, a.tokens)
-    job = {"model": model, "assets": assets, "windows": a.windows, "warmup": a.warmup,
+    job = {"model": model, "assets": assets, "windows": a.windows, "warmup": a.warmup, "rounds": a.rounds,
            "stride": max(1, model["frames"] // 3), "tokens": a.tokens, "threads": a.threads, "quick": a.quick}
     results = {}
     with tempfile.TemporaryDirectory(prefix="streamcap-bench-") as tmp:
         job_path = Path(tmp) / "job.json"
         job_path.write_text(json.dumps(job))
-        for v in a.variants:
-            log(f"running {v} ({DESCRIPTIONS[v]}) ...")
-            results[v] = summarise(run_variant(v, job_path, Path(tmp)))
-            r = results[v]
-            log(f"  {v:<13} {r['windows_per_s']:7.3f} windows/s  p50 {r['p50_ms']:7.0f} ms  p95 {r['p95_ms']:7.0f} ms"
-                f"  peak RSS {r['peak_rss_mb']:6.0f} MB  {r['frames_encoded_per_window']:.1f} frames encoded/window")
+        pooled: dict[str, dict] = {}
+        for rnd in range(a.rounds):
+            for v in a.variants:
+                log(f"round {rnd + 1}/{a.rounds}: running {v} ({DESCRIPTIONS[v]}) ...")
+                raw = run_variant(v, job_path, Path(tmp))
+                r = summarise(raw)
+                log(f"  {v:<13} {r['windows_per_s']:7.3f} windows/s  p50 {r['p50_ms']:7.0f} ms  "
+                    f"p95 {r['p95_ms']:7.0f} ms  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+                    f"{r['frames_encoded_per_window']:.1f} frames encoded/window")
+                pooled[v] = merge_rounds(pooled.get(v), raw)
+        results = {v: summarise(raw) for v, raw in pooled.items()}
     report = build_report(results, job)
     report["bench_wall_s"] = round(time.perf_counter() - t_start, 1)
     table = markdown(report)
