@@ -137,6 +137,9 @@ class StreamRunner:
         self.planner: WindowPlanner | None = None
         self.task: asyncio.Task | None = None
         self.finals: list[Caption] = []  # closed finals (full spans), kept only when collect_finals
+        self._windows_in_flight = 0  # queued or being captioned; the stream ends after they are done
+        self._windows_done = asyncio.Event()
+        self._windows_done.set()
 
     # ---------------------------------------------------------------- status & drops
 
@@ -203,7 +206,7 @@ class StreamRunner:
             except SourceEnded:
                 break
             await self._ingest(frame)
-        self._finish()
+        await self._finish()
 
     async def _ingest(self, frame: Frame) -> None:
         m = self.p.metrics
@@ -228,14 +231,28 @@ class StreamRunner:
         self._last_kept_pts = frame.pts_s
         for spec in self.planner.due(frame.pts_s):
             frames = pick_frames(self.ring, self.planner.sample_targets(spec))
+            self._window_queued()
             await self.p.queue.put(build_window(self.id, spec, frames), live=self.live)
         skipped = self.planner.last_skipped
         if skipped:
             m.windows_dropped_total.labels(stream=self.id, reason="behind_live").inc(skipped)
         self.ring.release_before(self.planner.release_pts())
 
-    def _finish(self) -> None:
-        """A finite source ended: commit the last scene and report ENDED."""
+    def _window_queued(self) -> None:
+        self._windows_in_flight += 1
+        self._windows_done.clear()
+
+    def window_settled(self) -> None:
+        """A window of this stream was captioned or dropped."""
+        self._windows_in_flight = max(0, self._windows_in_flight - 1)
+        if self._windows_in_flight == 0:
+            self._windows_done.set()
+
+    async def _finish(self) -> None:
+        """A finite source ended: once its queued windows are captioned, commit the last scene
+        and report ENDED (flushing earlier would close the stabiliser's segment while results
+        are still coming, losing the last finals and repeating the current one)."""
+        await self._windows_done.wait()
         for c in self.stabilizer.flush(commit_pending=not self.live):
             self._publish(c)
         self._collect_closed()
@@ -244,6 +261,7 @@ class StreamRunner:
     # ---------------------------------------------------------------- results
 
     def on_result(self, window: Window, result: CaptionResult, now_ns: int) -> None:
+        self.window_settled()
         self.health.windows_captioned += 1
         self.health.last_window_end_s = window.end_s
         self.p.metrics.windows_captioned_total.labels(stream=self.id).inc()
@@ -297,6 +315,9 @@ class Pipeline:
 
     def _drop_window(self, window: Window, reason: str) -> None:
         self.metrics.windows_dropped_total.labels(stream=window.stream, reason=reason).inc()
+        runner = self.runners.get(window.stream)
+        if runner is not None:
+            runner.window_settled()
 
     # ---------------------------------------------------------------- streams
 

@@ -77,6 +77,10 @@ def test_caption_finals_match_the_storyline_ground_truth(vtt_and_srt, storyline_
         mid = (m.start + m.end) / 2
         correct += m.text == story.caption_at(mid)
     accuracy = correct / len(msgs)
+    # the file's end is captioned too (every queued window is in before the last final is closed),
+    # and no final repeats the one before it
+    assert msgs[-1].end >= storyline_video.duration_s - 1.0, msgs[-1]
+    assert all(a.text != b.text for a, b in zip(msgs, msgs[1:])), [m.text for m in msgs]
     print(f"file captioning: {len(msgs)} finals, accuracy {accuracy:.3f} (issue target {FINAL_ACCURACY_TARGET})")
     assert accuracy >= FINAL_ACCURACY_FLOOR, [(m.start, m.end, m.text, story.caption_at((m.start + m.end) / 2))
                                               for m in msgs]
