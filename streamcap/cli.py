@@ -28,6 +28,13 @@ def _source_flag(value: str) -> dict:
     return {"id": sid, "url": url}
 
 
+def _token_flag(value: str) -> dict:
+    scope, sep, token = value.partition("=")
+    if not sep or scope not in ("view", "publish", "admin") or not token:
+        raise argparse.ArgumentTypeError(f"expected SCOPE=TOKEN with SCOPE view, publish or admin, got {value!r}")
+    return {"scope": scope, "token": token}
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="configuration file (see docs/configuration.md)")
     p.add_argument("--engine", metavar="PATH", help="engine folder (default: the bundled demo model)")
@@ -48,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", action="append", type=_source_flag, default=[], metavar="ID=URL",
                      help="a stream to caption (repeatable): file, rtsp://, http(s)://, webcam:N, "
                           "synthetic:shapes")
+    run.add_argument("--token", action="append", type=_token_flag, default=[], metavar="SCOPE=TOKEN",
+                     help="a bearer token (repeatable); SCOPE is view, publish or admin")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
     _common(run)
@@ -91,6 +100,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         o.setdefault("windows", {})["stride_s"] = args.stride
     if getattr(args, "source", None):
         o["sources"] = args.source
+    if getattr(args, "token", None):
+        o.setdefault("auth", {})["tokens"] = args.token
     return o
 
 

@@ -108,8 +108,25 @@ class SourceConfig(_Model):
         return v
 
 
+class TokenConfig(_Model):
+    scope: Literal["view", "publish", "admin"] = Field(description="view < publish < admin.")
+    token: str = Field(min_length=8, max_length=512, description="The bearer token (at least 8 characters).")
+
+
+class AuthConfig(_Model):
+    tokens: list[TokenConfig] = Field(default_factory=list,
+                                      description="Bearer tokens; clients send `Authorization: Bearer TOKEN` or "
+                                                  "`?token=TOKEN`. Also `streamcap run --token SCOPE=TOKEN`.")
+    public_view: bool | None = Field(None, description="Viewing (/ws, /overlay) without a token: true, false, "
+                                                       "or unset = public unless a view-capable token is configured.")
+    anonymous_publish: bool = Field(False, description="Let anyone publish without a token (never the default).")
+    allowed_origins: list[str] = Field(default_factory=list,
+                                       description="Browser origins allowed besides the server's own ('*' = any).")
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
     engine: EngineConfig = EngineConfig()
     windows: WindowConfig = WindowConfig()
     stabilizer: StabilizerConfig = StabilizerConfig()

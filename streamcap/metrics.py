@@ -122,6 +122,13 @@ class Metrics:
             buckets=GLASS_TO_CAPTION_BUCKETS_S,
         )
         self.clients = Gauge("clients", "Websocket clients connected.", namespace=ns, registry=reg)
+        self.requests_refused_total = Counter(
+            "requests_refused_total",
+            "HTTP/websocket requests refused by access control, by HTTP status (401, 403).",
+            ["status"],
+            namespace=ns,
+            registry=reg,
+        )
         self.clients_dropped_total = Counter(
             "clients_dropped_total",
             "Websocket clients disconnected by the server, by reason (slow_client, ...).",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from streamcap.auth import AccessPolicy, Scope
 from streamcap.config import DEMO_SOURCE_URL, Config
 from streamcap.engine.base import CaptionEngine, load_engine_from_config
 from streamcap.metrics import Metrics
@@ -60,7 +61,8 @@ class Service:
         for s in sources:
             self.pipeline.add_stream(s.id, s.url)
         self.server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
-                             health=self.pipeline.health, streams=self.pipeline.stream_ids)
+                             health=self.pipeline.health, streams=self.pipeline.stream_ids,
+                             access=access_policy(cfg.auth))
         await self.server.start()
         self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._task.add_done_callback(self._pipeline_done)
@@ -96,3 +98,9 @@ class Service:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def access_policy(cfg) -> AccessPolicy:
+    """An ``AccessPolicy`` from the ``[auth]`` config section."""
+    return AccessPolicy({t.token: Scope(t.scope) for t in cfg.tokens}, public_view=cfg.public_view,
+                        anonymous_publish=cfg.anonymous_publish, allowed_origins=tuple(cfg.allowed_origins))

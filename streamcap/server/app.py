@@ -38,6 +38,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from streamcap import __version__, wire
+from streamcap.auth import AccessPolicy, Scope, bearer_token
 from streamcap.errors import ProtocolError
 from streamcap.metrics import Metrics
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
@@ -103,7 +104,9 @@ class Server:
         close_timeout_s: float = 5.0,
         max_message_bytes: int = 16 * wire.MAX_CLIENT_MESSAGE_BYTES,
         wall_clock: Callable[[], float] = time.time,
+        access: AccessPolicy | None = None,
     ) -> None:
+        self._access = access or AccessPolicy({})
         self._hub = hub
         self._metrics = metrics
         self._host = host
@@ -180,7 +183,15 @@ class Server:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        response = self._route(url.path, query)
+        response = None
+        if url.path in (WS_PATH, OVERLAY_PATH):  # viewing captions
+            headers = dict(request.headers.raw_items())
+            decision = self._access.check(Scope.VIEW, bearer_token(headers, query),
+                                          origin=request.headers.get("Origin"), host=request.headers.get("Host"))
+            if not decision.allowed:
+                self._metrics.requests_refused_total.labels(status=str(decision.status.value)).inc()
+                response = _response(decision.status, f"{decision.reason}\n", _TEXT)
+        response = response or self._route(url.path, query)
         if response is not None:
             logger.debug(
                 "http %s %s -> %d", connection.remote_address, url.path, response.status_code

@@ -74,3 +74,18 @@ def test_token_from_header_or_query():
 def test_short_tokens_are_refused():
     with pytest.raises(ValueError):
         AccessPolicy({"short": Scope.VIEW})
+
+
+def test_cli_token_flag_and_config_section():
+    from streamcap.cli import _overrides, build_parser
+    from streamcap.config import load_config
+    from streamcap.service import access_policy
+
+    args = build_parser().parse_args(["run", "--token", "view=abcdefgh1", "--token", "admin=abcdefgh2"])
+    cfg = load_config(None, environ={}, overrides=_overrides(args))
+    policy = access_policy(cfg.auth)
+    assert policy.check(Scope.VIEW, "abcdefgh1").allowed
+    assert policy.check(Scope.ADMIN, "abcdefgh2").allowed
+    assert not policy.check(Scope.PUBLISH, "abcdefgh1").allowed
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--token", "root=abcdefgh1"])

@@ -1,0 +1,78 @@
+"""Viewing with tokens configured, through the real server and a real websocket client: no token
+is refused (401), a view token in the query or the Authorization header is let in, a foreign
+browser origin is refused (403); with no token configured viewing stays public."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from streamcap import wire
+from streamcap.config import load_config
+from streamcap.service import Service
+
+pytestmark = pytest.mark.integration
+
+VIEW = "view-secret-123"
+PUBLISH = "publish-secret-123"
+
+
+def _config(**auth):
+    return load_config(None, environ={}, overrides={"server": {"port": 0}, "auth": auth})
+
+
+async def _hello(url: str, **kw) -> wire.HelloMsg:
+    async with websockets.connect(url, open_timeout=10, **kw) as ws:
+        msg = wire.decode_server_message(await asyncio.wait_for(ws.recv(), 10))
+    assert isinstance(msg, wire.HelloMsg)
+    return msg
+
+
+def _status(url: str, headers: dict | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+async def test_viewing_needs_a_token_once_tokens_are_configured():
+    cfg = _config(tokens=[{"scope": "view", "token": VIEW}, {"scope": "publish", "token": PUBLISH}])
+    async with Service(cfg) as svc:
+        ws = svc.url("/ws").replace("http://", "ws://", 1)
+        with pytest.raises(InvalidStatus) as refused:
+            await _hello(ws)
+        assert refused.value.response.status_code == 401
+        with pytest.raises(InvalidStatus) as wrong:
+            await _hello(ws + "?token=not-a-token")
+        assert wrong.value.response.status_code == 401
+        await _hello(ws + f"?token={VIEW}")
+        await _hello(ws, additional_headers={"Authorization": f"Bearer {VIEW}"})
+        await _hello(ws + f"?token={PUBLISH}")  # publish includes view
+        with pytest.raises(InvalidStatus) as foreign:
+            await _hello(ws + f"?token={VIEW}", origin="https://evil.example")
+        assert foreign.value.response.status_code == 403
+        overlay = svc.url("/overlay?stream=demo")
+        assert await asyncio.to_thread(_status, overlay) == 401
+        assert await asyncio.to_thread(_status, overlay + f"&token={VIEW}") == 200
+        metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(svc.url("/metrics"), timeout=10).read())
+        assert b'streamcap_requests_refused_total{status="401"} 3.0' in metrics
+        assert b'streamcap_requests_refused_total{status="403"} 1.0' in metrics
+
+
+async def test_with_no_token_configured_viewing_is_public():
+    async with Service(_config()) as svc:
+        await _hello(svc.url("/ws").replace("http://", "ws://", 1))
+        assert await asyncio.to_thread(_status, svc.url("/overlay?stream=demo")) == 200
+
+
+async def test_public_view_false_refuses_anonymous_viewers():
+    async with Service(_config(public_view=False)) as svc:
+        with pytest.raises(InvalidStatus) as refused:
+            await _hello(svc.url("/ws").replace("http://", "ws://", 1))
+        assert refused.value.response.status_code == 401
