@@ -211,7 +211,7 @@ def markdown_reference() -> str:
              "TOML file (`--config`), environment `STREAMCAP_SECTION__KEY=value`, command-line flags. "
              "Unknown keys are rejected.", ""]
     for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
-                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig)]:
+                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig), ("auth", AuthConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default
@@ -219,7 +219,10 @@ def markdown_reference() -> str:
                 default = "engines/shapes-git (bundled demo)"
             lines.append(f"| `{name}` | `{default}` | {f.description} |")
         lines.append("")
-    lines += ["## [[sources]]", "", "| key | description |", "|---|---|"]
+    lines += ["## [[auth.tokens]]", "", "| key | description |", "|---|---|"]
+    for name, f in TokenConfig.model_fields.items():
+        lines.append(f"| `{name}` | {f.description} |")
+    lines += ["", "## [[sources]]", "", "| key | description |", "|---|---|"]
     for name, f in SourceConfig.model_fields.items():
         lines.append(f"| `{name}` | {f.description} |")
     lines += ["", "Example:", "", "```toml", "[server]", "port = 8765", "", "[windows]", "stride_s = 0.5", "",
