@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from streamcap.engine.decoding import DecodeOptions, decode
-from streamcap.engine.framecache import FrameFeatureCache, content_key
+from streamcap.engine.decoding import decode
+from streamcap.engine.framecache import FrameFeatureCache
 from streamcap.engine.manifest import load_manifest
-from streamcap.engine.preprocess import preprocess_frames
-from streamcap.errors import EngineError, EngineLoadError
+from streamcap.engine.windows import WindowEngine
+from streamcap.errors import EngineLoadError
 from streamcap.types import CaptionResult
 
 log = logging.getLogger(__name__)
@@ -28,20 +28,13 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-def sample_indices(n: int, k: int) -> list[int]:
-    """K frame indices spread over n frames: the centre of each of K equal segments."""
-    if n < 1:
-        raise EngineError("no frames to caption")
-    return [min(n - 1, int((i + 0.5) * n / k)) for i in range(k)]
-
-
 def _session(path, opts, providers):
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
-class OnnxCaptionEngine:
+class OnnxCaptionEngine(WindowEngine):
     """A ``CaptionEngine`` on ONNX Runtime (CPU by default)."""
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "cpu", providers: Sequence[str] | None = None,
@@ -78,7 +71,10 @@ class OnnxCaptionEngine:
                                   f"(available: {available}){hint}")
         provider_options = dict(provider_options or {})
         if "TensorrtExecutionProvider" in providers and "TensorrtExecutionProvider" not in provider_options:
-            from streamcap.engine.trt_options import manifest_digest, tensorrt_provider_options
+            from streamcap.engine.trt_options import (
+                manifest_digest,
+                tensorrt_provider_options,
+            )
 
             cache = Path(trt_cache_dir or Path.home() / ".cache" / "streamcap" / "trt")
             trt_opts = tensorrt_provider_options(cache, manifest_digest(m.folder), fp16=m.precision == "fp16",
@@ -105,18 +101,8 @@ class OnnxCaptionEngine:
 
     # ------------------------------------------------------------------ public
 
-    def caption(self, frames: Sequence[np.ndarray], prompt: str | None = None,
-                max_new_tokens: int | None = None, **decode_options) -> CaptionResult:
-        """Caption one clip: RGB uint8 frames (H×W×3, any size and count; K are sampled evenly)."""
-        frames = list(frames)
-        picked = [frames[i] for i in sample_indices(len(frames), self.frames_per_window)]
-        return self.caption_batch([picked], prompt=prompt, max_new_tokens=max_new_tokens, **decode_options)[0]
-
-    def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 frames → per-frame features (N, T, D) (frame mode), no cache."""
-        px = preprocess_frames(frames, self.preprocessing)
-        self.vision_frames_encoded += len(frames)
-        return self._vision.run(["features"], {"pixel_values": px})[0]
+    def _run_vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._vision.run(["features"], {"pixel_values": pixel_values})[0]
 
     def caption_batch(self, windows: Sequence[Sequence[np.ndarray]], *, prompt: str | None = None,
                       keys: Sequence[Sequence[Hashable]] | None = None, max_new_tokens: int | None = None,
@@ -125,11 +111,8 @@ class OnnxCaptionEngine:
         the frame cache (e.g. ``(stream, seq)``); without them a content hash is used."""
         if not windows:
             return []
-        k = self.frames_per_window
-        for w in windows:
-            if len(w) != k:
-                raise EngineError(f"engine {self.name} needs {k} frames per window, got {len(w)}")
-        opts = DecodeOptions(max_new_tokens=max_new_tokens or self.manifest.max_new_tokens, **decode_options)
+        self._check_windows(windows)
+        opts = self._decode_options(max_new_tokens, decode_options)
         feats = self._window_features(windows, keys)
         prompt_ids = self._prompt_ids(prompt)
         ids = np.tile(np.asarray(prompt_ids, dtype=np.int64), (len(windows), 1))
@@ -154,46 +137,8 @@ class OnnxCaptionEngine:
 
         m = self.manifest
         hyps = decode(logits, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
-        return [CaptionResult(text=self._tok.decode(list(h.tokens), skip_special_tokens=True).strip(),
-                              score=h.score) for h in hyps]
+        return self._results(hyps)
 
     def close(self) -> None:
         self._vision = self._prefill = self._step = None  # type: ignore[assignment]
         self.cache.clear()
-
-    # ------------------------------------------------------------------ internals
-
-    def _prompt_ids(self, prompt: str | None) -> list[int]:
-        ids = [self.manifest.bos_token_id]
-        if prompt:
-            ids += self._tok.encode(prompt, add_special_tokens=False).ids
-        return ids
-
-    def _window_features(self, windows, keys) -> np.ndarray:
-        if self.manifest.encoder_mode == "clip":
-            b, k = len(windows), self.frames_per_window
-            px = preprocess_frames([f for w in windows for f in w], self.preprocessing)
-            self.vision_frames_encoded += b * k
-            return self._vision.run(["features"], {"pixel_values": px.reshape(b, k, *px.shape[1:])})[0]
-        flat_keys = ([kk for wk in keys for kk in wk] if keys is not None
-                     else [content_key(f) for w in windows for f in w])
-        flat = [f for w in windows for f in w]
-        if len(flat_keys) != len(flat):
-            raise EngineError("keys must name every frame of every window")
-        found: dict[Hashable, np.ndarray] = {}
-        todo: dict[Hashable, np.ndarray] = {}
-        for key, frame in zip(flat_keys, flat):
-            if key in found or key in todo:
-                continue
-            hit = self.cache.get(key)
-            if hit is not None:
-                found[key] = hit
-            else:
-                todo[key] = frame
-        if todo:
-            new = self.encode_frames(list(todo.values()))
-            for key, f in zip(todo, new):
-                found[key] = f
-                self.cache.put(key, f)
-        feats = np.stack([found[key] for key in flat_keys])
-        return feats.reshape(len(windows), self.frames_per_window, *feats.shape[1:])

@@ -54,11 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamcap.engine.decoding import DecodeOptions, decode
-from streamcap.engine.framecache import FrameFeatureCache, content_key
+from streamcap.engine.decoding import decode
+from streamcap.engine.framecache import FrameFeatureCache
 from streamcap.engine.manifest import load_manifest
-from streamcap.engine.onnx import sample_indices
-from streamcap.engine.preprocess import preprocess_frames
 from streamcap.engine.trt_options import (
     DEFAULT_WORKSPACE_BYTES,
     ProfileLimits,
@@ -67,6 +65,7 @@ from streamcap.engine.trt_options import (
     manifest_digest,
     profile_shapes,
 )
+from streamcap.engine.windows import WindowEngine
 from streamcap.errors import EngineError, EngineLoadError
 from streamcap.types import CaptionResult
 
@@ -280,7 +279,7 @@ class _TrtGraph:
 # ---------------------------------------------------------------- the engine
 
 
-class TensorRTCaptionEngine:
+class TensorRTCaptionEngine(WindowEngine):
     """A ``CaptionEngine`` on native TensorRT engines built from an engine folder's ONNX graphs."""
 
     def __init__(self, path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
@@ -438,19 +437,6 @@ class TensorRTCaptionEngine:
 
     # ------------------------------------------------------------------ public
 
-    def caption(self, frames: Sequence[np.ndarray], prompt: str | None = None,
-                max_new_tokens: int | None = None, **decode_options) -> CaptionResult:
-        """Caption one clip: RGB uint8 frames (H×W×3, any size and count; K are sampled evenly)."""
-        frames = list(frames)
-        picked = [frames[i] for i in sample_indices(len(frames), self.frames_per_window)]
-        return self.caption_batch([picked], prompt=prompt, max_new_tokens=max_new_tokens, **decode_options)[0]
-
-    def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """RGB uint8 frames → per-frame features (N, T, D) (frame mode), no cache."""
-        px = preprocess_frames(frames, self.preprocessing)
-        self.vision_frames_encoded += len(frames)
-        return self._run_to_host(self._vision, {"pixel_values": px}, "features")
-
     def caption_batch(self, windows: Sequence[Sequence[np.ndarray]], *, prompt: str | None = None,
                       keys: Sequence[Sequence[Hashable]] | None = None, max_new_tokens: int | None = None,
                       **decode_options) -> list[CaptionResult]:
@@ -468,11 +454,8 @@ class TensorRTCaptionEngine:
                                           keys=None if keys is None else keys[i:i + lim.max_batch],
                                           max_new_tokens=max_new_tokens, **decode_options)
             return out
-        k = self.frames_per_window
-        for w in windows:
-            if len(w) != k:
-                raise EngineError(f"engine {self.name} needs {k} frames per window, got {len(w)}")
-        opts = DecodeOptions(max_new_tokens=max_new_tokens or self.manifest.max_new_tokens, **decode_options)
+        self._check_windows(windows)
+        opts = self._decode_options(max_new_tokens, decode_options)
         prompt_ids = self._prompt_ids(prompt)
         for what, asked, limit in (("num_beams", opts.num_beams, lim.max_beams),
                                    ("max_new_tokens", opts.max_new_tokens, lim.max_new_tokens),
@@ -512,8 +495,7 @@ class TensorRTCaptionEngine:
             hyps = decode(first, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
         finally:
             cuda.free(*state["self"], *state["cross"], *out.values())
-        return [CaptionResult(text=self._tok.decode(list(h.tokens), skip_special_tokens=True).strip(),
-                              score=h.score) for h in hyps]
+        return self._results(hyps)
 
     def close(self) -> None:
         """Release the engines and the stream (idempotent)."""
@@ -546,41 +528,8 @@ class TensorRTCaptionEngine:
         finally:
             self._cuda.free(*outs.values())
 
-    def _prompt_ids(self, prompt: str | None) -> list[int]:
-        ids = [self.manifest.bos_token_id]
-        if prompt:
-            ids += self._tok.encode(prompt, add_special_tokens=False).ids
-        return ids
-
-    def _window_features(self, windows, keys) -> np.ndarray:
-        """Vision features for a batch, through the frame cache (mirrors OnnxCaptionEngine)."""
-        if self.manifest.encoder_mode == "clip":
-            b, k = len(windows), self.frames_per_window
-            px = preprocess_frames([f for w in windows for f in w], self.preprocessing)
-            self.vision_frames_encoded += b * k
-            return self._run_to_host(self._vision, {"pixel_values": px.reshape(b, k, *px.shape[1:])}, "features")
-        flat_keys = ([kk for wk in keys for kk in wk] if keys is not None
-                     else [content_key(f) for w in windows for f in w])
-        flat = [f for w in windows for f in w]
-        if len(flat_keys) != len(flat):
-            raise EngineError("keys must name every frame of every window")
-        found: dict[Hashable, np.ndarray] = {}
-        todo: dict[Hashable, np.ndarray] = {}
-        for key, frame in zip(flat_keys, flat):
-            if key in found or key in todo:
-                continue
-            hit = self.cache.get(key)
-            if hit is not None:
-                found[key] = hit
-            else:
-                todo[key] = frame
-        if todo:
-            new = self.encode_frames(list(todo.values()))
-            for key, f in zip(todo, new):
-                found[key] = f
-                self.cache.put(key, f)
-        feats = np.stack([found[key] for key in flat_keys])
-        return feats.reshape(len(windows), self.frames_per_window, *feats.shape[1:])
+    def _run_vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._run_to_host(self._vision, {"pixel_values": pixel_values}, "features")
 
 
 __all__ = ["INSTALL_HINT", "DeviceTensor", "TensorRTCaptionEngine", "missing_prerequisites"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import sys
 import urllib.request
@@ -14,6 +13,7 @@ import urllib.request
 import pytest
 
 from streamcap.wire import CaptionMsg
+from tests.helpers.cli import base_url, start_run
 from tests.helpers.tiny_git import WORDS, save_tiny_git
 from tests.helpers.wsclient import WireClient
 
@@ -44,17 +44,9 @@ async def test_exported_checkpoint_runs_live_end_to_end(tmp_path):
     manifest = json.loads((engine / "engine.json").read_text())
     assert manifest["precision"] == "int8" and manifest["frames_per_window"] == 3
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamcap.cli", "run", "--engine", str(engine), "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await start_run("--engine", str(engine), "--port", "0")
     try:
-        overlay = None
-        while overlay is None:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-            assert line, "streamcap run exited before printing its URLs"
-            m = re.search(r"overlay for demo: (http://\S+)", line)
-            overlay = m and m.group(1)
-        base = overlay.split("/overlay")[0]
+        base = await base_url(proc)
         async with WireClient(base.replace("http://", "ws://") + "/ws?streams=demo") as client:
             # K=3 over 2 s windows every 0.5 s: window n+2 reuses two frames of window n; the cache
             # counters are updated before a batch's captions are published

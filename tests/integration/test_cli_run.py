@@ -4,35 +4,22 @@ cleanly on Ctrl+C; a busy port is a clear error."""
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import socket
-import sys
 
 import pytest
 
 from streamcap.wire import CaptionMsg
+from tests.helpers.cli import base_url, start_run
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration
 
 
-async def _start(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamcap.cli", "run", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-
-
 async def test_run_with_no_arguments_serves_the_demo_stream_and_stops_on_sigint():
-    proc = await _start("--port", "0")
+    proc = await start_run("--port", "0")
     try:
-        overlay = None
-        while overlay is None:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-            assert line, "streamcap run exited before printing its URLs"
-            m = re.search(r"overlay for demo: (http://\S+)", line)
-            overlay = m and m.group(1)
-        base = overlay.split("/overlay")[0]
+        base = await base_url(proc)
         async with WireClient(base.replace("http://", "ws://") + "/ws?streams=demo") as client:
             caps = await client.wait_for(lambda: client.of(CaptionMsg, "demo"), timeout=30,
                                          what="a demo caption")
@@ -50,7 +37,7 @@ async def test_run_on_a_busy_port_fails_with_a_clear_message():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = await _start("--port", str(port))
+        proc = await start_run("--port", str(port))
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in err.decode()
@@ -59,7 +46,7 @@ async def test_run_on_a_busy_port_fails_with_a_clear_message():
 async def test_unknown_config_key_is_a_clear_error(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[engine]\nthreadz = 2\n")
-    proc = await _start("--config", str(cfg))
+    proc = await start_run("--config", str(cfg))
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "engine.threadz: unknown key" in err.decode()
