@@ -24,6 +24,10 @@ DEMO_SOURCE_URL = "synthetic:shapes?seed=7&fps=10&size=320x240&scene_s=6"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def is_valid_stream_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,6 +40,16 @@ class ServerConfig(_Model):
                                                "dropped as a slow client.")
     replay_finals: int = Field(20, ge=0, le=1000,
                                description="Recent final captions per stream replayed to a new client.")
+    tls_cert: str | None = Field(None, description="PEM certificate chain: serve https/wss (with tls_key).")
+    tls_key: str | None = Field(None, description="PEM private key for tls_cert.")
+    max_body_kb: int = Field(1024, ge=1, le=1 << 20,
+                             description="Largest request body for JSON/SDP endpoints (413 above it).")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (set both or neither)")
+        return self
 
 
 class EngineConfig(_Model):
@@ -96,9 +110,36 @@ class PipelineConfig(_Model):
                                    description="No frame for this long marks a live stream stalled.")
 
 
+class IngestConfig(_Model):
+    max_queued_frames: int = Field(32, ge=1, le=4096,
+                                   description="Frames a pushed stream (WHIP, /ingest) holds for the pipeline; "
+                                               "when full the oldest is dropped (reason ingest_full).")
+    max_frame_kb: int = Field(4096, ge=1, le=65536,
+                              description="Largest encoded frame (JPEG/PNG) a websocket ingest client may send.")
+    max_frames_per_message: int = Field(64, ge=1, le=1024,
+                                        description="Most frames in one JSON ingest message.")
+    max_message_mb: float = Field(16.0, gt=0, le=1024,
+                                  description="Largest websocket message on /ingest; above it the connection "
+                                              "is closed with 1009 (a frame above max_frame_kb only gets an error).")
+    max_upload_mb: float = Field(64.0, gt=0, le=4096,
+                                 description="Largest video accepted by POST /v1/captions (413 above it).")
+    max_clip_jobs: int = Field(2, ge=1, le=64,
+                               description="Clips captioned at once through POST /v1/captions; more wait.")
+
+
+class WebRTCConfig(_Model):
+    ice_servers: list[str] = Field(default_factory=list,
+                                   description="STUN/TURN URLs for WHIP sessions (none by default: no external "
+                                               "server is contacted).")
+    loopback_candidates: bool = Field(False, description="Also offer 127.0.0.1 ICE candidates (publishers on "
+                                                         "the same machine; aiortc leaves loopback out).")
+    max_sessions: int = Field(16, ge=1, le=1024, description="WHIP sessions at once (503 beyond).")
+
+
 class SourceConfig(_Model):
     id: str = Field(description="Stream id (letters, digits, _ . -).")
-    url: str = Field(description="File path, file://, rtsp://, http(s)://, webcam:N or synthetic:shapes.")
+    url: str = Field(description="File path, file://, rtsp://, http(s)://, webcam:N, synthetic:shapes, or push: "
+                                 "(frames published via WHIP or /ingest).")
 
     @field_validator("id")
     @classmethod
@@ -131,6 +172,8 @@ class Config(_Model):
     windows: WindowConfig = WindowConfig()
     stabilizer: StabilizerConfig = StabilizerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    ingest: IngestConfig = IngestConfig()
+    webrtc: WebRTCConfig = WebRTCConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
 
     @model_validator(mode="after")
@@ -211,7 +254,8 @@ def markdown_reference() -> str:
              "TOML file (`--config`), environment `STREAMCAP_SECTION__KEY=value`, command-line flags. "
              "Unknown keys are rejected.", ""]
     for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
-                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig), ("auth", AuthConfig)]:
+                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig), ("ingest", IngestConfig),
+                           ("webrtc", WebRTCConfig), ("auth", AuthConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default

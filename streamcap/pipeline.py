@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from streamcap.config import Config
 from streamcap.engine.base import CaptionEngine, decode_options_from_config
 from streamcap.engine.preprocess import resize_frame
-from streamcap.errors import SourceEnded, StreamcapError
+from streamcap.errors import SourceEnded, SourceError, StreamcapError
 from streamcap.metrics import Metrics
 from streamcap.ringbuffer import FrameRing
 from streamcap.sources.base import Source
+from streamcap.sources.push import PushSource
 from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url, open_source
 from streamcap.stabilizer import CaptionStabilizer
 from streamcap.types import Caption, CaptionResult, CaptionState, DropPolicy, Frame, Status, StreamState, Window
@@ -96,6 +97,14 @@ class WindowQueue:
             self._cond.notify_all()
             return batch
 
+    def discard_stream(self, stream: str) -> list[Window]:
+        """Take every waiting window of ``stream`` out of the queue (the stream was removed);
+        the caller counts them. Call on the loop thread."""
+        gone = [w for w, _ in self._items if w.stream == stream]
+        if gone:
+            self._items = deque((w, lv) for w, lv in self._items if w.stream != stream)
+        return gone
+
 
 @dataclass
 class StreamHealth:
@@ -115,10 +124,15 @@ class StreamHealth:
 class StreamRunner:
     """Reads one source into its ring, plans windows, and turns engine results into captions."""
 
-    def __init__(self, pipeline: Pipeline, stream_id: str, url: str) -> None:
+    def __init__(self, pipeline: Pipeline, stream_id: str, url: str, *, hidden: bool = False,
+                 collect_finals: bool | None = None, decode: dict | None = None) -> None:
         self.p = pipeline
         self.id = stream_id
         self.url = url
+        # hidden: a job stream (an HTTP caption request), not broadcast and not listed
+        self.hidden = hidden
+        self.collect_finals = pipeline.collect_finals if collect_finals is None else collect_finals
+        self.decode = dict(decode or {})  # per-stream decoding overrides (e.g. max_new_tokens)
         self.epoch = 0  # set by the pipeline: tells apart streams re-added under one id
         self.safe_url = sanitize_url(url)
         cfg = pipeline.config
@@ -148,7 +162,8 @@ class StreamRunner:
         self.health.detail = status.detail
         if status.state is StreamState.RECONNECTING:
             self.p.metrics.source_reconnects_total.labels(stream=self.id).inc()
-        self.p.on_status(status)
+        if not self.hidden:
+            self.p.on_status(status)
 
     def _drop_frame(self, reason: str) -> None:
         self.p.metrics.frames_dropped_total.labels(stream=self.id, reason=reason).inc()
@@ -175,9 +190,12 @@ class StreamRunner:
             return
         self._status(Status(self.id, state, detail, code))
 
-    async def _run(self) -> None:
+    def open_source(self) -> Source:
+        """Open this stream's source (once); raises BadSourceURL with a clear message."""
+        if self.source is not None:
+            return self.source
         cfg = self.p.config
-        spec = parse_source_url(self.url)  # raises BadSourceURL with a clear message
+        spec = parse_source_url(self.url)
         self.live = spec.live
         pre = self.p.engine.preprocessing
         kwargs: dict = {
@@ -186,9 +204,17 @@ class StreamRunner:
             "frame_transform": lambda img: resize_frame(img, pre),
             "clock": self.p.clock,
         }
-        if spec.kind is not SourceKind.SYNTHETIC and spec.live:
+        if spec.kind is SourceKind.PUSH:
+            kwargs["max_queued_frames"] = cfg.ingest.max_queued_frames
+        elif spec.kind is not SourceKind.SYNTHETIC and spec.live:
             kwargs["stall_timeout_s"] = cfg.pipeline.stall_timeout_s
         self.source = open_source(self.id, spec, **kwargs)
+        return self.source
+
+    async def _run(self) -> None:
+        cfg = self.p.config
+        self.open_source()
+        assert self.source is not None
         fps = cfg.windows.max_ingest_fps
         need = min_ring_capacity(self.window_s + self.stride_s, fps) + 2
         if cfg.pipeline.ring_capacity < need:
@@ -271,18 +297,19 @@ class StreamRunner:
             self.p.metrics.glass_to_caption_seconds.labels(stream=self.id).observe(
                 max(0.0, (now_ns - window.newest_capture_ns) / 1e9))
         self._collect_closed()
-        if self.p.on_progress is not None:
+        if self.p.on_progress is not None and not self.hidden:
             self.p.on_progress(self.id, window.end_s)
 
     def _publish(self, c: Caption) -> None:
         self.health.last_caption_ns = self.p.clock()
         if c.state is CaptionState.FINAL:
             self.health.last_final = c.text
-        self.p.on_caption(c)
+        if not self.hidden:
+            self.p.on_caption(c)
 
     def _collect_closed(self) -> None:
         closed = self.stabilizer.pop_closed_finals()
-        if self.p.collect_finals:
+        if self.collect_finals:
             self.finals.extend(closed)
 
 
@@ -310,6 +337,7 @@ class Pipeline:
         self._decode_options = decode_options_from_config(config.engine)
         self._cache_seen: dict[str, int] = {}
         self._epochs = itertools.count()
+        self._clip_ids = itertools.count(1)
         self._busy = False
         self._idle = asyncio.Event()
 
@@ -322,22 +350,83 @@ class Pipeline:
     # ---------------------------------------------------------------- streams
 
     def stream_ids(self) -> list[str]:
-        return list(self.runners)
+        return [sid for sid, r in self.runners.items() if not r.hidden]
 
-    def add_stream(self, stream_id: str, url: str) -> StreamRunner:
+    def add_stream(self, stream_id: str, url: str, *, hidden: bool = False, collect_finals: bool | None = None,
+                   decode: dict | None = None) -> StreamRunner:
+        """Add a stream (started at once when the pipeline runs). ``hidden`` streams are jobs:
+        their captions and status are not published and they are not listed."""
         if stream_id in self.runners:
             raise ValueError(f"stream {stream_id!r} already exists")
-        runner = StreamRunner(self, stream_id, url)
+        runner = StreamRunner(self, stream_id, url, hidden=hidden, collect_finals=collect_finals, decode=decode)
         runner.epoch = next(self._epochs)
         self.runners[stream_id] = runner
         if self._tg is not None:
             runner.task = self._tg.create_task(runner.run(), name=f"stream-{stream_id}")
         return runner
 
+    async def remove_stream(self, stream_id: str) -> None:
+        """Stop a stream and forget it: its task is cancelled (the source closed), its waiting
+        windows are dropped (reason ``stream_removed``) and results still in flight are ignored.
+        Raises KeyError for an unknown id."""
+        runner = self.runners.pop(stream_id)
+        for w in self.queue.discard_stream(stream_id):
+            self.metrics.windows_dropped_total.labels(stream=stream_id, reason="stream_removed").inc()
+        if runner.task is not None and not runner.task.done():
+            runner.task.cancel()
+            try:
+                await runner.task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # we are being cancelled ourselves
+                    raise
+        elif runner.source is not None:
+            await runner.source.aclose()
+        if not runner.hidden:
+            self.on_status(Status(stream_id, StreamState.ENDED, "stream removed", "stream_removed"))
+        log.info("stream %s: removed", stream_id)
+
+    def push_source(self, stream_id: str, *, create: bool = True) -> PushSource:
+        """The push source of ``stream_id`` (WHIP and websocket ingest publish into it); with
+        ``create``, an unknown id becomes a new ``push:`` stream. Raises KeyError (unknown id and
+        not ``create``) or ValueError (the stream exists but reads from a URL)."""
+        runner = self.runners.get(stream_id)
+        if runner is None:
+            if not create:
+                raise KeyError(stream_id)
+            runner = self.add_stream(stream_id, "push:")
+        if parse_source_url(runner.url).kind is not SourceKind.PUSH:
+            raise ValueError(f"stream {stream_id!r} reads from {runner.safe_url}, not from publishers")
+        source = runner.open_source()
+        assert isinstance(source, PushSource)
+        return source
+
+    def set_stream_decoding(self, stream_id: str, **overrides: object) -> None:
+        """Per-stream decoding overrides (e.g. ``max_new_tokens``) for the stream's next windows."""
+        self.runners[stream_id].decode.update(overrides)
+
+    async def caption_clip(self, path: str, *, decode: dict | None = None) -> list[Caption]:
+        """Caption a whole video file through this (running) pipeline, sharing its engine with the
+        live streams; returns the finals. Raises SourceError when the file cannot be read."""
+        if self._tg is None:
+            raise RuntimeError("the pipeline is not running")
+        stream_id = f"clip-{next(self._clip_ids)}"
+        runner = self.add_stream(stream_id, path, hidden=True, collect_finals=True, decode=decode)
+        try:
+            assert runner.task is not None
+            await asyncio.shield(runner.task)
+        finally:
+            if stream_id in self.runners:
+                await self.remove_stream(stream_id)
+        if runner.health.state is StreamState.ERROR:
+            raise SourceError(runner.health.detail or "could not read the video")
+        return list(runner.finals)
+
     def health(self) -> dict:
         now = self.clock()
         out = {}
         for sid, r in self.runners.items():
+            if r.hidden:
+                continue
             h = r.health
             out[sid] = {
                 "state": h.state.value, "detail": h.detail, "url": h.url,
@@ -375,13 +464,20 @@ class Pipeline:
     def _caption(self, batch: list[Window]) -> list[CaptionResult]:
         """Engine thread: caption a batch; frames are named (stream, runner epoch, seq) for the
         frame cache, so a re-added stream never reuses an old stream's features."""
+        groups: dict[tuple, list[int]] = {}  # windows with the same decoding options run together
         keys = []
-        for w in batch:
+        for i, w in enumerate(batch):
             runner = self.runners.get(w.stream)
             epoch = runner.epoch if runner is not None else -1
             keys.append([(w.stream, epoch, f.seq) for f in w.frames])
-        results = self.engine.caption_batch([[f.image for f in w.frames] for w in batch], keys=keys,
-                                            **self._decode_options)
+            overrides = runner.decode if runner is not None else {}
+            groups.setdefault(tuple(sorted(overrides.items())), []).append(i)
+        results: list[CaptionResult | None] = [None] * len(batch)
+        for overrides, idx in groups.items():
+            out = self.engine.caption_batch([[f.image for f in batch[i].frames] for i in idx],
+                                            keys=[keys[i] for i in idx], **{**self._decode_options, **dict(overrides)})
+            for i, r in zip(idx, out):
+                results[i] = r
         cache = getattr(self.engine, "cache", None)
         if cache is not None:
             m = self.metrics
@@ -398,6 +494,7 @@ class Pipeline:
             batch = await self.queue.get_batch(self.config.engine.max_batch,
                                                self.config.engine.max_wait_ms / 1000.0)
             self._busy = True
+            owners = [self.runners.get(w.stream) for w in batch]  # a stream removed meanwhile gets nothing
             try:
                 t0 = time.perf_counter()
                 try:
@@ -410,10 +507,9 @@ class Pipeline:
                 self.metrics.engine_latency_seconds.observe(time.perf_counter() - t0)
                 self.batches += 1
                 now = self.clock()
-                for w, res in zip(batch, results):
-                    runner = self.runners.get(w.stream)
-                    if runner is not None:
-                        runner.on_result(w, res, now)
+                for w, res, owner in zip(batch, results, owners):
+                    if owner is not None and self.runners.get(w.stream) is owner:
+                        owner.on_result(w, res, now)
             finally:
                 self._busy = False
                 self._idle.set()

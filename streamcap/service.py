@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from streamcap.auth import AccessPolicy, Scope
 from streamcap.config import DEMO_SOURCE_URL, Config
 from streamcap.engine.base import CaptionEngine, load_engine_from_config
 from streamcap.metrics import Metrics
 from streamcap.pipeline import Pipeline
-from streamcap.server.app import Server
+from streamcap.errors import ConfigError
+from streamcap.server.api import ApiRoutes
+from streamcap.server.app import Server, tls_context
+from streamcap.server.ingest import IngestRoutes
+from streamcap.server.whip import WhipRoutes
 from streamcap.server.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -60,9 +65,24 @@ class Service:
             self.pipeline.add_stream("demo", DEMO_SOURCE_URL)
         for s in sources:
             self.pipeline.add_stream(s.id, s.url)
-        self.server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
-                             health=self.pipeline.health, streams=self.pipeline.stream_ids,
-                             access=access_policy(cfg.auth))
+        ssl_context = None
+        if cfg.server.tls_cert and cfg.server.tls_key:
+            try:
+                ssl_context = tls_context(cfg.server.tls_cert, cfg.server.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load TLS certificate {cfg.server.tls_cert} / key "
+                                  f"{cfg.server.tls_key}: {exc}") from exc
+        max_body = cfg.server.max_body_kb * 1024
+        server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
+                        health=self.pipeline.health, streams=self.pipeline.stream_ids,
+                        access=access_policy(cfg.auth), ssl_context=ssl_context, max_body_bytes=max_body)
+        fps = cfg.windows.max_ingest_fps
+        server.extensions += [
+            IngestRoutes(server, self.pipeline, cfg.ingest, default_fps=fps),
+            WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps),
+            ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body),
+        ]
+        self.server = server
         await self.server.start()
         self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._task.add_done_callback(self._pipeline_done)

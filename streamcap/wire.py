@@ -41,6 +41,7 @@ class MessageType(str, Enum):
     STATUS = "status"
     ERROR = "error"
     PONG = "pong"
+    INGESTED = "ingested"
     SUBSCRIBE = "subscribe"
     PING = "ping"
 
@@ -52,6 +53,7 @@ SERVER_MESSAGE_TYPES = frozenset(
         MessageType.STATUS,
         MessageType.ERROR,
         MessageType.PONG,
+        MessageType.INGESTED,
     }
 )
 CLIENT_MESSAGE_TYPES = frozenset({MessageType.SUBSCRIBE, MessageType.PING})
@@ -101,6 +103,15 @@ class PongMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestedMsg:
+    """Ingest acknowledgement: ``frames`` of one message were queued; ``total`` so far."""
+
+    stream: str
+    frames: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
 class SubscribeMsg:
     streams: tuple[str, ...] | None  # None = all streams
 
@@ -110,7 +121,7 @@ class PingMsg:
     pass
 
 
-ServerMessage = HelloMsg | CaptionMsg | StatusMsg | ErrorMsg | PongMsg
+ServerMessage = HelloMsg | CaptionMsg | StatusMsg | ErrorMsg | PongMsg | IngestedMsg
 ClientMessage = SubscribeMsg | PingMsg
 
 
@@ -180,6 +191,10 @@ def encode_error(code: str, detail: str) -> str:
 
 def encode_pong() -> str:
     return _dumps(_header(MessageType.PONG))
+
+
+def encode_ingested(stream: str, frames: int, total: int) -> str:
+    return _dumps(_header(MessageType.INGESTED) | {"stream": stream, "frames": frames, "total": total})
 
 
 def encode_subscribe(streams: Iterable[str] | None) -> str:
@@ -383,6 +398,7 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
     ),
     MessageType.ERROR: (ErrorMsg, {"code": _string, "detail": _string}, {}),
     MessageType.PONG: (PongMsg, {}, {}),
+    MessageType.INGESTED: (IngestedMsg, {"stream": _stream_id, "frames": _integer(0), "total": _integer(0)}, {}),
 }
 
 _CLIENT_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Check]]] = {

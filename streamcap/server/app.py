@@ -1,16 +1,20 @@
-"""The websocket + HTTP server: one port, ``websockets`` asyncio server.
+"""The HTTP + websocket server: one port, one ``aiohttp`` application (optionally TLS).
 
 ``GET /ws?streams=a,b`` upgrades to a websocket that carries :mod:`streamcap.wire` messages:
 ``hello`` first, then the replay the :class:`~streamcap.server.hub.Hub` primed, then live
-messages. Every other path is answered as plain HTTP from ``process_request`` before the
-websocket handshake: ``/overlay`` (the OBS subtitle overlay), ``/healthz``, ``/metrics``,
-``/`` (an index), anything else 404.
+messages. Plain HTTP: ``/overlay`` (the OBS subtitle overlay), ``/dashboard``, ``/publish``,
+``/healthz``, ``/metrics``, ``/`` (an index). With a :class:`~streamcap.server.control.StreamControl`
+(the pipeline), the ingest routes are mounted as well: WHIP (:mod:`.whip`), websocket frame
+ingest (:mod:`.ingest`) and the ``/v1`` API (:mod:`.api`).
 
-Per connection there are three tasks: a sender that drains the client's hub queue into the
-socket (the only writer), a receiver that decodes client messages (``subscribe``, ``ping``;
+Per viewer connection there are three tasks: a sender that drains the client's hub queue into
+the socket (the only writer), a receiver that decodes client messages (``subscribe``, ``ping``;
 replies go through the same queue), and a watch on the handle being closed by the hub. When
 the hub marks a client slow, the connection is closed with 1008 and a reason, bounded by
 ``close_timeout_s`` and then aborted, so a peer that never reads cannot hold a task forever.
+
+Access: every route asks :meth:`Server.authorize` for the scope it needs (view, publish or
+admin); refusals are 401/403 with a reason, counted in ``streamcap_requests_refused_total``.
 
 Everything runs on the event loop thread that called :meth:`Server.start`; publish to the hub
 from that thread too.
@@ -19,26 +23,22 @@ from that thread too.
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import contextlib
 import html
 import json
 import logging
+import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from streamcap import __version__, wire
-from streamcap.auth import AccessPolicy, Scope, bearer_token
+from streamcap.auth import AccessPolicy, Decision, Scope, bearer_token
 from streamcap.errors import ProtocolError
 from streamcap.metrics import Metrics
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
@@ -47,32 +47,38 @@ logger = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 OVERLAY_PATH = "/overlay"
+DASHBOARD_PATH = "/dashboard"
+PUBLISH_PATH = "/publish"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 
 #: Close code and reason per disconnect reason (reasons stay well under the 123-byte limit).
-CLOSE_FOR: dict[DisconnectReason, tuple[CloseCode, str]] = {
-    DisconnectReason.SLOW_CLIENT: (CloseCode.POLICY_VIOLATION, "slow client: fell behind"),
-    DisconnectReason.SERVER_SHUTDOWN: (CloseCode.GOING_AWAY, "server shutting down"),
+CLOSE_FOR: dict[DisconnectReason, tuple[int, str]] = {
+    DisconnectReason.SLOW_CLIENT: (WSCloseCode.POLICY_VIOLATION, "slow client: fell behind"),
+    DisconnectReason.SERVER_SHUTDOWN: (WSCloseCode.GOING_AWAY, "server shutting down"),
 }
 
-_HTML = "text/html; charset=utf-8"
+_HTML = "text/html"
 _JSON = "application/json"
-_TEXT = "text/plain; charset=utf-8"
+_TEXT = "text/plain"
+_PAGES = {OVERLAY_PATH: "overlay.html", DASHBOARD_PATH: "dashboard.html", PUBLISH_PATH: "publish.html"}
 
 
-def _response(status: HTTPStatus, body: bytes | str, content_type: str) -> Response:
+def response(status: HTTPStatus, body: bytes | str, content_type: str = _TEXT,
+             headers: dict[str, str] | None = None) -> web.Response:
     data = body.encode() if isinstance(body, str) else body
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(data))),
-            ("Content-Type", content_type),
-            ("Cache-Control", "no-store"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, data)
+    charset = "utf-8" if content_type.startswith("text/") else None
+    return web.Response(status=status.value, body=data, content_type=content_type, charset=charset,
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def json_response(status: HTTPStatus, doc: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return response(status, json.dumps(doc, allow_nan=False), _JSON, headers)
+
+
+def error_response(status: HTTPStatus, code: str, detail: str) -> web.Response:
+    """The one shape of an HTTP error body: ``{"error": {"code": ..., "detail": ...}}``."""
+    return json_response(status, {"error": {"code": code, "detail": detail}})
 
 
 def _subscription(query: dict[str, list[str]]) -> tuple[str, ...] | None:
@@ -81,12 +87,25 @@ def _subscription(query: dict[str, list[str]]) -> tuple[str, ...] | None:
     return None if values is None else wire.parse_stream_list(",".join(values))
 
 
+def _query(request: web.Request) -> dict[str, list[str]]:
+    return {k: request.query.getall(k) for k in request.query.keys()}
+
+
+def tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:
+    """A server TLS context from PEM files (raises ``OSError``/``ssl.SSLError`` with the path)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
 class Server:
-    """streamcap's websocket and HTTP endpoints on one port; use as ``async with``.
+    """streamcap's HTTP and websocket endpoints on one port; use as ``async with``.
 
     ``health()`` returns ``{stream_id: {"state": ..., "detail": ..., ...}}`` for /healthz and
     ``streams()`` the stream ids (for ``hello`` and the index page); both are called on the
-    event loop thread and must not block.
+    event loop thread and must not block. ``extensions`` are objects with ``routes() ->
+    list[web.RouteDef]`` and an async ``aclose()`` (WHIP, ingest, the /v1 API), mounted on the
+    same application and closed on stop.
     """
 
     def __init__(
@@ -100,61 +119,76 @@ class Server:
         streams: Callable[[], list[str]],
         version: str = __version__,
         ping_interval_s: float | None = 20.0,
-        ping_timeout_s: float | None = 20.0,
         close_timeout_s: float = 5.0,
         max_message_bytes: int = 16 * wire.MAX_CLIENT_MESSAGE_BYTES,
+        max_body_bytes: int = 1 << 20,
         wall_clock: Callable[[], float] = time.time,
         access: AccessPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        extensions: list[Any] | None = None,
     ) -> None:
-        self._access = access or AccessPolicy({})
-        self._hub = hub
-        self._metrics = metrics
+        self.access = access or AccessPolicy({})
+        self.hub = hub
+        self.metrics = metrics
         self._host = host
         self._requested_port = port
         self._health = health
         self._streams = streams
-        self._version = version
+        self.version = version
         self._ping_interval_s = ping_interval_s
-        self._ping_timeout_s = ping_timeout_s
-        self._close_timeout_s = close_timeout_s
+        self.close_timeout_s = close_timeout_s
         # Above MAX_CLIENT_MESSAGE_BYTES a message gets an error reply; above this the
         # websocket layer closes the connection with 1009.
         self._max_message_bytes = max_message_bytes
-        self._wall_clock = wall_clock
-        self._ws_server: WsServer | None = None
-        self._overlay_html = b""
-        self._stopping = False
+        self._max_body_bytes = max_body_bytes
+        self.wall_clock = wall_clock
+        self._ssl = ssl_context
+        self.extensions = list(extensions or [])
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._pages: dict[str, bytes] = {}
+        self._handlers: set[asyncio.Task] = set()
+        self.stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._ws_server is not None:
+        if self._runner is not None:
             raise RuntimeError("server already started")
-        self._overlay_html = (
-            resources.files("streamcap.server").joinpath("static/overlay.html").read_bytes()
-        )
-        self._ws_server = await serve(
-            self._handle,
-            self._host,
-            self._requested_port,
-            process_request=self._process_request,
-            compression=None,  # encoded once, sent to many: per-client deflate would undo that
-            ping_interval=self._ping_interval_s,
-            ping_timeout=self._ping_timeout_s,
-            close_timeout=self._close_timeout_s,
-            max_size=self._max_message_bytes,
-        )
+        static = resources.files("streamcap.server").joinpath("static")
+        self._pages = {path: static.joinpath(name).read_bytes() for path, name in _PAGES.items()}
+        app = web.Application(client_max_size=self._max_body_bytes)
+        app.router.add_get(WS_PATH, self._ws_view)
+        for path in _PAGES:
+            app.router.add_get(path, self._page)
+        app.router.add_get(HEALTH_PATH, self._healthz)
+        app.router.add_get(METRICS_PATH, self._metrics_view)
+        app.router.add_get("/", self._index)
+        for ext in self.extensions:
+            app.router.add_routes(ext.routes())
+        app.middlewares.append(self._errors_middleware)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=self.close_timeout_s)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._requested_port, ssl_context=self._ssl)
+        await self._site.start()
         logger.info("server listening on %s", self.url())
 
     async def stop(self) -> None:
         """Stop accepting, close every client with 1001 and wait for the handlers (idempotent)."""
-        if self._ws_server is None or self._stopping:
+        if self._runner is None or self.stopping:
             return
-        self._stopping = True
-        self._hub.close_all(DisconnectReason.SERVER_SHUTDOWN)
-        # Our handlers close their own connections, each bounded by close_timeout_s.
-        self._ws_server.close(close_connections=False)
-        await self._ws_server.wait_closed()
+        self.stopping = True
+        self.hub.close_all(DisconnectReason.SERVER_SHUTDOWN)
+        for ext in self.extensions:
+            try:
+                await ext.aclose()
+            except Exception:  # boundary: one extension failing to close must not block the rest
+                logger.exception("closing %s failed", type(ext).__name__)
+        # our viewer handlers close their own connections, each bounded by close_timeout_s
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=self.close_timeout_s * 2)
+        await self._runner.cleanup()
         logger.info("server stopped")
 
     async def __aenter__(self) -> Server:
@@ -166,68 +200,105 @@ class Server:
 
     @property
     def port(self) -> int:
-        if self._ws_server is None:
+        if self._runner is None or not self._runner.addresses:
             raise RuntimeError("server not started")
-        return self._ws_server.sockets[0].getsockname()[1]
+        return self._runner.addresses[0][1]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._ssl is not None else "http"
 
     def url(self, path: str = "/") -> str:
-        """An http URL for ``path`` on this server (``ws`` URLs: swap the scheme)."""
+        """An http(s) URL for ``path`` on this server (websocket URLs: :meth:`ws_url`)."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def ws_url(self, path: str = WS_PATH) -> str:
+        return "ws" + self.url(path)[len("http"):]
 
     def overlay_url(self, stream: str) -> str:
         return self.url(f"{OVERLAY_PATH}?stream={urllib.parse.quote(stream, safe='')}")
 
+    # --- access -------------------------------------------------------------------------------
+
+    def authorize(self, request: web.Request, need: Scope) -> Decision:
+        """Whether ``request`` may do what needs ``need``; a refusal is counted (and logged)."""
+        headers = {k: v for k, v in request.headers.items()}
+        decision = self.access.check(need, bearer_token(headers, _query(request)),
+                                     origin=request.headers.get("Origin"), host=request.headers.get("Host"))
+        if not decision.allowed:
+            self.metrics.requests_refused_total.labels(status=str(decision.status.value)).inc()
+            logger.info("http %s %s %s: refused %d (%s)", request.remote, request.method, request.path,
+                        decision.status.value, decision.reason)
+        return decision
+
+    async def refuse(self, request: web.Request, decision: Decision) -> web.StreamResponse:
+        """Answer a refused request: a websocket handshake is accepted and closed at once with
+        4401/4403 (4000 + the HTTP status) and the reason, which a browser can read (it never
+        sees a refused handshake's status); anything else gets the HTTP status and a JSON body."""
+        ws = web.WebSocketResponse(timeout=self.close_timeout_s)
+        if not ws.can_prepare(request).ok:
+            return self.refusal(decision)
+        await ws.prepare(request)
+        await self.close_ws(request, ws, 4000 + decision.status.value, decision.reason[:120])
+        return ws
+
+    @staticmethod
+    def refusal(decision: Decision) -> web.Response:
+        headers = {"WWW-Authenticate": "Bearer"} if decision.status is HTTPStatus.UNAUTHORIZED else None
+        body = {"error": {"code": "unauthorized" if decision.status is HTTPStatus.UNAUTHORIZED else "forbidden",
+                          "detail": decision.reason}}
+        return json_response(decision.status, body, headers)
+
+    @web.middleware
+    async def _errors_middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """Boundary: aiohttp's own 4xx (404, 405, 413) get our error body; a handler bug is a 500
+        with a log line, never a dropped connection or a stopped server."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
+            detail = exc.text or exc.reason
+            if exc.status == 404:
+                detail = f"not found: {request.path}"
+            elif exc.status == 413:
+                detail = f"request body too large (limit {self._max_body_bytes} bytes)"
+            return error_response(HTTPStatus(exc.status), code, detail)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            logger.exception("http %s %s failed", request.method, request.path)
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
+                                  f"{type(exc).__name__}: {exc}")
+
     # --- HTTP ---------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urllib.parse.urlsplit(request.path)
-        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        response = None
-        if url.path in (WS_PATH, OVERLAY_PATH):  # viewing captions
-            headers = dict(request.headers.raw_items())
-            decision = self._access.check(Scope.VIEW, bearer_token(headers, query),
-                                          origin=request.headers.get("Origin"), host=request.headers.get("Host"))
-            if not decision.allowed:
-                self._metrics.requests_refused_total.labels(status=str(decision.status.value)).inc()
-                response = _response(decision.status, f"{decision.reason}\n", _TEXT)
-        response = response or self._route(url.path, query)
-        if response is not None:
-            logger.debug(
-                "http %s %s -> %d", connection.remote_address, url.path, response.status_code
-            )
-        return response
+    async def _page(self, request: web.Request) -> web.Response:
+        # every page needs only view: the pages hold no secret, and the publish page's WHIP
+        # request carries its own (publish) token
+        decision = self.authorize(request, Scope.VIEW)
+        if not decision.allowed:
+            return response(decision.status, f"{decision.reason}\n")
+        return response(HTTPStatus.OK, self._pages[request.path], _HTML)
 
-    def _route(self, path: str, query: dict[str, list[str]]) -> Response | None:
-        if path == WS_PATH:
-            try:
-                _subscription(query)
-            except ProtocolError as exc:
-                return _response(HTTPStatus.BAD_REQUEST, f"{exc.detail}\n", _TEXT)
-            return None  # go on with the websocket handshake (426 if it is not one)
-        if path == OVERLAY_PATH:
-            return _response(HTTPStatus.OK, self._overlay_html, _HTML)
-        if path == HEALTH_PATH:
-            return self._healthz()
-        if path == METRICS_PATH:
-            body, content_type = self._metrics.render()
-            return _response(HTTPStatus.OK, body, content_type)
-        if path == "/":
-            return _response(HTTPStatus.OK, self._index_html(), _HTML)
-        return _response(HTTPStatus.NOT_FOUND, f"not found: {path}\n", _TEXT)
-
-    def _healthz(self) -> Response:
+    async def _healthz(self, request: web.Request) -> web.Response:
         try:
             streams = self._health()
-            body = json.dumps(
-                {"status": "ok", "version": self._version, "streams": streams},
-                allow_nan=False,
-            )
+            body = json.dumps({"status": "ok", "version": self.version, "streams": streams}, allow_nan=False)
         except Exception as exc:  # boundary: a broken health callable is a 500, not a crash
             logger.exception("healthz: health callable failed")
             body = json.dumps({"status": "error", "detail": f"{type(exc).__name__}: {exc}"})
-            return _response(HTTPStatus.INTERNAL_SERVER_ERROR, body, _JSON)
-        return _response(HTTPStatus.OK, body, _JSON)
+            return response(HTTPStatus.INTERNAL_SERVER_ERROR, body, _JSON)
+        return response(HTTPStatus.OK, body, _JSON)
+
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return response(HTTPStatus.OK, self._index_html(), _HTML)
 
     def _index_html(self) -> str:
         items = "\n".join(
@@ -238,8 +309,9 @@ class Server:
         return (
             '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             "<title>streamcap</title></head><body>\n"
-            f"<h1>streamcap {html.escape(self._version)}</h1>\n<ul>\n{items}\n</ul>\n"
-            f"<p>Websocket: <code>{WS_PATH}?streams=ID,ID</code> · "
+            f"<h1>streamcap {html.escape(self.version)}</h1>\n<ul>\n{items}\n</ul>\n"
+            f'<p><a href="{DASHBOARD_PATH}">dashboard</a> · <a href="{PUBLISH_PATH}">publish</a> · '
+            f"websocket: <code>{WS_PATH}?streams=ID,ID</code> · "
             f'<a href="{HEALTH_PATH}">health</a> · <a href="{METRICS_PATH}">metrics</a></p>\n'
             "</body></html>\n"
         )
@@ -250,110 +322,120 @@ class Server:
 
     # --- websocket ----------------------------------------------------------------------------
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        url = urllib.parse.urlsplit(ws.request.path)
-        streams = _subscription(urllib.parse.parse_qs(url.query, keep_blank_values=True))
-        if self._stopping:
-            await self._close(ws, None, DisconnectReason.SERVER_SHUTDOWN)
-            return
-        client = self._hub.add_client(streams)
-        peer = ws.remote_address
-        logger.info(
-            "client %d %s: connected, streams=%s",
-            client.id,
-            peer,
-            "all" if streams is None else ",".join(streams),
-        )
+    async def _ws_view(self, request: web.Request) -> web.StreamResponse:
+        decision = self.authorize(request, Scope.VIEW)
+        if not decision.allowed:
+            return await self.refuse(request, decision)
         try:
-            await ws.send(
-                wire.encode_hello(
-                    version=self._version,
-                    streams=self._streams(),
-                    time_s=self._wall_clock(),
-                    subscribed=streams,
-                )
-            )
-            tasks = [
-                asyncio.create_task(self._send_loop(ws, client), name=f"client-{client.id}-send"),
-                asyncio.create_task(self._recv_loop(ws, client), name=f"client-{client.id}-recv"),
-                # the sender may be stuck in a send to a peer that does not read: watch the
-                # handle itself so a drop or shutdown still closes the connection
-                asyncio.create_task(client.wait_closed(), name=f"client-{client.id}-closed"),
-            ]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    logger.error(
-                        "client %d %s: %s failed",
-                        client.id,
-                        peer,
-                        task.get_name(),
-                        exc_info=task.exception(),
-                    )
-            if client.close_reason is not None:
-                await self._close(ws, client, client.close_reason)
-        except ConnectionClosed:
+            streams = _subscription(_query(request))
+        except ProtocolError as exc:
+            return response(HTTPStatus.BAD_REQUEST, f"{exc.detail}\n")
+        ws = web.WebSocketResponse(heartbeat=self._ping_interval_s, compress=False,
+                                   max_msg_size=self._max_message_bytes, timeout=self.close_timeout_s)
+        if not ws.can_prepare(request).ok:
+            return response(HTTPStatus.UPGRADE_REQUIRED, "this path needs a websocket upgrade\n",
+                            headers={"Upgrade": "websocket"})
+        await ws.prepare(request)
+        with self.track():
+            await self._serve_viewer(request, ws, streams)
+        return ws
+
+    async def _serve_viewer(self, request: web.Request, ws: web.WebSocketResponse,
+                            streams: tuple[str, ...] | None) -> None:
+        if self.stopping:
+            await self.close_ws(request, ws, *CLOSE_FOR[DisconnectReason.SERVER_SHUTDOWN])
+            return
+        client = self.hub.add_client(streams)
+        peer = request.remote
+        logger.info("client %d %s: connected, streams=%s", client.id, peer,
+                    "all" if streams is None else ",".join(streams))
+        try:
+            await ws.send_str(wire.encode_hello(version=self.version, streams=self._streams(),
+                                                time_s=self.wall_clock(), subscribed=streams))
+            await self.serve_ws(request, ws, client, self._recv_loop(ws, client, peer))
+        except (ConnectionResetError, ConnectionError):
             pass  # the peer went away; logged below with its close code
         finally:
-            self._hub.remove_client(client)
-            logger.info(
-                "client %d %s: disconnected (code %s, reason %r)",
-                client.id,
-                peer,
-                ws.close_code,
-                ws.close_reason,
-            )
+            self.hub.remove_client(client)
+            logger.info("client %d %s: disconnected (code %s)", client.id, peer, ws.close_code)
 
-    async def _send_loop(self, ws: ServerConnection, client: ClientHandle) -> None:
+    async def serve_ws(self, request: web.Request, ws: web.WebSocketResponse, client: ClientHandle,
+                       receiver: Any) -> None:
+        """Run a prepared websocket for a hub client: the hub queue → socket sender, ``receiver``
+        (a coroutine reading the socket) and a watch on the handle; the first to finish ends
+        the connection, closed with the hub's reason when it dropped the client."""
+        tasks = [
+            asyncio.create_task(self._send_loop(ws, client), name=f"client-{client.id}-send"),
+            asyncio.create_task(receiver, name=f"client-{client.id}-recv"),
+            # the sender may be stuck in a send to a peer that does not read: watch the
+            # handle itself so a drop or shutdown still closes the connection
+            asyncio.create_task(client.wait_closed(), name=f"client-{client.id}-closed"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("client %d %s: %s failed", client.id, request.remote, task.get_name(),
+                             exc_info=task.exception())
+        if client.close_reason is not None:
+            logger.info("client %d %s: closing: %s", client.id, request.remote, CLOSE_FOR[client.close_reason][1])
+            await self.close_ws(request, ws, *CLOSE_FOR[client.close_reason])
+        elif not ws.closed:
+            await self.close_ws(request, ws, WSCloseCode.OK, "")
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """The current handler task counts as a live websocket handler :meth:`stop` waits for."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            yield
+        finally:
+            self._handlers.discard(task)
+
+    async def _send_loop(self, ws: web.WebSocketResponse, client: ClientHandle) -> None:
         """The connection's only writer: hub queue → socket, until the handle closes."""
         try:
             while (text := await client.get()) is not None:
-                await ws.send(text)
-        except ConnectionClosed:
+                await ws.send_str(text)
+        except (ConnectionError, RuntimeError):  # closing/closed transport
             return
 
-    async def _recv_loop(self, ws: ServerConnection, client: ClientHandle) -> None:
-        try:
-            async for raw in ws:
-                try:
-                    msg = wire.decode_client_message(raw)
-                except ProtocolError as exc:
-                    logger.info("client %d %s: bad message: %s", client.id, ws.remote_address, exc)
-                    self._hub.send_to(client, wire.encode_error(exc.code, exc.detail))
-                    continue
-                if isinstance(msg, wire.PingMsg):
-                    self._hub.send_to(client, wire.encode_pong())
-                elif isinstance(msg, wire.SubscribeMsg):
-                    logger.info(
-                        "client %d %s: subscribe streams=%s",
-                        client.id,
-                        ws.remote_address,
-                        "all" if msg.streams is None else ",".join(msg.streams),
-                    )
-                    self._hub.set_subscription(client, msg.streams)
-        except ConnectionClosed:
-            return
+    async def _recv_loop(self, ws: web.WebSocketResponse, client: ClientHandle, peer: str | None) -> None:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                raw: str | bytes = msg.data
+            elif msg.type is WSMsgType.BINARY:
+                raw = msg.data
+            else:
+                return
+            try:
+                decoded = wire.decode_client_message(raw)
+            except ProtocolError as exc:
+                logger.info("client %d %s: bad message: %s", client.id, peer, exc)
+                self.hub.send_to(client, wire.encode_error(exc.code, exc.detail))
+                continue
+            if isinstance(decoded, wire.PingMsg):
+                self.hub.send_to(client, wire.encode_pong())
+            elif isinstance(decoded, wire.SubscribeMsg):
+                logger.info("client %d %s: subscribe streams=%s", client.id, peer,
+                            "all" if decoded.streams is None else ",".join(decoded.streams))
+                self.hub.set_subscription(client, decoded.streams)
 
-    async def _close(
-        self, ws: ServerConnection, client: ClientHandle | None, reason: DisconnectReason
-    ) -> None:
-        """Close with the reason's code; a peer that does not read gets aborted after the
-        close timeout (websockets' close() can wait on a full send buffer indefinitely)."""
-        code, text = CLOSE_FOR[reason]
-        if client is not None:
-            logger.info("client %d %s: closing: %s", client.id, ws.remote_address, text)
+    async def close_ws(self, request: web.Request, ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        """Close with ``code``; a peer that does not read gets aborted after the close timeout
+        (a close frame can wait on a full send buffer indefinitely)."""
         try:
-            async with asyncio.timeout(self._close_timeout_s):
-                await ws.close(code, text)
+            async with asyncio.timeout(self.close_timeout_s):
+                await ws.close(code=code, message=reason.encode())
         except TimeoutError:
-            logger.warning(
-                "client %s %s: close handshake timed out; aborting",
-                "?" if client is None else client.id,
-                ws.remote_address,
-            )
-            ws.transport.abort()
+            logger.warning("websocket %s: close handshake timed out; aborting", request.remote)
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass

@@ -33,10 +33,11 @@ class SourceKind(str, Enum):
     HTTP = "http"
     WEBCAM = "webcam"
     SYNTHETIC = "synthetic"
+    PUSH = "push"  # frames pushed in by WHIP or websocket ingest publishers
 
 
 #: kinds whose frames come in real time and are lost when not taken (drop-oldest handoff)
-LIVE_KINDS = frozenset({SourceKind.RTSP, SourceKind.HTTP, SourceKind.WEBCAM})
+LIVE_KINDS = frozenset({SourceKind.RTSP, SourceKind.HTTP, SourceKind.WEBCAM, SourceKind.PUSH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,10 @@ def parse_source_url(url: str) -> SourceSpec:
         return SourceSpec(SourceKind.WEBCAM, rest, {"index": int(rest)})
     if scheme == "synthetic":
         return _parse_synthetic(url, rest)
+    if scheme == "push":
+        if rest.strip("/"):
+            raise _bad(url, "push: takes no location (publishers send frames via WHIP or /ingest)")
+        return SourceSpec(SourceKind.PUSH, "")
     if scheme in _KNOWN_PREFIXES and not rest.startswith("//"):
         raise _bad(url, f"expected {scheme}://…")
     if scheme == "file":
@@ -228,7 +233,7 @@ def parse_source_url(url: str) -> SourceSpec:
         return _parse_network(url, scheme)
     if rest.startswith("//"):
         raise _bad(url, f"unknown scheme {scheme!r} (known: file, rtsp, rtsps, http, https, "
-                        "webcam:N, synthetic:shapes)")
+                        "webcam:N, synthetic:shapes, push:)")
     return SourceSpec(SourceKind.FILE, url)  # a relative path that happens to contain ':'
 
 
@@ -253,6 +258,11 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
 
         own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING}
         return SyntheticShapesSource(stream_id, **{**spec.options, **own})
+    if spec.kind is SourceKind.PUSH:
+        from streamcap.sources.push import PushSource
+
+        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING}
+        return PushSource(stream_id, **own)
     from streamcap.sources.opencv import OpenCVSource
 
     return OpenCVSource(stream_id, spec, **kwargs)

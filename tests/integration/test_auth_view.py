@@ -1,6 +1,7 @@
 """Viewing with tokens configured, through the real server and a real websocket client: no token
-is refused (401), a view token in the query or the Authorization header is let in, a foreign
-browser origin is refused (403); with no token configured viewing stays public."""
+is refused (a websocket is closed with 4401 and the reason, a page gets 401), a view token in the
+query or the Authorization header is let in, a foreign browser origin is refused (4403); with no
+token configured viewing stays public."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import urllib.request
 
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from streamcap import wire
 from streamcap.config import load_config
@@ -24,6 +25,15 @@ PUBLISH = "publish-secret-123"
 
 def _config(**auth):
     return load_config(None, environ={}, overrides={"server": {"port": 0}, "auth": auth})
+
+
+async def _refused(url: str, **kw) -> tuple[int, str]:
+    """The close code and reason of a websocket the server refuses."""
+    async with websockets.connect(url, open_timeout=10, **kw) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
 async def _hello(url: str, **kw) -> wire.HelloMsg:
@@ -45,18 +55,14 @@ async def test_viewing_needs_a_token_once_tokens_are_configured():
     cfg = _config(tokens=[{"scope": "view", "token": VIEW}, {"scope": "publish", "token": PUBLISH}])
     async with Service(cfg) as svc:
         ws = svc.url("/ws").replace("http://", "ws://", 1)
-        with pytest.raises(InvalidStatus) as refused:
-            await _hello(ws)
-        assert refused.value.response.status_code == 401
-        with pytest.raises(InvalidStatus) as wrong:
-            await _hello(ws + "?token=not-a-token")
-        assert wrong.value.response.status_code == 401
+        code, reason = await _refused(ws)
+        assert code == 4401 and "needs a token" in reason
+        assert await _refused(ws + "?token=not-a-token") == (4401, "unknown token")
         await _hello(ws + f"?token={VIEW}")
         await _hello(ws, additional_headers={"Authorization": f"Bearer {VIEW}"})
         await _hello(ws + f"?token={PUBLISH}")  # publish includes view
-        with pytest.raises(InvalidStatus) as foreign:
-            await _hello(ws + f"?token={VIEW}", origin="https://evil.example")
-        assert foreign.value.response.status_code == 403
+        code, reason = await _refused(ws + f"?token={VIEW}", origin="https://evil.example")
+        assert code == 4403 and "origin" in reason
         overlay = svc.url("/overlay?stream=demo")
         assert await asyncio.to_thread(_status, overlay) == 401
         assert await asyncio.to_thread(_status, overlay + f"&token={VIEW}") == 200
@@ -73,6 +79,5 @@ async def test_with_no_token_configured_viewing_is_public():
 
 async def test_public_view_false_refuses_anonymous_viewers():
     async with Service(_config(public_view=False)) as svc:
-        with pytest.raises(InvalidStatus) as refused:
-            await _hello(svc.url("/ws").replace("http://", "ws://", 1))
-        assert refused.value.response.status_code == 401
+        code, _ = await _refused(svc.url("/ws").replace("http://", "ws://", 1))
+        assert code == 4401
