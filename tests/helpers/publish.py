@@ -1,0 +1,28 @@
+"""Test publishers' media: storyline frames encoded as JPEG/PNG, as a simple ingest client sends."""
+
+from __future__ import annotations
+
+import base64
+import cv2
+import numpy as np
+
+from streamcap.synthetic import Storyline
+
+SIZE = (320, 240)
+
+
+def encode(image_rgb: np.ndarray, ext: str = ".jpg", quality: int = 90) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), params)
+    assert ok
+    return buf.tobytes()
+
+
+def storyline_jpegs(story: Storyline, start_s: float, count: int, fps: float = 10.0) -> list[bytes]:
+    w, h = SIZE
+    first = round(start_s * fps)
+    return [encode(story.render(i / fps, w, h, i)) for i in range(first, first + count)]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
