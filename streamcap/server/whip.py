@@ -62,7 +62,7 @@ class WhipSession:
     stream: str
     publisher: str
     pc: object  # RTCPeerConnection
-    source: PushSource
+    source: PushSource | None = None  # set once the offer is accepted, before any media flows
     tasks: set[asyncio.Task] = field(default_factory=set)
     frames: int = 0
     closed: bool = False
@@ -118,14 +118,16 @@ class WhipRoutes:
         problem = _sdp_problem(sdp)
         if problem:
             return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp", problem)
-        try:
-            source = self.control.push_source(stream)
+        try:  # a new stream is made only once the offer is good
+            source: PushSource | None = self.control.push_source(stream, create=False)
+        except KeyError:
+            source = None
         except ValueError as exc:
             return error_response(HTTPStatus.CONFLICT, "not_a_push_stream", str(exc))
 
         ice = [RTCIceServer(urls=u) for u in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        session = WhipSession(secrets.token_urlsafe(12), stream, f"whip-{next(self._ids)} {request.remote}", pc, source)
+        session = WhipSession(secrets.token_urlsafe(12), stream, f"whip-{next(self._ids)} {request.remote}", pc)
 
         @pc.on("track")
         def on_track(track) -> None:  # noqa: ANN001 - aiortc's MediaStreamTrack
@@ -149,6 +151,9 @@ class WhipRoutes:
             log.info("stream %s: refused a WHIP offer: %s", stream, exc)
             return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp",
                                   f"could not use the SDP offer: {type(exc).__name__}: {exc}")
+        if source is None:
+            source = self.control.push_source(stream)
+        session.source = source
         self.sessions[session.id] = session
         source.publisher_joined(session.publisher)
         location = f"/whip/{stream}/{session.id}"
@@ -179,6 +184,7 @@ class WhipRoutes:
                 if t is not None and last_kept is not None and 0 <= t - last_kept < self.min_gap_s:
                     continue  # more frames than the windows need: skip before converting
                 last_kept = t
+                assert session.source is not None
                 image = await asyncio.to_thread(_to_rgb, frame, session.source)
                 if not session.source.push(image, publisher=session.publisher):
                     break  # the stream was removed
@@ -193,7 +199,8 @@ class WhipRoutes:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
-        session.source.publisher_left(session.publisher)
+        if session.source is not None:
+            session.source.publisher_left(session.publisher)
         for task in list(session.tasks):
             task.cancel()
         await asyncio.gather(*session.tasks, return_exceptions=True)

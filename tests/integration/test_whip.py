@@ -1,0 +1,117 @@
+"""WebRTC ingest over WHIP with real peers: an ``aiortc`` publisher sends vtest.avi (Debian's
+opencv-doc sample) to ``POST /whip/cam``; the video is decoded, captioned by the demo model and
+the captions reach a real websocket viewer. Bad offers and missing tokens get clear errors while
+the server and its other streams keep running."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from streamcap import wire
+from streamcap.config import load_config
+from streamcap.service import Service
+from tests.helpers.wsclient import WireClient
+
+pytestmark = pytest.mark.integration
+
+VIEW, PUBLISH = "view-secret-123", "publish-secret-123"
+TOKENS = [{"scope": "view", "token": VIEW}, {"scope": "publish", "token": PUBLISH}]
+SDP = "application/sdp"
+TIMEOUT_S = 90.0
+
+
+@pytest_asyncio.fixture
+async def svc():
+    cfg = load_config(None, environ={}, overrides={
+        "server": {"port": 0}, "auth": {"tokens": TOKENS},
+        # publisher and server share this machine: offer loopback candidates (no network needed)
+        "webrtc": {"loopback_candidates": True}})
+    async with Service(cfg) as service:
+        yield service
+
+
+@pytest_asyncio.fixture
+async def http():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+def _ws(svc: Service, streams: str) -> str:
+    return svc.url(f"/ws?streams={streams}&token={VIEW}").replace("http://", "ws://", 1)
+
+
+async def _offer(pc) -> str:
+    await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers every candidate here
+    return pc.localDescription.sdp
+
+
+async def test_an_aiortc_publisher_sending_vtest_gets_captioned(svc, http, vtest_path):
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    player = MediaPlayer(str(vtest_path))  # decodes the file in real time, like a camera
+    pc = RTCPeerConnection()
+    pc.addTrack(player.video)
+    try:
+        async with WireClient(_ws(svc, "cam")) as viewer:
+            offer = await _offer(pc)
+            async with http.post(svc.url("/whip/cam"), data=offer.encode(),
+                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
+                assert r.status == 201, await r.text()
+                assert r.content_type == SDP
+                location = r.headers["Location"]
+                answer = await r.text()
+            assert location.startswith("/whip/cam/") and "a=candidate" in answer
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+            caption = await viewer.wait_for(lambda: viewer.of(wire.CaptionMsg, "cam"), TIMEOUT_S,
+                                            "a caption of the WHIP stream")
+            assert caption[0].text.strip()
+            await viewer.wait_for(lambda: svc.pipeline.health()["cam"]["windows_captioned"] >= 4, TIMEOUT_S,
+                                  "four captioned windows")
+            health = svc.pipeline.health()["cam"]
+            assert health["state"] == "live" and health["url"] == "push:"
+            # vtest is 768x576 at 10 fps: the frames arrive at about the media rate
+            assert health["frames_in"] >= 20
+
+            async with http.delete(svc.url(location), headers={"Authorization": f"Bearer {PUBLISH}"}) as r:
+                assert r.status == 200
+            await viewer.wait_for(lambda: any(m.state.value == "stalled" for m in viewer.of(wire.StatusMsg, "cam")),
+                                  10, "the stream to show its publisher left")
+            async with http.delete(svc.url(location), headers={"Authorization": f"Bearer {PUBLISH}"}) as r:
+                assert r.status == 404
+    finally:
+        await pc.close()
+        player.video.stop()
+
+
+async def test_bad_offers_and_missing_tokens_are_refused_and_the_server_keeps_going(svc, http):
+    url = svc.url("/whip/cam")
+    good_headers = {"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}
+    broken = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n"
+    cases = [
+        ({"data": b"hello there"}, good_headers, 400, "bad_sdp"),
+        ({"data": "v=0\r\ns=-\r\nm=audio 9 RTP/AVP 0\r\n".encode()}, good_headers, 400, "bad_sdp"),
+        ({"data": broken.encode()}, good_headers, 400, "bad_sdp"),  # no ICE credentials, no fingerprint
+        ({"data": b"\xff\xfe\x00garbage"}, good_headers, 400, "bad_sdp"),
+        ({"data": b"v=0"}, {"Content-Type": "text/plain", "Authorization": f"Bearer {PUBLISH}"}, 415,
+         "bad_content_type"),
+        ({"data": b"v=0" + b" " * (2 << 20)}, good_headers, 413, "too_large"),
+        ({"data": b"v=0"}, {"Content-Type": SDP}, 401, "unauthorized"),
+        ({"data": b"v=0"}, {"Content-Type": SDP, "Authorization": f"Bearer {VIEW}"}, 403, "forbidden"),
+    ]
+    for kwargs, headers, status, code in cases:
+        async with http.post(url, headers=headers, **kwargs) as r:
+            doc = await r.json()
+            assert (r.status, doc["error"]["code"]) == (status, code), doc
+            assert doc["error"]["detail"]
+    async with http.delete(svc.url("/whip/cam/nope"), headers={"Authorization": f"Bearer {PUBLISH}"}) as r:
+        assert r.status == 404
+    async with http.patch(svc.url("/whip/cam/nope"), data=b"a=candidate", headers=good_headers) as r:
+        assert r.status == 405
+    # a malformed offer did not leave a half-made stream, and the demo stream is still live
+    assert svc.pipeline.stream_ids() == ["demo"]
+    async with http.get(svc.url("/healthz")) as r:
+        assert (await r.json())["streams"]["demo"]["state"] == "live"
