@@ -48,6 +48,18 @@ def require_system() -> Callable[[str], None]:
     return unavailable
 
 
+@pytest.fixture
+def artefact_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """Where a test keeps pictures worth a look (browser screenshots): ``$STREAMCAP_ARTEFACTS/<test>``
+    when set (CI keeps that folder), else the test's own tmp_path."""
+    root = os.environ.get("STREAMCAP_ARTEFACTS")
+    if not root:
+        return tmp_path
+    out = Path(root) / request.node.name.replace("/", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def media_cache_dir() -> Path:
     MEDIA_CACHE.mkdir(parents=True, exist_ok=True)
