@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a bearer token (repeatable); SCOPE is view, publish or admin")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
+    run.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate chain (with --tls-key)")
+    run.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
     _common(run)
     cap = sub.add_parser("caption", help="caption a video file into WebVTT, SRT or JSONL")
     cap.add_argument("input", help="video file (or any source URL that ends)")
@@ -88,6 +90,9 @@ def _overrides(args: argparse.Namespace) -> dict:
         o.setdefault("server", {})["host"] = args.host
     if getattr(args, "port", None) is not None:
         o.setdefault("server", {})["port"] = args.port
+    for name in ("tls_cert", "tls_key"):
+        if getattr(args, name, None):
+            o.setdefault("server", {})[name] = getattr(args, name)
     if args.engine:
         o.setdefault("engine", {})["path"] = args.engine
     if args.engine_provider:
@@ -124,8 +129,9 @@ async def _run(config: Config) -> int:
     print(f"streamcap {__version__} serving on {svc.url('/')}", flush=True)
     for sid in svc.pipeline.stream_ids():
         print(f"  overlay for {sid}: {svc.overlay_url(sid)}", flush=True)
-    ws = svc.url("/ws").replace("http://", "ws://", 1)
-    print(f"  websocket: {ws}   health: {svc.url('/healthz')}   metrics: {svc.url('/metrics')}",
+    assert svc.server is not None
+    print(f"  dashboard: {svc.url('/dashboard')}   publish a camera: {svc.url('/publish')}", flush=True)
+    print(f"  websocket: {svc.server.ws_url()}   health: {svc.url('/healthz')}   metrics: {svc.url('/metrics')}",
           flush=True)
     print("Press Ctrl+C to stop.", flush=True)
     pipeline_task = asyncio.ensure_future(svc.wait())
