@@ -84,3 +84,13 @@ def test_no_wait_takes_only_what_is_queued():
         await q.put(_w("a", 0), live=True)
         return len(await asyncio.wait_for(q.get_batch(4), 5))
     assert asyncio.run(go()) == 1
+
+
+def test_discard_stream_takes_out_only_that_streams_windows():
+    async def go():
+        q = WindowQueue(8, lambda w, r: None)
+        for s, i in [("a", 0), ("b", 0), ("a", 1), ("b", 1)]:
+            await q.put(_w(s, i), live=True)
+        gone = q.discard_stream("a")
+        return [(w.stream, w.index) for w in gone], [(w.stream, w.index) for w in await q.get_batch(8)]
+    assert asyncio.run(go()) == ([("a", 0), ("a", 1)], [("b", 0), ("b", 1)])
