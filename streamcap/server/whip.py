@@ -65,6 +65,7 @@ class WhipSession:
     source: PushSource | None = None  # set once the offer is accepted, before any media flows
     tasks: set[asyncio.Task] = field(default_factory=set)
     frames: int = 0
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # picture sizes received (they may change)
     closed: bool = False
 
 
@@ -180,6 +181,7 @@ class WhipRoutes:
         try:
             while True:
                 frame = await track.recv()
+                session.sizes.add((frame.width, frame.height))
                 t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
                 if t is not None and last_kept is not None and 0 <= t - last_kept < self.min_gap_s:
                     continue  # more frames than the windows need: skip before converting

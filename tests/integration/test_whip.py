@@ -8,10 +8,14 @@ from __future__ import annotations
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.contrib.media import MediaPlayer
+from av import VideoFrame
 
 from streamcap import wire
 from streamcap.config import load_config
 from streamcap.service import Service
+from streamcap.synthetic import Storyline
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration
@@ -48,9 +52,6 @@ async def _offer(pc) -> str:
 
 
 async def test_an_aiortc_publisher_sending_vtest_gets_captioned(svc, http, vtest_path):
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-    from aiortc.contrib.media import MediaPlayer
-
     player = MediaPlayer(str(vtest_path))  # decodes the file in real time, like a camera
     pc = RTCPeerConnection()
     pc.addTrack(player.video)
@@ -87,6 +88,48 @@ async def test_an_aiortc_publisher_sending_vtest_gets_captioned(svc, http, vtest
         player.video.stop()
 
 
+class StorylineTrack(VideoStreamTrack):
+    """A camera-like aiortc video track drawing a storyline at 30 fps; its picture size changes
+    after ``switch_after`` frames (as when a publisher changes resolution mid-stream)."""
+
+    def __init__(self, story: Storyline, switch_after: int, sizes: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.story, self.switch_after, self.sizes, self.count = story, switch_after, sizes, 0
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()  # paces the track like a camera
+        w, h = self.sizes[0] if self.count < self.switch_after else self.sizes[1]
+        frame = VideoFrame.from_ndarray(self.story.render(self.count / 30, w, h, self.count), format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        self.count += 1
+        return frame
+
+
+async def test_a_resolution_change_mid_stream_keeps_the_captions_coming(svc, http):
+    story = Storyline(seed=9, scene_s=1000.0, aspect=16 / 9)
+    track = StorylineTrack(story, switch_after=75, sizes=[(320, 180), (640, 360)])
+    pc = RTCPeerConnection()
+    pc.addTrack(track)
+    try:
+        async with WireClient(_ws(svc, "cam")) as viewer:
+            async with http.post(svc.url("/whip/cam"), data=(await _offer(pc)).encode(),
+                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
+                assert r.status == 201, await r.text()
+                answer = await r.text()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            whip = svc.server.extensions[1]
+            session = await viewer.wait_for(lambda: next(iter(whip.sessions.values()), None), 10, "the session")
+            await viewer.wait_for(lambda: len(session.sizes) == 2, TIMEOUT_S, "frames of both sizes")
+            at_switch = svc.pipeline.health()["cam"]["windows_captioned"]
+            await viewer.wait_for(lambda: svc.pipeline.health()["cam"]["windows_captioned"] >= at_switch + 6,
+                                  TIMEOUT_S, "six more windows after the switch")
+            assert session.sizes == {(320, 180), (640, 360)}
+            finals = {m.text for m in viewer.of(wire.CaptionMsg, "cam") if m.state.value == "final"}
+            assert finals == {story.caption_at(0.0)}
+    finally:
+        await pc.close()
+
+
 async def test_bad_offers_and_missing_tokens_are_refused_and_the_server_keeps_going(svc, http):
     url = svc.url("/whip/cam")
     good_headers = {"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}
@@ -113,5 +156,6 @@ async def test_bad_offers_and_missing_tokens_are_refused_and_the_server_keeps_go
         assert r.status == 405
     # a malformed offer did not leave a half-made stream, and the demo stream is still live
     assert svc.pipeline.stream_ids() == ["demo"]
-    async with http.get(svc.url("/healthz")) as r:
-        assert (await r.json())["streams"]["demo"]["state"] == "live"
+    async with WireClient(_ws(svc, "demo")) as viewer:
+        await viewer.wait_for(lambda: svc.pipeline.health()["demo"]["windows_captioned"] > 0, TIMEOUT_S,
+                              "the demo stream to be captioned")
