@@ -129,6 +129,13 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.bad_requests_total = Counter(
+            "bad_requests_total",
+            "Requests and ingest messages rejected as bad input, by error code (bad_sdp, bad_frame, too_large, ...).",
+            ["code"],
+            namespace=ns,
+            registry=reg,
+        )
         self.clients_dropped_total = Counter(
             "clients_dropped_total",
             "Websocket clients disconnected by the server, by reason (slow_client, ...).",

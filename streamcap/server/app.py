@@ -77,8 +77,11 @@ def json_response(status: HTTPStatus, doc: Any, headers: dict[str, str] | None =
 
 
 def error_response(status: HTTPStatus, code: str, detail: str) -> web.Response:
-    """The one shape of an HTTP error body: ``{"error": {"code": ..., "detail": ...}}``."""
-    return json_response(status, {"error": {"code": code, "detail": detail}})
+    """The one shape of an HTTP error body: ``{"error": {"code": ..., "detail": ...}}`` (counted in
+    ``streamcap_bad_requests_total{code}`` on the way out)."""
+    resp = json_response(status, {"error": {"code": code, "detail": detail}})
+    resp.error_code = code  # type: ignore[attr-defined]
+    return resp
 
 
 def _subscription(query: dict[str, list[str]]) -> tuple[str, ...] | None:
@@ -255,7 +258,11 @@ class Server:
         """Boundary: aiohttp's own 4xx (404, 405, 413) get our error body; a handler bug is a 500
         with a log line, never a dropped connection or a stopped server."""
         try:
-            return await handler(request)
+            resp = await handler(request)
+            code = getattr(resp, "error_code", None)
+            if code is not None and code not in ("unauthorized", "forbidden"):  # those: requests_refused_total
+                self.metrics.bad_requests_total.labels(code=code).inc()
+            return resp
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -265,6 +272,7 @@ class Server:
                 detail = f"not found: {request.path}"
             elif exc.status == 413:
                 detail = f"request body too large (limit {self._max_body_bytes} bytes)"
+            self.metrics.bad_requests_total.labels(code=code).inc()
             return error_response(HTTPStatus(exc.status), code, detail)
         except (asyncio.CancelledError, ConnectionResetError):
             raise

@@ -116,6 +116,7 @@ class IngestRoutes:
                     return  # close or error: the connection is over
             except ProtocolError as exc:
                 log.info("stream %s: %s: %s", stream, publisher, exc.detail)
+                self.server.metrics.bad_requests_total.labels(code=exc.code).inc()
                 hub.send_to(client, wire.encode_error(exc.code, exc.detail))
                 continue
             for image in images:

@@ -110,6 +110,10 @@ async def test_bad_uploads_get_clear_errors_and_the_server_keeps_captioning(svc,
         assert r.status == 422 and (await r.json())["error"]["code"] == "undecodable_video"
     async with http.post(url + "?format=doc", json={"video": "AAAA"}, headers=_auth(PUBLISH)) as r:
         assert r.status == 400 and (await r.json())["error"]["code"] == "bad_format"
+    async with http.get(svc.url("/metrics")) as r:
+        metrics = await r.text()
+    for code, count in [("bad_base64", 1), ("undecodable_video", 2), ("too_large", 1), ("bad_format", 1)]:
+        assert f'streamcap_bad_requests_total{{code="{code}"}} {count}.0' in metrics, code
     # nothing was left behind, and the demo stream went on being captioned
     assert svc.pipeline.stream_ids() == ["demo"]
     async with http.get(svc.url("/healthz")) as r:

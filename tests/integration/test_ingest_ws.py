@@ -150,7 +150,9 @@ async def test_bad_messages_get_an_error_and_the_connection_and_other_streams_ke
         seen = len(viewer.of(wire.CaptionMsg, "demo"))
         await viewer.wait_for(lambda: len(viewer.of(wire.CaptionMsg, "demo")) > seen, TIMEOUT_S, "a demo caption")
         metrics = await asyncio.to_thread(_get, svc.url("/metrics"))
-        assert 'streamcap_frames_in_total{stream="cam"}' in metrics
+        assert f'streamcap_frames_in_total{{stream="cam"}} {total}.0' in metrics
+        assert 'streamcap_bad_requests_total{code="bad_frame"} 4.0' in metrics
+        assert 'streamcap_bad_requests_total{code="too_large"} 2.0' in metrics
 
 
 def _get(url: str) -> str:
