@@ -66,3 +66,15 @@ def test_the_shipped_example_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "streamcap.toml", environ={})
     assert [s.id for s in cfg.sources] == ["door", "demo"]
+
+
+def test_tokens_can_come_from_the_environment():
+    cfg = load_config(None, environ={"STREAMCAP_AUTH__TOKENS": '[{scope="publish", token="abcdefgh1"}]'})
+    assert [(t.scope, t.token) for t in cfg.auth.tokens] == [("publish", "abcdefgh1")]
+
+
+def test_tls_needs_both_files_and_ingest_limits_are_bounded():
+    with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
+        load_config(None, environ={}, overrides={"server": {"tls_key": "k.pem"}})
+    with pytest.raises(ConfigError, match="ingest.max_queued_frames"):
+        load_config(None, environ={}, overrides={"ingest": {"max_queued_frames": 0}})
