@@ -65,7 +65,7 @@ def test_the_shipped_example_config_is_valid():
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "streamcap.toml", environ={})
-    assert [s.id for s in cfg.sources] == ["door", "demo"]
+    assert [s.id for s in cfg.sources] == ["door", "demo", "studio"]
 
 
 def test_tokens_can_come_from_the_environment():
