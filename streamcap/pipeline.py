@@ -33,10 +33,29 @@ from streamcap.metrics import Metrics
 from streamcap.ringbuffer import FrameRing
 from streamcap.sources.base import Source
 from streamcap.sources.push import PushSource
-from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url, open_source
+from streamcap.sources.url import (
+    SourceKind,
+    open_source,
+    parse_source_url,
+    sanitize_url,
+)
 from streamcap.stabilizer import CaptionStabilizer
-from streamcap.types import Caption, CaptionResult, CaptionState, DropPolicy, Frame, Status, StreamState, Window
-from streamcap.windowing import WindowPlanner, build_window, min_ring_capacity, pick_frames
+from streamcap.types import (
+    Caption,
+    CaptionResult,
+    CaptionState,
+    DropPolicy,
+    Frame,
+    Status,
+    StreamState,
+    Window,
+)
+from streamcap.windowing import (
+    WindowPlanner,
+    build_window,
+    min_ring_capacity,
+    pick_frames,
+)
 
 log = logging.getLogger(__name__)
 

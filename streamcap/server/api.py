@@ -196,13 +196,16 @@ class ApiRoutes:
         while (part := await reader.next()) is not None:
             if part.name == "video" and not got_video:
                 size = 0
-                with open(path, "wb") as out:
+                out = await asyncio.to_thread(open, path, "wb")  # file I/O off the event loop
+                try:
                     while chunk := await part.read_chunk(_CHUNK):
                         size += len(chunk)
                         if size > self.max_upload_bytes:
                             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
                                            f"the video is over the {self.max_upload_bytes}-byte limit")
-                        out.write(chunk)
+                        await asyncio.to_thread(out.write, chunk)
+                finally:
+                    await asyncio.to_thread(out.close)
                 got_video = True
             elif part.name == "max_length":
                 text = (await part.read(decode=True))[:16].decode("ascii", "replace").strip()

@@ -91,7 +91,7 @@ def _subscription(query: dict[str, list[str]]) -> tuple[str, ...] | None:
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
-    return {k: request.query.getall(k) for k in request.query.keys()}
+    return {k: request.query.getall(k) for k in set(request.query)}
 
 
 def tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:

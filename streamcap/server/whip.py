@@ -97,7 +97,12 @@ class WhipRoutes:
                               "trickle ICE is not supported: send every candidate in the offer")
 
     async def offer(self, request: web.Request) -> web.StreamResponse:
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+        from aiortc import (
+            RTCConfiguration,
+            RTCIceServer,
+            RTCPeerConnection,
+            RTCSessionDescription,
+        )
 
         stream = request.match_info["stream"]
         if not is_valid_stream_id(stream):
@@ -131,7 +136,7 @@ class WhipRoutes:
         session = WhipSession(secrets.token_urlsafe(12), stream, f"whip-{next(self._ids)} {request.remote}", pc)
 
         @pc.on("track")
-        def on_track(track) -> None:  # noqa: ANN001 - aiortc's MediaStreamTrack
+        def on_track(track) -> None:
             if track.kind == "video":
                 task = asyncio.create_task(self._consume(session, track), name=f"whip-{session.id}")
                 session.tasks.add(task)
@@ -174,7 +179,7 @@ class WhipRoutes:
 
     # ------------------------------------------------------------------ media
 
-    async def _consume(self, session: WhipSession, track) -> None:  # noqa: ANN001
+    async def _consume(self, session: WhipSession, track) -> None:
         from aiortc.mediastreams import MediaStreamError
 
         last_kept: float | None = None
@@ -210,7 +215,7 @@ class WhipRoutes:
         log.info("stream %s: WHIP session %s closed (%s)", session.stream, session.id, why)
 
 
-def _to_rgb(frame, source: PushSource):  # noqa: ANN001 - av.VideoFrame
+def _to_rgb(frame, source: PushSource):
     return source.prepare(frame.to_ndarray(format="rgb24"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+
 import cv2
 import numpy as np
 

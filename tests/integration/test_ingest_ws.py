@@ -95,7 +95,7 @@ async def test_pushed_frames_are_captioned_and_captions_come_back_on_the_connect
             if k < 4 and media_s >= WINDOW_S + 0.5:
                 # pace the JSON publisher by the engine: on once this batch's last window is captioned
                 await client.wait_until(
-                    lambda: (svc.pipeline.health()["phone"]["last_window_end_s"] or 0) >= media_s - 0.5,
+                    lambda m=media_s: (svc.pipeline.health()["phone"]["last_window_end_s"] or 0) >= m - 0.5,
                     TIMEOUT_S, f"a window ending near {media_s} s")
         captions = [m for m in client.kept if isinstance(m, wire.CaptionMsg)]
         assert {m.stream for m in captions} == {"phone"}  # only this stream's captions on this socket

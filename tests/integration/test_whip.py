@@ -136,7 +136,7 @@ async def test_bad_offers_and_missing_tokens_are_refused_and_the_server_keeps_go
     broken = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\n"
     cases = [
         ({"data": b"hello there"}, good_headers, 400, "bad_sdp"),
-        ({"data": "v=0\r\ns=-\r\nm=audio 9 RTP/AVP 0\r\n".encode()}, good_headers, 400, "bad_sdp"),
+        ({"data": b"v=0\r\ns=-\r\nm=audio 9 RTP/AVP 0\r\n"}, good_headers, 400, "bad_sdp"),
         ({"data": broken.encode()}, good_headers, 400, "bad_sdp"),  # no ICE credentials, no fingerprint
         ({"data": b"\xff\xfe\x00garbage"}, good_headers, 400, "bad_sdp"),
         ({"data": b"v=0"}, {"Content-Type": "text/plain", "Authorization": f"Bearer {PUBLISH}"}, 415,
