@@ -129,6 +129,15 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.alerts_total = Counter(
+            "alerts_total",
+            "Alert steps published, by rule and phase (start, update, end).",
+            ["rule", "phase"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.alerts_acked_total = Counter(
+            "alerts_acked_total", "Alerts acknowledged.", namespace=ns, registry=reg)
         self.bad_requests_total = Counter(
             "bad_requests_total",
             "Requests and ingest messages rejected as bad input, by error code (bad_sdp, bad_frame, too_large, ...).",

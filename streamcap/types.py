@@ -91,3 +91,32 @@ class Status:
     detail: str = ""
     code: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+class AlertPhase(str, Enum):
+    START = "start"
+    UPDATE = "update"
+    END = "end"
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One step of an alert's life. ``start_s``/``end_s`` are the stream's media time (``end_s``
+    is None until the alert ends); ``caption_seq`` is the final caption behind it (None for
+    stream-health alerts)."""
+
+    id: str
+    stream: str
+    rule: str
+    phase: AlertPhase
+    severity: Severity
+    caption_seq: int | None
+    start_s: float
+    end_s: float | None = None
+    detail: str = ""

@@ -25,7 +25,7 @@ from enum import Enum
 from typing import Any
 
 from streamcap.errors import ProtocolError
-from streamcap.types import Caption, CaptionState, Status, StreamState
+from streamcap.types import Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
 
 WIRE_VERSION = 1
 SERVER_NAME = "streamcap"
@@ -42,6 +42,9 @@ class MessageType(str, Enum):
     ERROR = "error"
     PONG = "pong"
     INGESTED = "ingested"
+    ALERT = "alert"
+    ACKED = "acked"
+    ACK = "ack"
     SUBSCRIBE = "subscribe"
     PING = "ping"
 
@@ -54,9 +57,12 @@ SERVER_MESSAGE_TYPES = frozenset(
         MessageType.ERROR,
         MessageType.PONG,
         MessageType.INGESTED,
+        MessageType.ALERT,
+        MessageType.ACKED,
     }
 )
-CLIENT_MESSAGE_TYPES = frozenset({MessageType.SUBSCRIBE, MessageType.PING})
+CLIENT_MESSAGE_TYPES = frozenset({MessageType.SUBSCRIBE, MessageType.PING, MessageType.ACK})
+MAX_ACK_BY_CHARS = 200
 
 
 # --- decoded messages -------------------------------------------------------------------------
@@ -112,6 +118,36 @@ class IngestedMsg:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertMsg:
+    id: str
+    stream: str
+    rule: str
+    phase: AlertPhase
+    severity: Severity
+    caption_seq: int | None  # None for stream-health alerts
+    start: float  # media time, seconds
+    end: float | None  # None until the alert ends
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AckedMsg:
+    """Someone acknowledged an alert (sent to every client that saw it)."""
+
+    id: str
+    by: str
+    time: float  # server wall clock, unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class AckMsg:
+    """Client → server: acknowledge an alert; ``by`` names who (default: the connection)."""
+
+    id: str
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SubscribeMsg:
     streams: tuple[str, ...] | None  # None = all streams
 
@@ -121,8 +157,8 @@ class PingMsg:
     pass
 
 
-ServerMessage = HelloMsg | CaptionMsg | StatusMsg | ErrorMsg | PongMsg | IngestedMsg
-ClientMessage = SubscribeMsg | PingMsg
+ServerMessage = HelloMsg | CaptionMsg | StatusMsg | ErrorMsg | PongMsg | IngestedMsg | AlertMsg | AckedMsg
+ClientMessage = SubscribeMsg | PingMsg | AckMsg
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -195,6 +231,29 @@ def encode_pong() -> str:
 
 def encode_ingested(stream: str, frames: int, total: int) -> str:
     return _dumps(_header(MessageType.INGESTED) | {"stream": stream, "frames": frames, "total": total})
+
+
+def encode_alert(a: Alert) -> str:
+    msg = _header(MessageType.ALERT) | {
+        "id": a.id, "stream": a.stream, "rule": a.rule, "phase": AlertPhase(a.phase).value,
+        "severity": Severity(a.severity).value, "caption_seq": a.caption_seq,
+        "start": round(a.start_s, 3), "end": None if a.end_s is None else round(a.end_s, 3),
+    }
+    if a.detail:
+        msg["detail"] = a.detail
+    return _dumps(msg)
+
+
+def encode_acked(alert_id: str, by: str, time_s: float) -> str:
+    return _dumps(_header(MessageType.ACKED) | {"id": alert_id, "by": by, "time": round(time_s, 3)})
+
+
+def encode_ack(alert_id: str, by: str | None = None) -> str:
+    """Client side: acknowledge an alert."""
+    msg: dict[str, Any] = {"type": MessageType.ACK.value, "id": alert_id}
+    if by is not None:
+        msg["by"] = by
+    return _dumps(msg)
 
 
 def encode_subscribe(streams: Iterable[str] | None) -> str:
@@ -345,6 +404,22 @@ def _optional_string(name: str, value: Any) -> str | None:
     return None if value is None else _string(name, value)
 
 
+def _optional(check: _Check) -> _Check:
+    def nullable(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return nullable
+
+
+def _short_string(limit: int) -> _Check:
+    def check(name: str, value: Any) -> str:
+        if type(value) is not str or not 0 < len(value) <= limit:
+            raise ProtocolError(f"'{name}' must be a string of 1..{limit} characters")
+        return value
+
+    return check
+
+
 def _fields(
     obj: Mapping[str, Any],
     required: Mapping[str, _Check],
@@ -399,11 +474,27 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
     MessageType.ERROR: (ErrorMsg, {"code": _string, "detail": _string}, {}),
     MessageType.PONG: (PongMsg, {}, {}),
     MessageType.INGESTED: (IngestedMsg, {"stream": _stream_id, "frames": _integer(0), "total": _integer(0)}, {}),
+    MessageType.ALERT: (
+        AlertMsg,
+        {
+            "id": _string,
+            "stream": _stream_id,
+            "rule": _string,
+            "phase": _enum(AlertPhase),
+            "severity": _enum(Severity),
+            "caption_seq": _optional(_integer(0)),
+            "start": _number(0),
+            "end": _optional(_number(0)),
+        },
+        {"detail": _string},
+    ),
+    MessageType.ACKED: (AckedMsg, {"id": _string, "by": _string, "time": _number(0)}, {}),
 }
 
 _CLIENT_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Check]]] = {
     MessageType.SUBSCRIBE: (SubscribeMsg, {"streams": _stream_list(nullable=True)}, {}),
     MessageType.PING: (PingMsg, {}, {}),
+    MessageType.ACK: (AckMsg, {"id": _short_string(200)}, {"by": _short_string(MAX_ACK_BY_CHARS)}),
 }
 
 

@@ -9,8 +9,9 @@ publisher nor delay the other clients. The server's per-client sender task drain
 :meth:`ClientHandle.wait_closed`, so it closes the connection when the handle says so even
 while a send is stuck on a peer that does not read.
 
-The hub also keeps, per stream, the last status and the most recent finals; a client that
-joins (or widens its subscription) gets those first (replay).
+The hub also keeps, per stream, the last status and the most recent finals, and the most recent
+alerts (the latest step of each, with who acknowledged it); a client that joins (or widens its
+subscription) gets those first (replay).
 
 Threading: every Hub and ClientHandle method must be called from the event loop thread (or,
 in tests, from one thread with no loop at all). Nothing here awaits except
@@ -23,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
 from streamcap import wire
 from streamcap.metrics import Metrics
-from streamcap.types import Caption, CaptionState, Status, StreamState
+from streamcap.types import Alert, AlertPhase, Caption, CaptionState, Status, StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,15 @@ class DisconnectReason(str, Enum):
 
     SLOW_CLIENT = "slow_client"  # its outgoing queue was full
     SERVER_SHUTDOWN = "server_shutdown"
+
+
+@dataclass(slots=True)
+class AlertRecord:
+    alert: Alert  # its latest step
+    text: str  # encoded once
+    acked_by: str | None = None
+    acked_at: float | None = None  # wall clock, unix s
+    acked_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +144,8 @@ class Hub:
     """Delivers published captions and statuses to subscribed clients; see the module doc."""
 
     def __init__(
-        self, *, metrics: Metrics, replay_finals: int = 20, client_queue_size: int = 256
+        self, *, metrics: Metrics, replay_finals: int = 20, client_queue_size: int = 256,
+        replay_alerts: int = 50,
     ) -> None:
         if replay_finals < 0:
             raise ValueError(f"replay_finals must be >= 0, got {replay_finals}")
@@ -147,6 +158,8 @@ class Hub:
         self._ids = itertools.count(1)
         self._finals: dict[str, deque[_Final]] = {}
         self._last_status: dict[str, tuple[Status, str]] = {}
+        self._replay_alerts = replay_alerts
+        self._alerts: OrderedDict[str, AlertRecord] = OrderedDict()
 
     # --- clients ------------------------------------------------------------------------------
 
@@ -219,6 +232,34 @@ class Hub:
         self._metrics.stream_up.labels(stream=status.stream).set(up)
         return self._fan_out(status.stream, text)
 
+    def publish_alert(self, alert: Alert) -> int:
+        """Send an alert step to its stream's subscribers and keep its latest step for replay
+        (the ``replay_alerts`` most recently changed alerts)."""
+        text = wire.encode_alert(alert)
+        self._metrics.alerts_total.labels(rule=alert.rule, phase=AlertPhase(alert.phase).value).inc()
+        record = self._alerts.pop(alert.id, None)
+        if record is None:
+            record = AlertRecord(alert, text)
+        else:
+            record.alert, record.text = alert, text
+        self._alerts[alert.id] = record
+        while len(self._alerts) > self._replay_alerts:
+            self._alerts.popitem(last=False)
+        return self._fan_out(alert.stream, text)
+
+    def ack(self, alert_id: str, by: str, time_s: float) -> AlertRecord:
+        """Record who acknowledged an alert and tell its stream's subscribers. The first
+        acknowledgement stands (acknowledging again changes nothing). KeyError: unknown id."""
+        record = self._alerts[alert_id]
+        if record.acked_by is None:
+            record.acked_by, record.acked_at = by, time_s
+            record.acked_text = wire.encode_acked(alert_id, by, time_s)
+            self._fan_out(record.alert.stream, record.acked_text)
+        return record
+
+    def recent_alerts(self) -> tuple[AlertRecord, ...]:
+        return tuple(self._alerts.values())
+
     def last_status(self, stream: str) -> Status | None:
         entry = self._last_status.get(stream)
         return None if entry is None else entry[0]
@@ -229,7 +270,8 @@ class Hub:
     # --- internals ----------------------------------------------------------------------------
 
     def _known_streams(self) -> frozenset[str]:
-        return frozenset(self._last_status) | frozenset(self._finals)
+        return (frozenset(self._last_status) | frozenset(self._finals)
+                | frozenset(r.alert.stream for r in self._alerts.values()))
 
     def _replay_streams(self, subscribed: frozenset[str] | None) -> frozenset[str]:
         known = self._known_streams()
@@ -252,6 +294,12 @@ class Hub:
             longest = max(finals, key=len)  # trim the stream with most finals, oldest first
             longest.pop(0)
         messages = statuses[:budget] + [text for group in finals for text in group]
+        wanted = set(streams)
+        for record in self._alerts.values():  # then the recent alerts, oldest first
+            if record.alert.stream in wanted and len(messages) < budget:
+                messages.append(record.text)
+                if record.acked_text is not None:
+                    messages.append(record.acked_text)
         for text in messages:
             if not self._deliver(client, text):
                 break

@@ -202,3 +202,34 @@ def test_publishing_updates_caption_counts_and_stream_up(metrics: Metrics) -> No
 def test_hub_rejects_nonsense_sizes(metrics: Metrics, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Hub(metrics=metrics, **kwargs)
+
+
+def test_alerts_fan_out_replay_with_their_ack_and_stay_bounded():
+    from streamcap.types import Alert, AlertPhase, Severity
+
+    metrics = Metrics()
+    hub = Hub(metrics=metrics, replay_alerts=2)
+    watcher = hub.add_client(["cam"])
+    other = hub.add_client(["door"])
+    start = Alert("a1", "cam", "fall", AlertPhase.START, Severity.CRITICAL, 3, 10.0)
+    assert hub.publish_alert(start) == 1
+    assert wire.decode_server_message(watcher.get_nowait()).phase == AlertPhase.START
+    assert other.get_nowait() is None
+    record = hub.ack("a1", "maria", 1_700_000_000.0)
+    assert (record.acked_by, record.acked_at) == ("maria", 1_700_000_000.0)
+    assert wire.decode_server_message(watcher.get_nowait()) == wire.AckedMsg("a1", "maria", 1_700_000_000.0)
+    assert hub.ack("a1", "joe", 1_700_000_001.0).acked_by == "maria"  # the first ack stands
+    assert watcher.get_nowait() is None
+    hub.publish_alert(Alert("a1", "cam", "fall", AlertPhase.END, Severity.CRITICAL, 5, 10.0, 20.0))
+    late = hub.add_client(["cam"])
+    replayed = []
+    while (text := late.get_nowait()) is not None:
+        replayed.append(wire.decode_server_message(text))
+    assert [type(m).__name__ for m in replayed] == ["AlertMsg", "AckedMsg"]
+    assert replayed[0].phase == AlertPhase.END  # the latest step only
+    for i in range(3):
+        hub.publish_alert(Alert(f"b{i}", "cam", "x", AlertPhase.START, Severity.INFO, None, 0.0))
+    assert [r.alert.id for r in hub.recent_alerts()] == ["b1", "b2"]
+    with pytest.raises(KeyError):
+        hub.ack("a1", "maria", 0.0)
+    assert metrics.registry.get_sample_value("streamcap_alerts_total", {"rule": "fall", "phase": "start"}) == 1.0

@@ -11,7 +11,7 @@ import pytest
 
 from streamcap import wire
 from streamcap.errors import ProtocolError
-from streamcap.types import Caption, CaptionState, Status, StreamState
+from streamcap.types import Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "schema" / "wire-v1.json"
 
@@ -289,3 +289,40 @@ def test_parse_stream_list_splits_trims_and_dedupes() -> None:
 def test_parse_stream_list_rejects_empty_or_overlong(value: str) -> None:
     with pytest.raises(ProtocolError):
         wire.parse_stream_list(value)
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+ALERTS = [
+    Alert("a1", "cam1", "fall", AlertPhase.START, Severity.CRITICAL, 12, 10.0, None),
+    Alert("a1", "cam1", "fall", AlertPhase.END, Severity.CRITICAL, 14, 10.0, 24.1234),
+    Alert("h7", "door", "health:stalled", AlertPhase.START, Severity.WARNING, None, 3.5, None, "no frame for 2.0 s"),
+]
+
+
+def test_alert_messages_round_trip_and_validate(schema: dict) -> None:
+    server = _validator(schema, "ServerMessage")
+    for alert in ALERTS:
+        text = wire.encode_alert(alert)
+        server.validate(json.loads(text))
+        msg = wire.decode_server_message(text)
+        assert isinstance(msg, wire.AlertMsg)
+        assert (msg.id, msg.stream, msg.rule, msg.phase, msg.severity, msg.caption_seq, msg.detail) == (
+            alert.id, alert.stream, alert.rule, alert.phase, alert.severity, alert.caption_seq, alert.detail)
+        assert msg.start == round(alert.start_s, 3)
+        assert msg.end == (None if alert.end_s is None else round(alert.end_s, 3))
+    acked = wire.encode_acked("a1", "ops@desk", 1_700_000_000.5)
+    server.validate(json.loads(acked))
+    assert wire.decode_server_message(acked) == wire.AckedMsg("a1", "ops@desk", 1_700_000_000.5)
+
+
+def test_ack_client_message(schema: dict) -> None:
+    client = _validator(schema, "ClientMessage")
+    for text in (wire.encode_ack("a1"), wire.encode_ack("a1", by="maria")):
+        client.validate(json.loads(text))
+    assert wire.decode_client_message(wire.encode_ack("a1", by="maria")) == wire.AckMsg("a1", "maria")
+    for bad in ('{"type":"ack"}', '{"type":"ack","id":""}', '{"type":"ack","id":"a","by":7}',
+                '{"type":"ack","id":"a","extra":1}'):
+        with pytest.raises(ProtocolError):
+            wire.decode_client_message(bad)
+        assert not client.is_valid(json.loads(bad))
