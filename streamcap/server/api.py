@@ -73,7 +73,8 @@ class ApiRoutes:
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/streams", self.list_streams), web.post("/v1/streams", self.add_stream),
-                web.delete("/v1/streams/{stream}", self.remove_stream), web.post("/v1/captions", self.captions)]
+                web.delete("/v1/streams/{stream}", self.remove_stream), web.post("/v1/captions", self.captions),
+                web.get("/v1/alerts", self.list_alerts), web.post("/v1/alerts/{alert}/ack", self.ack_alert)]
 
     async def aclose(self) -> None:
         pass
@@ -127,6 +128,34 @@ class ApiRoutes:
             return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
         await self.control.remove_stream(sid)
         return web.Response(status=204)
+
+    # ------------------------------------------------------------------ alerts
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        return json_response(HTTPStatus.OK, {"alerts": [_alert_doc(r) for r in self.server.hub.recent_alerts()]})
+
+    async def ack_alert(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        by = None
+        if request.can_read_body:
+            try:
+                doc = await self._json(request, self.max_body_bytes)
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.detail)
+            by = doc.get("by")
+            if set(doc) - {"by"} or (by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200)):
+                return error_response(HTTPStatus.BAD_REQUEST, "bad_request",
+                                      "the body is optional: {\"by\": \"who acknowledges\"} (1-200 characters)")
+        alert_id = request.match_info["alert"]
+        try:
+            record = self.server.hub.ack(alert_id, by or f"http {request.remote or '?'}", self.server.wall_clock())
+        except KeyError:
+            return error_response(HTTPStatus.NOT_FOUND, "unknown_alert", f"no recent alert {alert_id!r}")
+        log.info("alert %s acknowledged by %s", alert_id, record.acked_by)
+        return json_response(HTTPStatus.OK, _alert_doc(record))
 
     # ------------------------------------------------------------------ captions
 
@@ -237,6 +266,14 @@ class ApiRoutes:
         if not isinstance(doc, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", "expected a JSON object")
         return doc
+
+
+def _alert_doc(record) -> dict:
+    a = record.alert
+    return {"id": a.id, "stream": a.stream, "rule": a.rule, "phase": a.phase.value, "severity": a.severity.value,
+            "caption_seq": a.caption_seq, "start": round(a.start_s, 3),
+            "end": None if a.end_s is None else round(a.end_s, 3), "detail": a.detail,
+            "acked_by": record.acked_by, "acked_at": record.acked_at}
 
 
 def _max_length(value: object) -> int | None:

@@ -430,10 +430,21 @@ class Server:
                 continue
             if isinstance(decoded, wire.PingMsg):
                 self.hub.send_to(client, wire.encode_pong())
+            elif isinstance(decoded, wire.AckMsg):
+                self.ack_alert(client, decoded, peer)
             elif isinstance(decoded, wire.SubscribeMsg):
                 logger.info("client %d %s: subscribe streams=%s", client.id, peer,
                             "all" if decoded.streams is None else ",".join(decoded.streams))
                 self.hub.set_subscription(client, decoded.streams)
+
+    def ack_alert(self, client: ClientHandle, msg: wire.AckMsg, peer: str | None) -> None:
+        by = msg.by or f"websocket {peer or '?'}"
+        try:
+            self.hub.ack(msg.id, by, self.wall_clock())
+        except KeyError:
+            self.hub.send_to(client, wire.encode_error("unknown_alert", f"no recent alert {msg.id!r}"))
+            return
+        logger.info("alert %s acknowledged by %s", msg.id, by)
 
     async def close_ws(self, request: web.Request, ws: web.WebSocketResponse, code: int, reason: str) -> None:
         """Close with ``code``; a peer that does not read gets aborted after the close timeout

@@ -253,6 +253,7 @@ class Hub:
         record = self._alerts[alert_id]
         if record.acked_by is None:
             record.acked_by, record.acked_at = by, time_s
+            self._metrics.alerts_acked_total.inc()
             record.acked_text = wire.encode_acked(alert_id, by, time_s)
             self._fan_out(record.alert.stream, record.acked_text)
         return record
