@@ -36,6 +36,10 @@ class WireClient:
         if self._ws is not None:
             await self._ws.close()
 
+    async def send(self, text: str) -> None:
+        assert self._ws is not None
+        await self._ws.send(text)
+
     async def _read(self) -> None:
         try:
             async for raw in self._ws:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import numpy as np
 import pytest
 import websockets
@@ -88,6 +89,30 @@ async def test_frozen_and_black_pictures_raise_and_clear_alerts():
             assert {m.rule for m in viewer.of(wire.AlertMsg)} == {"health:black", "health:frozen"}
             metrics = svc.metrics.registry.get_sample_value
             assert metrics("streamcap_alerts_total", {"rule": "health:black", "phase": "start"}) == 1.0
+
+            # acknowledge: over the websocket (named), and over HTTP (unknown ids are refused)
+            await viewer.send(wire.encode_ack(black_start.id, by="maria"))
+            acked = await viewer.wait_for(lambda: viewer.of(wire.AckedMsg), 10, "the ack to be broadcast")
+            assert (acked[0].id, acked[0].by) == (black_start.id, "maria")
+            await viewer.send(wire.encode_ack("no-such-alert"))
+            error = await viewer.wait_for(lambda: viewer.of(wire.ErrorMsg), 10, "an error for an unknown id")
+            assert error[0].code == "unknown_alert"
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {PUBLISH}"}) as http:
+                async with http.post(svc.url(f"/v1/alerts/{frozen_start.id}/ack"), json={"by": "joe"}) as r:
+                    assert r.status == 200 and (await r.json())["acked_by"] == "joe"
+                async with http.post(svc.url("/v1/alerts/nope/ack")) as r:
+                    assert r.status == 404
+                async with http.get(svc.url("/v1/alerts")) as r:
+                    listed = {a["id"]: a for a in (await r.json())["alerts"]}
+            assert listed[black_start.id]["acked_by"] == "maria" and listed[black_start.id]["phase"] == "end"
+            assert listed[frozen_start.id]["acked_by"] == "joe"
+            assert metrics("streamcap_alerts_acked_total") == 2.0
+
+        # a dashboard that connects later gets the recent alerts replayed, with who acknowledged them
+        async with WireClient(_ws(svc, "cam")) as late:
+            await late.wait_for(lambda: len(late.of(wire.AckedMsg)) == 2, 10, "the replay")
+            replayed = {m.id: m.phase for m in late.of(wire.AlertMsg)}
+            assert replayed == {black_start.id: AlertPhase.END, frozen_start.id: AlertPhase.END}
 
 
 async def test_a_stopped_rtsp_server_raises_stalled_and_a_flapping_one_a_reconnect_storm(
