@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--format", choices=["vtt", "srt", "jsonl"], help="default: from -o's suffix, else vtt")
     cap.add_argument("-o", "--output", help="output file (default: stdout)")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cap.add_argument("--chapters", action="store_true",
+                     help="write chapters (consecutive similar finals merged) instead of captions")
     _common(cap)
     exp = sub.add_parser("export", help="export a local Hugging Face checkpoint to an engine folder",
                          description="Supported: GitForCausalLM (image and video GIT, e.g. git-base-vatex), "
@@ -142,12 +144,13 @@ async def _run(config: Config) -> int:
     return 0
 
 
-async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool) -> int:
+async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool,
+                   chapters: bool = False) -> int:
     from streamcap.engine.base import load_engine_from_config
     from streamcap.metrics import Metrics
     from streamcap.pipeline import Pipeline
     from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
-    from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+    from streamcap.subtitles import Cue, cues_from_finals, to_jsonl, to_srt, to_webvtt
     from streamcap.types import StreamState
 
     # one window per engine call: batch composition would depend on timing, and batched float
@@ -184,14 +187,26 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     if errors:
         raise StreamcapError(f"could not caption {sanitize_url(input_)}: {errors[0]}", code="source_error")
     finals = runner.finals
-    if fmt == "jsonl":
-        text = to_jsonl(finals)
+    if chapters:
+        import json
+
+        from streamcap.chapters import chapters_from_finals
+
+        found = chapters_from_finals(finals)
+        written = f"{len(found)} chapter(s)"
+        if fmt == "jsonl":
+            text = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in found)
+        else:
+            cues = [Cue(c.start_s, c.end_s, c.title) for c in found]
+            text = to_webvtt(cues) if fmt == "vtt" else to_srt(cues)
+    elif fmt == "jsonl":
+        text, written = to_jsonl(finals), f"{len(finals)} caption(s)"
     else:
         cues = cues_from_finals(finals)
-        text = to_webvtt(cues) if fmt == "vtt" else to_srt(cues)
+        text, written = (to_webvtt(cues) if fmt == "vtt" else to_srt(cues)), f"{len(finals)} caption(s)"
     if output:
         Path(output).write_text(text, encoding="utf-8")
-        print(f"wrote {len(finals)} caption(s) to {output}", file=sys.stderr)
+        print(f"wrote {written} to {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "vtt")
         if fmt not in ("vtt", "srt", "jsonl"):
             raise StreamcapError(f"unknown output format {fmt!r} (use --format vtt|srt|jsonl)", code="bad_config")
-        return asyncio.run(_caption(config, args.input, fmt, args.output, not args.no_progress))
+        return asyncio.run(_caption(config, args.input, fmt, args.output, not args.no_progress, args.chapters))
     except StreamcapError as e:
         print(f"streamcap: error: {e.detail}", file=sys.stderr)
         return 2

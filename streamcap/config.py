@@ -108,6 +108,9 @@ class PipelineConfig(_Model):
     ring_capacity: int = Field(64, ge=8, le=4096, description="Frames held per stream (preallocated).")
     stall_timeout_s: float = Field(2.0, gt=0, le=120,
                                    description="No frame for this long marks a live stream stalled.")
+    finals_history: int = Field(2000, ge=0, le=1_000_000,
+                                description="Closed finals kept per stream for /v1/streams/{id}/chapters "
+                                            "(oldest forgotten first).")
 
 
 class IngestConfig(_Model):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streamcap.alerts import CaptionAlerts, Rule, Similarity
+from streamcap.chapters import Chapter, chapters_from_finals, chapters_since
 from streamcap.config import Config
 from streamcap.engine.base import CaptionEngine, decode_options_from_config
 from streamcap.engine.preprocess import resize_frame
@@ -181,6 +182,7 @@ class StreamRunner:
         self.planner: WindowPlanner | None = None
         self.task: asyncio.Task | None = None
         self.finals: list[Caption] = []  # closed finals (full spans), kept only when collect_finals
+        self.history: deque[Caption] = deque(maxlen=cfg.pipeline.finals_history)  # for chapters
         self.monitor: HealthMonitor | None = (
             HealthMonitor(stream_id, pipeline.health_limits, pipeline.new_alert_id)
             if pipeline.health_limits is not None and not hidden else None)
@@ -389,6 +391,7 @@ class StreamRunner:
 
     def _collect_closed(self) -> None:
         closed = self.stabilizer.pop_closed_finals()
+        self.history.extend(closed)
         if self.collect_finals:
             self.finals.extend(closed)
 
@@ -522,6 +525,16 @@ class Pipeline:
         if runner.health.state is StreamState.ERROR:
             raise SourceError(runner.health.detail or "could not read the video")
         return list(runner.finals)
+
+    def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]:
+        """The stream's chapters so far (closed finals kept in its history, then the open final)
+        still going on at or after ``since_s``. KeyError: unknown stream."""
+        runner = self.runners[stream_id]
+        finals = list(runner.history)
+        current = runner.stabilizer.current_final
+        if current is not None:
+            finals.append(current)
+        return chapters_since(chapters_from_finals(finals), since_s)
 
     def health(self) -> dict:
         now = self.clock()

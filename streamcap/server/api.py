@@ -28,6 +28,7 @@ from typing import Protocol
 from aiohttp import web
 
 from streamcap.auth import Scope
+from streamcap.chapters import Chapter
 from streamcap.config import IngestConfig, is_valid_stream_id
 from streamcap.errors import BadSourceURL, ProtocolError, SourceError
 from streamcap.ingest import MAX_LENGTH_LIMIT, b64decode
@@ -55,6 +56,8 @@ class StreamControl(Protocol):
 
     async def caption_clip(self, path: str, *, decode: dict | None = None) -> list[Caption]: ...
 
+    def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]: ...
+
 
 class ApiError(Exception):
     def __init__(self, status: HTTPStatus, code: str, detail: str) -> None:
@@ -74,6 +77,7 @@ class ApiRoutes:
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/streams", self.list_streams), web.post("/v1/streams", self.add_stream),
                 web.delete("/v1/streams/{stream}", self.remove_stream), web.post("/v1/captions", self.captions),
+                web.get("/v1/streams/{stream}/chapters", self.chapters),
                 web.get("/v1/alerts", self.list_alerts), web.post("/v1/alerts/{alert}/ack", self.ack_alert)]
 
     async def aclose(self) -> None:
@@ -128,6 +132,22 @@ class ApiRoutes:
             return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
         await self.control.remove_stream(sid)
         return web.Response(status=204)
+
+    async def chapters(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        sid = request.match_info["stream"]
+        try:
+            since = float(request.query.get("since", "0"))
+            if not since >= 0 or since == float("inf"):
+                raise ValueError
+        except ValueError:
+            return error_response(HTTPStatus.BAD_REQUEST, "bad_request", "since must be media seconds >= 0")
+        if sid not in self.control.stream_ids():
+            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
+        chapters = self.control.chapters(sid, since)
+        return json_response(HTTPStatus.OK, {"stream": sid, "since": since,
+                                             "chapters": [c.to_dict() for c in chapters]})
 
     # ------------------------------------------------------------------ alerts
 
