@@ -97,3 +97,25 @@ def _fold_short(chapters: list[Chapter], min_chapter_s: float) -> list[Chapter]:
 def chapters_since(chapters: list[Chapter], since_s: float) -> list[Chapter]:
     """The chapters still going on at or after ``since_s``."""
     return [ch for ch in chapters if ch.end_s > since_s]
+
+
+def chapters_to_webvtt(chapters: list[Chapter]) -> str:
+    """A WebVTT chapters track (``<track kind="chapters">``): one cue per chapter, its title."""
+    from streamcap.subtitles import format_vtt_time
+
+    parts = ["WEBVTT", ""]
+    for i, ch in enumerate(chapters, 1):
+        title = " ".join(ch.title.split()).replace("-->", "->")
+        parts += [f"chapter-{i}", f"{format_vtt_time(round(ch.start_s * 1000))} --> "
+                  f"{format_vtt_time(round(ch.end_s * 1000))}", title, ""]
+    return "\n".join(parts)
+
+
+def chapters_to_srt(chapters: list[Chapter]) -> str:
+    from streamcap.subtitles import format_srt_time
+
+    parts = []
+    for i, ch in enumerate(chapters, 1):
+        parts += [str(i), f"{format_srt_time(round(ch.start_s * 1000))} --> {format_srt_time(round(ch.end_s * 1000))}",
+                  " ".join(ch.title.split()), ""]
+    return "\n".join(parts)

@@ -150,7 +150,7 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     from streamcap.metrics import Metrics
     from streamcap.pipeline import Pipeline
     from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
-    from streamcap.subtitles import Cue, cues_from_finals, to_jsonl, to_srt, to_webvtt
+    from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
     from streamcap.types import StreamState
 
     # one window per engine call: batch composition would depend on timing, and batched float
@@ -190,20 +190,20 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     if chapters:
         import json
 
-        from streamcap.chapters import chapters_from_finals
+        from streamcap.chapters import chapters_from_finals, chapters_to_srt, chapters_to_webvtt
 
         found = chapters_from_finals(finals)
         written = f"{len(found)} chapter(s)"
         if fmt == "jsonl":
             text = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in found)
-        else:
-            cues = [Cue(c.start_s, c.end_s, c.title) for c in found]
-            text = to_webvtt(cues) if fmt == "vtt" else to_srt(cues)
+        else:  # chapters are not subtitles: one cue per chapter, however long
+            text = chapters_to_webvtt(found) if fmt == "vtt" else chapters_to_srt(found)
     elif fmt == "jsonl":
         text, written = to_jsonl(finals), f"{len(finals)} caption(s)"
     else:
-        cues = cues_from_finals(finals)
-        text, written = (to_webvtt(cues) if fmt == "vtt" else to_srt(cues)), f"{len(finals)} caption(s)"
+        cues, rules = cues_from_finals(finals), config.subtitles.rules()
+        text = to_webvtt(cues, rules) if fmt == "vtt" else to_srt(cues, rules)
+        written = f"{len(finals)} caption(s)"
     if output:
         Path(output).write_text(text, encoding="utf-8")
         print(f"wrote {written} to {output}", file=sys.stderr)

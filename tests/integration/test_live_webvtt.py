@@ -1,0 +1,73 @@
+"""Live WebVTT for players, for real: a client follows the demo stream's HLS-style subtitle
+playlist over HTTP as a player does (playlist, then each new segment), parses every segment with
+webvtt-py, and finds the finals the server published, at their media times."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+import pytest
+import webvtt
+
+from streamcap import wire
+from streamcap.config import load_config
+from streamcap.service import Service
+from tests.helpers.wsclient import WireClient
+
+pytestmark = pytest.mark.integration
+
+SEGMENT_S = 2.0
+
+
+def _secs(ts: str) -> float:
+    h, m, s = ts.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+async def test_a_client_follows_the_live_subtitle_playlist():
+    cfg = load_config(None, environ={}, overrides={
+        "server": {"port": 0}, "subtitles": {"live": {"segment_s": SEGMENT_S, "window_segments": 5}}})
+    async with Service(cfg) as svc, aiohttp.ClientSession() as http, \
+            WireClient(svc.server.ws_url("/ws?streams=demo")) as viewer:
+        base = svc.url("/v1/streams/demo/")
+        fetched: dict[int, str] = {}
+        playlists = []
+        for round_ in range(3):  # follow it as a player does: re-read the playlist as media time goes on
+            media = svc.pipeline.health()["demo"]["media_s"] or 0.0
+            await viewer.wait_for(lambda m=media: (svc.pipeline.health()["demo"]["media_s"] or 0) >= m + 2 * SEGMENT_S
+                                  and svc.pipeline.live_subtitles("demo").completed_segments >= 2 * (round_ + 1),
+                                  60, "two more segments")
+            async with http.get(base + "subtitles.m3u8") as r:
+                assert r.status == 200 and r.content_type == "application/vnd.apple.mpegurl"
+                playlist = await r.text()
+            playlists.append(playlist)
+            lines = playlist.splitlines()
+            assert lines[0] == "#EXTM3U" and "#EXT-X-ENDLIST" not in lines
+            assert f"#EXT-X-TARGETDURATION:{int(SEGMENT_S)}" in lines
+            sequence = int(next(x for x in lines if x.startswith("#EXT-X-MEDIA-SEQUENCE:")).split(":")[1])
+            uris = [x for x in lines if x and not x.startswith("#")]
+            for i, uri in enumerate(uris):
+                n = sequence + i
+                assert uri == f"subtitles/{n}.vtt"
+                if n in fetched:
+                    continue
+                async with http.get(base + uri) as r:
+                    assert r.status == 200 and r.content_type == "text/vtt"
+                    fetched[n] = await r.text()
+        assert len(playlists) == 3 and playlists[0] != playlists[-1]  # the live playlist moved on
+
+        cues = []
+        for n, text in sorted(fetched.items()):
+            assert "X-TIMESTAMP-MAP=MPEGTS:" in text.splitlines()[1]
+            for c in webvtt.from_buffer(io.StringIO(text)).captions:
+                start, end = _secs(c.start), _secs(c.end)
+                assert end > n * SEGMENT_S - 1e-3 and start < (n + 1) * SEGMENT_S + 1e-3  # it overlaps segment n
+                cues.append((start, end, " ".join(c.text.split())))
+        finals = {(round(m.start, 3), m.text) for m in viewer.of(wire.CaptionMsg, "demo") if m.state.value == "final"}
+        shown = {text for _, _, text in cues}
+        assert shown and shown <= {t for _, t in finals}, (shown, finals)  # only published finals
+        async with http.get(base + "subtitles/999999.vtt") as r:
+            assert r.status == 404
+        async with http.get(svc.url("/v1/streams/nope/subtitles.m3u8")) as r:
+            assert r.status == 404
