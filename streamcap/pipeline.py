@@ -165,7 +165,7 @@ class StreamRunner:
         self.hidden = hidden
         self.collect_finals = pipeline.collect_finals if collect_finals is None else collect_finals
         self.decode = dict(decode or {})  # per-stream decoding overrides (e.g. max_new_tokens)
-        self.epoch = 0  # set by the pipeline: tells apart streams re-added under one id
+        self.epoch: tuple[str, int] = ("", 0)  # set by the pipeline: tells apart streams re-added under one id
         self.safe_url = sanitize_url(url)
         cfg = pipeline.config
         eng = pipeline.engine
@@ -489,7 +489,8 @@ class Pipeline:
         if stream_id in self.runners:
             raise ValueError(f"stream {stream_id!r} already exists")
         runner = StreamRunner(self, stream_id, url, hidden=hidden, collect_finals=collect_finals, decode=decode)
-        runner.epoch = next(self._epochs)
+        # (this pipeline, n): an engine shared by several pipelines never mixes their frame features
+        runner.epoch = (self._alert_prefix, next(self._epochs))
         self.runners[stream_id] = runner
         if self._tg is not None:
             runner.task = self._tg.create_task(runner.run(), name=f"stream-{stream_id}")
@@ -625,7 +626,7 @@ class Pipeline:
         keys = []
         for i, w in enumerate(batch):
             runner = self.runners.get(w.stream)
-            epoch = runner.epoch if runner is not None else -1
+            epoch = runner.epoch if runner is not None else ("", -1)
             keys.append([(w.stream, epoch, f.seq) for f in w.frames])
             overrides = runner.decode if runner is not None else {}
             groups.setdefault(tuple(sorted(overrides.items())), []).append(i)
