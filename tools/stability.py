@@ -410,8 +410,11 @@ def check_prerequisites(sources: list[str], engine_path: str) -> None:
             raise PrerequisiteError(f"--source rtsp needs the loopback RTSP server: {why}")
 
 
-def build_config(engine_path: str, *, stride_s: float | None, agree: int | None, file: bool) -> Config:
+def build_config(engine_path: str, *, stride_s: float | None, agree: int | None, file: bool,
+                 beams: int | None = None) -> Config:
     overrides: dict = {"engine": {"path": engine_path}}
+    if beams is not None:
+        overrides["engine"]["num_beams"] = beams
     if file:  # as `streamcap caption`: one window per call, so a file always gives the same captions
         overrides["engine"]["max_batch"] = 1
     if stride_s is not None:
@@ -444,7 +447,8 @@ def storyline_file(cache: Path, seed: int, duration_s: float, scene_s: float) ->
 
 def run_one(source: str, seed: int, duration_s: float, args: argparse.Namespace, engine,
             lock: threading.Lock, run_no: int) -> dict:
-    cfg = build_config(args.engine, stride_s=args.stride_s, agree=args.agree, file=source == "file")
+    cfg = build_config(args.engine, stride_s=args.stride_s, agree=args.agree, file=source == "file",
+                       beams=args.beams)
     window_s = cfg.windows.window_s or engine.window_s
     stride_s = cfg.windows.stride_s
     stream = f"{source}-s{seed}-{run_no}"  # unique per run: the frame cache is keyed by stream id
@@ -573,6 +577,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scene-s", type=float, default=6.0, help="seconds per scene (default 6)")
     ap.add_argument("--stride-s", type=float, help="windows.stride_s (default: the config's, 0.5)")
     ap.add_argument("--agree", type=int, help="stabilizer.agree (default: the config's, 3)")
+    ap.add_argument("--beams", type=int, help="engine.num_beams (default: the config's, 1 = greedy)")
     ap.add_argument("--engine", default=str(ROOT / "engines" / "shapes-git"), help="engine folder")
     ap.add_argument("--quick", action="store_true", help="file only, one 120 s storyline (a test's smoke run)")
     ap.add_argument("--cache", type=Path, default=Path("~/.cache/streamcap-stability"),
@@ -606,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     from streamcap.engine.base import load_engine_from_config
 
-    engine = load_engine_from_config(build_config(a.engine, stride_s=a.stride_s, agree=a.agree, file=True).engine)
+    engine = load_engine_from_config(build_config(a.engine, stride_s=a.stride_s, agree=a.agree, file=True,
+                                                  beams=a.beams).engine)
     lock = threading.Lock()
     plan = [("file", seed, a.duration_s) for seed in a.seed_list if "file" in a.sources]
     if "rtsp" in a.sources:
