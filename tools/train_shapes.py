@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of training clips passed through JPEG at a random quality (25-85)")
     ap.add_argument("--motion-weight", type=float, default=1.0,
                     help="weight of the motion words in the caption loss (1 = plain LM loss)")
+    ap.add_argument("--shape-weight", type=float, default=1.0,
+                    help="weight of the shape words (circle, square, triangle) in the caption loss")
     ap.add_argument("--export-only", action="store_true",
                     help="re-export the checkpoint in --workdir without training")
     args = ap.parse_args(argv)
@@ -351,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     motion_ids = torch.zeros(len(vocab), dtype=torch.bool)
     for word in ("moves", "stays", "left", "right", "up", "down", "still"):
         motion_ids[vocab[word]] = True
+    shape_ids = torch.zeros(len(vocab), dtype=torch.bool)
+    for word in syn.SHAPES:
+        shape_ids[vocab[word]] = True
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     rng = np.random.default_rng(args.seed)
@@ -409,11 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         aux_loss = aux_loss + 0.5 * (ce(p_col.reshape(-1, p_col.shape[-1]), col_t.reshape(-1))
                                      + ce(p_shape.reshape(-1, p_shape.shape[-1]), shape_t.reshape(-1))) + off_loss + 2.0 * slot_loss
         lm_loss = out.loss
-        if args.motion_weight != 1.0:  # same shifted CE as GIT's, with the motion words weighted up
+        if args.motion_weight != 1.0 or args.shape_weight != 1.0:  # GIT's shifted CE, some words weighted up
             n_img = out.logits.shape[1] - ids.shape[1]
             tok_ce = ce(out.logits[:, n_img:-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1),
                         reduction="none")
-            w = torch.where(motion_ids[labels[:, 1:].clamp(min=0)], args.motion_weight, 1.0).reshape(-1)
+            target = labels[:, 1:].clamp(min=0)
+            w = torch.where(motion_ids[target], args.motion_weight, 1.0)
+            w = torch.where(shape_ids[target], args.shape_weight, w).reshape(-1)
             w = w * (labels[:, 1:].reshape(-1) != -100)
             lm_loss = (tok_ce * w).sum() / w.sum()
         loss = lm_loss + aux_weight * aux_loss
