@@ -102,6 +102,19 @@ class StabilizerConfig(_Model):
                                    "keeps a window that straddles a scene cut from becoming final; a "
                                    "new scene is final (window + stride) after the cut. 2 is 0.5 s faster "
                                    "at the default stride but lets cut windows through more often.")
+    fresh_agree: int = Field(2, ge=0, le=10,
+                             description="After a detected scene cut, this many agreeing windows that start after "
+                                         "the cut (so hold no frame of the old scene) make a final without waiting "
+                                         "for `agree` (0 = off; at most `agree`).")
+    cut_diff: float = Field(8.0, gt=0, le=255,
+                            description="A scene cut: the mean grey-level change of a 16x16 thumbnail between "
+                                        "kept frames is at least this, and 6x the recent median change.")
+
+    @model_validator(mode="after")
+    def _fresh_le_agree(self) -> StabilizerConfig:
+        if self.fresh_agree > self.agree:
+            raise ValueError("fresh_agree must not exceed agree")
+        return self
 
 
 class PipelineConfig(_Model):

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from streamcap.alerts import CaptionAlerts, Rule, Similarity
@@ -172,7 +173,12 @@ class StreamRunner:
         self.health = StreamHealth(url=self.safe_url)
         self.live = True
         self.source: Source | None = None
-        self.stabilizer = CaptionStabilizer(stream_id, agree=cfg.stabilizer.agree)
+        self.stabilizer = CaptionStabilizer(stream_id, agree=cfg.stabilizer.agree,
+                                            fresh_agree=cfg.stabilizer.fresh_agree or None)
+        self._cut_diff = cfg.stabilizer.cut_diff
+        self._cuts: deque[float] = deque(maxlen=16)  # media times of recent scene cuts
+        self._recent_changes: deque[float] = deque(maxlen=10)
+        self._area_thumb: np.ndarray | None = None
         self.window_s = cfg.windows.window_s or eng.window_s
         self.stride_s = cfg.windows.stride_s
         self.min_gap_s = 1.0 / cfg.windows.max_ingest_fps - 1e-3
@@ -241,7 +247,25 @@ class StreamRunner:
         if self.p.caption_alerts is not None:
             self.publish_alerts(self.p.caption_alerts.close(self.id, at))
 
+    def _detect_cut(self, frame: Frame) -> None:
+        """Scene cuts, for the stabiliser: a large change of an area-averaged 16x16 grey thumbnail
+        compared with the recent changes (noise and motion stay far below a cut)."""
+        thumb = cv2.resize(frame.image, (16, 16), interpolation=cv2.INTER_AREA).mean(axis=2, dtype=np.float32)
+        if self._area_thumb is not None and self._area_thumb.shape == thumb.shape:
+            change = float(np.abs(thumb - self._area_thumb).mean())
+            typical = float(np.median(self._recent_changes)) if self._recent_changes else 0.0
+            if change >= self._cut_diff and change >= 6 * typical:
+                self._cuts.append(frame.pts_s)
+            else:
+                self._recent_changes.append(change)
+        self._area_thumb = thumb
+
+    def _cut_before(self, start_s: float) -> float | None:
+        """The latest scene cut at or before ``start_s``."""
+        return next((c for c in reversed(self._cuts) if c <= start_s + 1e-6), None)
+
     def _watch_picture(self, frame: Frame) -> None:
+        self._detect_cut(frame)
         if self.monitor is None:
             return
         grey = frame.image[::4, ::4].mean(axis=2, dtype=np.float32)
@@ -378,7 +402,7 @@ class StreamRunner:
         self.health.last_window_end_s = window.end_s
         self.p.metrics.windows_captioned_total.labels(stream=self.id).inc()
         for c in self.stabilizer.observe(window.index, window.start_s, window.end_s, result,
-                                         window.newest_capture_ns):
+                                         window.newest_capture_ns, self._cut_before(window.start_s)):
             self._publish(c)
             self.p.metrics.glass_to_caption_seconds.labels(stream=self.id).observe(
                 max(0.0, (now_ns - window.newest_capture_ns) / 1e9))

@@ -14,6 +14,12 @@ Here a hypothesis is a whole caption, compared after :func:`normalize_text`.
   While windows keep agreeing with it its end is extended internally; once a final is closed
   (replaced by the next one, or by :meth:`CaptionStabilizer.flush`) its full span is available
   from :meth:`CaptionStabilizer.pop_closed_finals` — one subtitle cue per final.
+- Scene cuts (optional): the caller may pass ``cut_s``, the media time of the latest picture cut
+  at or before the window's start. A window that starts at or after a cut which happened during
+  the current final holds no frame of the old scene, so it cannot be a blend of two scenes; once
+  ``fresh_agree`` consecutive such windows agree, their text becomes final without waiting for
+  ``agree`` (a window that straddles the cut is the usual reason a new scene needs one more
+  window). Without cuts the rule is plain ``agree``.
 - A result with empty text, or a score below ``min_score``, counts as disagreement: it breaks
   the agreeing run and yields no partial.
 - ``seq`` is per stream and strictly increasing across partials and finals.
@@ -47,14 +53,19 @@ class _Run:
     score_sum: float
     window_index: int
     capture_ns: int
+    fresh: int = 0  # trailing windows of the run that start after a cut during the current final
 
 
 class CaptionStabilizer:
     """Partial/final captions of one stream from per-window engine results."""
 
-    def __init__(self, stream: str, agree: int = 2, *, min_score: float = -math.inf) -> None:
+    def __init__(self, stream: str, agree: int = 2, *, min_score: float = -math.inf,
+                 fresh_agree: int | None = None) -> None:
         if int(agree) != agree or agree < 1:
             raise ValueError(f"agree must be an integer >= 1, got {agree!r}")
+        if fresh_agree is not None and (int(fresh_agree) != fresh_agree or not 1 <= fresh_agree <= agree):
+            raise ValueError(f"fresh_agree must be an integer from 1 to agree, got {fresh_agree!r}")
+        self._fresh_agree = None if fresh_agree is None else int(fresh_agree)
         if math.isnan(min_score):
             raise ValueError("min_score must not be NaN")
         self._stream = stream
@@ -90,12 +101,14 @@ class CaptionStabilizer:
         return self._final
 
     def observe(
-        self, window_index: int, start_s: float, end_s: float, result: CaptionResult, capture_ns: int
+        self, window_index: int, start_s: float, end_s: float, result: CaptionResult, capture_ns: int,
+        cut_s: float | None = None,
     ) -> list[Caption]:
         """Feed one window's result; return the captions to publish now (partial first).
 
         Windows must come in increasing ``window_index`` order; gaps (skipped or failed
-        windows) are allowed and do not break an agreeing run.
+        windows) are allowed and do not break an agreeing run. ``cut_s``: the latest scene cut
+        at or before ``start_s`` (see the module doc), or None.
         """
         if self._last_window_index is not None and window_index <= self._last_window_index:
             raise ValueError(
@@ -116,20 +129,23 @@ class CaptionStabilizer:
             out.append(self._caption(CaptionState.PARTIAL, result.text, start_s, end_s, result.score,
                                      window_index, capture_ns))
 
+        fresh = (cut_s is not None and self._fresh_agree is not None and cut_s <= start_s + 1e-6
+                 and (self._final is None or cut_s > self._final.start_s))
         run = self._run
         if run is not None and run.norm == norm:
             run.text, run.length, run.end_s = result.text, run.length + 1, end_s
             run.score_sum += result.score
             run.window_index, run.capture_ns = window_index, capture_ns
+            run.fresh = run.fresh + 1 if fresh else 0
         else:
             run = self._run = _Run(norm, result.text, 1, start_s, end_s, result.score, window_index,
-                                   capture_ns)
+                                   capture_ns, 1 if fresh else 0)
 
         if self._final is not None and norm == self._final_norm:
             self._final = replace(self._final, end_s=max(self._final.end_s, end_s),
                                   window_index=window_index, capture_ns=capture_ns)
             self._last_final_end_s = self._final.end_s
-        elif run.length >= self._agree:
+        elif run.length >= self._agree or (self._fresh_agree is not None and run.fresh >= self._fresh_agree):
             out.append(self._commit(run))
         return out
 

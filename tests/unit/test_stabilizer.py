@@ -149,3 +149,30 @@ def test_replay_is_deterministic():
     first = replay(CaptionStabilizer("cam1"), script)
     second = replay(CaptionStabilizer("cam1"), script)
     assert first == second
+
+
+def _res(text: str) -> CaptionResult:
+    return CaptionResult(text, -0.1)
+
+
+def test_after_a_cut_two_fresh_windows_make_a_final_when_the_straddling_window_misread():
+    s = CaptionStabilizer("cam", agree=3, fresh_agree=2)
+    out = []
+    ends = [2.0 + 0.5 * k for k in range(20)]  # windows of 2 s; a cut at 6.0
+    texts = {e: ("old" if e < 7.0 else "blend" if e == 7.5 else "new") for e in ends}
+    for i, e in enumerate(ends):
+        out += s.observe(i, e - 2.0, e, _res(texts[e]), 0, cut_s=6.0 if e - 2.0 >= 6.0 - 1e-9 else None)
+    finals = [(c.text, c.end_s) for c in out if c.state is CaptionState.FINAL]
+    # without the cut rule "new" would need windows 8.0, 8.5, 9.0 (3 s after the cut)
+    assert finals == [("old", 3.0), ("new", 8.5)]
+
+
+def test_fresh_windows_need_a_cut_during_the_current_final_and_still_agree():
+    s = CaptionStabilizer("cam", agree=3, fresh_agree=2)
+    out = []
+    for i, (e, text) in enumerate([(2.0, "a"), (2.5, "a"), (3.0, "a"), (3.5, "b"), (4.0, "b")]):
+        # a cut before the current final began does not count
+        out += s.observe(i, e - 2.0, e, _res(text), 0, cut_s=0.0)
+    assert [c.text for c in out if c.state is CaptionState.FINAL] == ["a"]
+    with pytest.raises(ValueError):
+        CaptionStabilizer("cam", agree=2, fresh_agree=3)
