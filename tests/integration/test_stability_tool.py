@@ -6,12 +6,11 @@ The quick run is the first 120 s of storyline seed 11 (20 scenes, 19 cuts) from 
 captioned deterministically (one window per engine call), so these numbers are the same every run
 on a machine. Measured here: 19 of 20 finals correct (the one wrong final: the model names the
 wrong shape throughout scene 12, so that cut has no correct final), no spurious final change (raw
-windows: 29, about 14.6 a minute), change delay median 2.5 s and p95 3.0 s. The delay target
-(p95 ≤ window + stride = 2.5 s) is therefore *not* met: of the 18 cuts with a correct final, 2 need
-one more window (3.0 s) because the window that ends 1.5 s after the cut (4 of its 6 frames in the
-new scene) still misreads it.
-The test holds the delay to window + 2 × stride at p95 and window + stride at the median; the full
-run's figures are in docs/stability.md. A second test pins the scoring rules on hand-made captions.
+windows: about 14.6 a minute), change delay median and p95 2.5 s = window + stride (with the
+stabiliser's cut-aware agreement; without it, 2 of the 18 cuts took one more window, 3.0 s).
+The accuracy assertion holds 0.90, not the 0.95 it measures, so that one borderline window read
+differently on another CPU does not fail CI; the full run's figures are in docs/stability.md.
+A second test pins the scoring rules on hand-made captions.
 """
 
 from __future__ import annotations
@@ -90,8 +89,7 @@ def test_quick_stability_run_on_a_storyline_file_meets_the_stability_targets(tmp
     assert report["spurious_per_min"] <= 0.5
     assert report["spurious_per_min"] < report["raw_spurious_per_min"]
     assert report["change_delay_s_median"] <= window_s + stride_s + 1e-6
-    # the p95 target is window + stride; this storyline measures one stride more (see the docstring)
-    assert report["change_delay_s_p95"] <= window_s + 2 * stride_s + 1e-6
+    assert report["change_delay_s_p95"] <= window_s + stride_s + 1e-6
     md = table.read_text()
     assert "| final accuracy |" in md and ("PASS" in md or "FAIL" in md)
 
