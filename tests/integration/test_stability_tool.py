@@ -6,7 +6,7 @@ The quick run is the first 120 s of storyline seed 11 (20 scenes, 19 cuts) from 
 captioned deterministically (one window per engine call), so these numbers are the same every run
 on a machine. Measured here: 19 of 20 finals correct (the one wrong final: the model names the
 wrong shape throughout scene 12, so that cut has no correct final), no spurious final change (raw
-windows: about 14.6 a minute), change delay median and p95 2.5 s = window + stride (with the
+windows: about 10 a minute), change delay median and p95 2.5 s = window + stride (with the
 stabiliser's cut-aware agreement; without it, 2 of the 18 cuts took one more window, 3.0 s).
 The accuracy assertion holds 0.90, not the 0.95 it measures, so that one borderline window read
 differently on another CPU does not fail CI; the full run's figures are in docs/stability.md.
