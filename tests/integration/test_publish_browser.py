@@ -63,7 +63,7 @@ async def test_publish_page_sends_the_camera_over_whip_and_shows_its_captions(ch
     async with Chromium(1280, 720, extra_flags=flags) as browser, WireClient(ws) as viewer:
         page = await browser.new_page(svc.url(f"/publish?stream=cam&token={PUBLISH}&autostart=1"))
         state = await page.wait_for(
-            "(() => { const s = document.getElementById('state').textContent;"
+            "(() => { const el = document.getElementById('state'); const s = el ? el.textContent : '';"
             " return s.startsWith('publishing') || s.startsWith('could not') ? s : ''; })()", TIMEOUT_S)
         assert state == "publishing to cam", state
         shown = await page.wait_for(
