@@ -175,11 +175,19 @@ class AlertRuleConfig(_Model):
 
     @model_validator(mode="after")
     def _valid_rule(self) -> AlertRuleConfig:
-        from streamcap.alerts import Rule
-
-        Rule(self.name, keywords=tuple(self.keywords), phrases=tuple(self.phrases), regex=self.regex,
-             description=self.description)  # raises ValueError with the reason
+        self.to_rule(0.5)  # raises ValueError with the reason
         return self
+
+    def to_rule(self, default_threshold: float):
+        """The :class:`~streamcap.alerts.Rule` this entry describes."""
+        from streamcap.alerts import Rule
+        from streamcap.types import Severity
+
+        return Rule(self.name, keywords=tuple(self.keywords), phrases=tuple(self.phrases), regex=self.regex,
+                    description=self.description,
+                    threshold=default_threshold if self.threshold is None else self.threshold,
+                    streams=frozenset(self.streams) or None, severity=Severity(self.severity),
+                    min_duration_s=self.min_duration_s, cooldown_s=self.cooldown_s, end_after_s=self.end_after_s)
 
 
 class HealthAlertConfig(_Model):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from streamcap.alerts import CaptionAlerts, Rule, Similarity
+from streamcap.alerts import CaptionAlerts, Similarity
 from streamcap.chapters import Chapter, chapters_from_finals, chapters_since
 from streamcap.config import Config
 from streamcap.engine.base import CaptionEngine, decode_options_from_config
@@ -467,7 +467,7 @@ class Pipeline:
             self.health_limits = HealthLimits(**acfg.health.model_dump(exclude={"enabled"}))
         self.caption_alerts: CaptionAlerts | None = None
         if on_alert is not None and acfg.rules:
-            rules = [rule_from_config(r, acfg.semantic_threshold) for r in acfg.rules]
+            rules = [r.to_rule(acfg.semantic_threshold) for r in acfg.rules]
             if any(r.description for r in rules) and similarity is None:
                 raise StreamcapError("alert rules with a description need the text embedder", code="bad_config")
             self.caption_alerts = CaptionAlerts(rules, self.new_alert_id, similarity)
@@ -701,11 +701,3 @@ class Pipeline:
                 self._busy = False
                 self._idle.set()
 
-
-def rule_from_config(cfg, default_threshold: float) -> Rule:
-    """An :class:`~streamcap.alerts.Rule` from an ``[[alerts.rules]]`` entry."""
-    return Rule(cfg.name, keywords=tuple(cfg.keywords), phrases=tuple(cfg.phrases), regex=cfg.regex,
-                description=cfg.description,
-                threshold=default_threshold if cfg.threshold is None else cfg.threshold,
-                streams=frozenset(cfg.streams) or None, severity=Severity(cfg.severity),
-                min_duration_s=cfg.min_duration_s, cooldown_s=cfg.cooldown_s, end_after_s=cfg.end_after_s)

@@ -34,7 +34,13 @@ from streamcap.config import IngestConfig, is_valid_stream_id
 from streamcap.errors import BadSourceURL, ProtocolError, SourceError
 from streamcap.ingest import MAX_LENGTH_LIMIT, b64decode
 from streamcap.livevtt import LiveVttSegmenter
-from streamcap.server.app import Server, error_response, json_response, response
+from streamcap.server.app import (
+    HttpError,
+    Server,
+    error_response,
+    json_response,
+    response,
+)
 from streamcap.sources.url import SourceKind, parse_source_url
 from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
 from streamcap.types import Caption
@@ -61,12 +67,6 @@ class StreamControl(Protocol):
     def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]: ...
 
     def live_subtitles(self, stream_id: str) -> LiveVttSegmenter | None: ...
-
-
-class ApiError(Exception):
-    def __init__(self, status: HTTPStatus, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 
 class ApiRoutes:
@@ -107,26 +107,24 @@ class ApiRoutes:
     async def add_stream(self, request: web.Request) -> web.Response:
         if (refused := await self._guard(request, Scope.ADMIN)) is not None:
             return refused
+        doc = await self._json(request, self.max_body_bytes)
+        extra = sorted(set(doc) - {"id", "url"})
+        if extra:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
+        sid, url = doc.get("id"), doc.get("url")
+        if not isinstance(sid, str) or not is_valid_stream_id(sid):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_stream_id",
+                            "'id' must be 1-64 of letters, digits, '_', '.', '-'")
+        if not isinstance(url, str):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_source_url", "'url' must be a string")
         try:
-            doc = await self._json(request, self.max_body_bytes)
-            extra = sorted(set(doc) - {"id", "url"})
-            if extra:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
-            sid, url = doc.get("id"), doc.get("url")
-            if not isinstance(sid, str) or not is_valid_stream_id(sid):
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_stream_id",
-                               "'id' must be 1-64 of letters, digits, '_', '.', '-'")
-            if not isinstance(url, str):
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_source_url", "'url' must be a string")
             spec = parse_source_url(url)
-            if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_source_url", f"no such file on the server: {url}")
-            if sid in self.control.stream_ids():
-                raise ApiError(HTTPStatus.CONFLICT, "stream_exists", f"stream {sid!r} already exists")
         except BadSourceURL as exc:
-            return error_response(HTTPStatus.BAD_REQUEST, exc.code, exc.detail)
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.detail)
+            raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
+        if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_source_url", f"no such file on the server: {url}")
+        if sid in self.control.stream_ids():
+            raise HttpError(HTTPStatus.CONFLICT, "stream_exists", f"stream {sid!r} already exists")
         self.control.add_stream(sid, url)
         log.info("stream %s: added through the API", sid)
         return json_response(HTTPStatus.CREATED, {"id": sid, **self.control.health().get(sid, {})},
@@ -161,17 +159,14 @@ class ApiRoutes:
         sid = request.match_info["stream"]
         segmenter = self.control.live_subtitles(sid) if sid in self.control.stream_ids() else None
         if segmenter is None:
-            raise ApiError(HTTPStatus.NOT_FOUND, "not_found", f"no live subtitles for stream {sid!r}")
+            raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no live subtitles for stream {sid!r}")
         return segmenter
 
     async def live_playlist(self, request: web.Request) -> web.Response:
         """The HLS media playlist of the stream's live WebVTT segments (players poll it)."""
         if (refused := await self._guard(request, Scope.VIEW)) is not None:
             return refused
-        try:
-            segmenter = self._live_vtt(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.detail)
+        segmenter = self._live_vtt(request)
         token = request.query.get("token")
         suffix = f"?token={urllib.parse.quote(token, safe='')}" if token else ""  # relative URLs drop the query
         text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt{suffix}")
@@ -180,10 +175,7 @@ class ApiRoutes:
     async def live_segment(self, request: web.Request) -> web.Response:
         if (refused := await self._guard(request, Scope.VIEW)) is not None:
             return refused
-        try:
-            segmenter = self._live_vtt(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.detail)
+        segmenter = self._live_vtt(request)
         n = int(request.match_info["n"])
         text = segmenter.segment(n)
         if text is None:
@@ -203,10 +195,7 @@ class ApiRoutes:
             return refused
         by = None
         if request.can_read_body:
-            try:
-                doc = await self._json(request, self.max_body_bytes)
-            except ApiError as exc:
-                return error_response(exc.status, exc.code, exc.detail)
+            doc = await self._json(request, self.max_body_bytes)
             by = doc.get("by")
             if set(doc) - {"by"} or (by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200)):
                 return error_response(HTTPStatus.BAD_REQUEST, "bad_request",
@@ -231,12 +220,8 @@ class ApiRoutes:
         fd, path = tempfile.mkstemp(prefix="streamcap-clip-", suffix=".video")
         os.close(fd)
         try:
-            try:
-                max_length = await self._receive_video(request, path)
-                await asyncio.to_thread(_check_video, path)
-            except ApiError as exc:
-                log.info("POST /v1/captions from %s: %d %s", request.remote, exc.status, exc.detail)
-                return error_response(exc.status, exc.code, exc.detail)
+            max_length = await self._receive_video(request, path)
+            await asyncio.to_thread(_check_video, path)
             decode = {} if max_length is None else {"max_new_tokens": max_length}
             async with self._jobs:
                 try:
@@ -251,28 +236,28 @@ class ApiRoutes:
     async def _receive_video(self, request: web.Request, path: str) -> int | None:
         """Store the request's video in ``path``; returns ``max_length`` when given."""
         if request.content_length is not None and request.content_length > self._body_limit(request):
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
                            f"the body is {request.content_length} bytes; the limit is {self._body_limit(request)}")
         if request.content_type == "application/json":
             doc = await self._json(request, self._body_limit(request))
             extra = sorted(set(doc) - {"video", "max_length"})
             if extra:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
+                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
             video = doc.get("video")
             if not isinstance(video, str) or not video:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", "'video' must be a base64 string")
+                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "'video' must be a base64 string")
             try:
                 data = b64decode(video, "'video'")
             except ProtocolError as exc:
-                raise ApiError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
+                raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
             if len(data) > self.max_upload_bytes:
-                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
                                f"the video is {len(data)} bytes; the limit is {self.max_upload_bytes}")
             await asyncio.to_thread(Path(path).write_bytes, data)
             return _max_length(doc.get("max_length"))
         if request.content_type == "multipart/form-data":
             return await self._multipart(request, path)
-        raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
+        raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
                        "send application/json ({\"video\": base64}) or multipart/form-data (a 'video' file)")
 
     def _body_limit(self, request: web.Request) -> int:
@@ -292,7 +277,7 @@ class ApiRoutes:
                     while chunk := await part.read_chunk(_CHUNK):
                         size += len(chunk)
                         if size > self.max_upload_bytes:
-                            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
                                            f"the video is over the {self.max_upload_bytes}-byte limit")
                         await asyncio.to_thread(out.write, chunk)
                 finally:
@@ -303,30 +288,30 @@ class ApiRoutes:
                 try:
                     max_length = _max_length(int(text))
                 except ValueError as exc:
-                    raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request",
+                    raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request",
                                    f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}") from exc
             else:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request",
+                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request",
                                f"unexpected form field {part.name!r} (expected 'video' and 'max_length')")
         if not got_video:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", "no 'video' file in the form")
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "no 'video' file in the form")
         return max_length
 
     async def _json(self, request: web.Request, limit: int) -> dict:
         if request.content_type != "application/json":
-            raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type", "send application/json")
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type", "send application/json")
         body = bytearray()
         async for chunk in request.content.iter_chunked(_CHUNK):
             body += chunk
             if len(body) > limit:
-                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
                                f"the body is over the {limit}-byte limit")
         try:
             doc = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", f"malformed JSON: {exc}") from exc
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_json", f"malformed JSON: {exc}") from exc
         if not isinstance(doc, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad_json", "expected a JSON object")
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_json", "expected a JSON object")
         return doc
 
 
@@ -342,23 +327,23 @@ def _max_length(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LENGTH_LIMIT:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}")
+        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}")
     return value
 
 
 def _check_video(path: str) -> None:
-    """Raise ApiError(422) unless ``path`` is a video OpenCV/FFmpeg can decode a frame of."""
+    """Raise HttpError(422) unless ``path`` is a video OpenCV/FFmpeg can decode a frame of."""
     import cv2
 
     if Path(path).stat().st_size == 0:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "bad_request", "the video is empty")
+        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "the video is empty")
     cap = cv2.VideoCapture(path)
     try:
         ok = cap.isOpened() and cap.read()[0]
     finally:
         cap.release()
     if not ok:
-        raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, "undecodable_video",
+        raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, "undecodable_video",
                        "the upload is not a video that can be decoded (no frame could be read)")
 
 

@@ -30,7 +30,7 @@ import logging
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -39,6 +39,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from streamcap import __version__, wire
 from streamcap.auth import AccessPolicy, Decision, Scope, bearer_token
+from streamcap.config import is_valid_stream_id
 from streamcap.errors import ProtocolError
 from streamcap.metrics import Metrics
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
@@ -82,6 +83,21 @@ def error_response(status: HTTPStatus, code: str, detail: str) -> web.Response:
     resp = json_response(status, {"error": {"code": code, "detail": detail}})
     resp.error_code = code  # type: ignore[attr-defined]
     return resp
+
+
+class HttpError(Exception):
+    """Raised by a handler for a client error: the server answers it with :func:`error_response`."""
+
+    def __init__(self, status: HTTPStatus, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def check_stream_id(stream: str) -> None:
+    """Raise HttpError(400, bad_stream_id) unless ``stream`` is a valid stream id."""
+    if not is_valid_stream_id(stream):
+        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_stream_id",
+                        f"stream id {stream!r} must be 1-64 of letters, digits, '_', '.', '-'")
 
 
 def _subscription(query: dict[str, list[str]]) -> tuple[str, ...] | None:
@@ -255,14 +271,15 @@ class Server:
 
     @web.middleware
     async def _errors_middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        """Boundary: aiohttp's own 4xx (404, 405, 413) get our error body; a handler bug is a 500
-        with a log line, never a dropped connection or a stopped server."""
+        """Boundary: a handler's :class:`HttpError` and aiohttp's own 4xx (404, 405, 413) get our
+        error body and are counted in ``bad_requests_total``; a handler bug is a 500 with a log
+        line, never a dropped connection or a stopped server."""
         try:
             resp = await handler(request)
-            code = getattr(resp, "error_code", None)
-            if code is not None and code not in ("unauthorized", "forbidden"):  # those: requests_refused_total
-                self.metrics.bad_requests_total.labels(code=code).inc()
-            return resp
+        except HttpError as exc:
+            logger.info("http %s %s from %s: %d %s", request.method, request.path, request.remote,
+                        exc.status.value, exc.detail)
+            resp = error_response(exc.status, exc.code, exc.detail)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -272,14 +289,17 @@ class Server:
                 detail = f"not found: {request.path}"
             elif exc.status == 413:
                 detail = f"request body too large (limit {self._max_body_bytes} bytes)"
-            self.metrics.bad_requests_total.labels(code=code).inc()
-            return error_response(HTTPStatus(exc.status), code, detail)
+            resp = error_response(HTTPStatus(exc.status), code, detail)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as exc:
             logger.exception("http %s %s failed", request.method, request.path)
             return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
                                   f"{type(exc).__name__}: {exc}")
+        code = getattr(resp, "error_code", None)  # set by error_response; access refusals are counted apart
+        if code is not None:
+            self.metrics.bad_requests_total.labels(code=code).inc()
+        return resp
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -348,24 +368,30 @@ class Server:
             await self._serve_viewer(request, ws, streams)
         return ws
 
-    async def _serve_viewer(self, request: web.Request, ws: web.WebSocketResponse,
-                            streams: tuple[str, ...] | None) -> None:
+    async def serve_hub_client(self, request: web.Request, ws: web.WebSocketResponse,
+                               streams: tuple[str, ...] | None,
+                               receive: Callable[[ClientHandle], Awaitable[None]]) -> None:
+        """A prepared websocket as a hub client of ``streams``: ``hello``, then the hub's messages
+        out and ``receive(client)`` reading the socket, until either ends (see :meth:`serve_ws`)."""
         if self.stopping:
             await self.close_ws(request, ws, *CLOSE_FOR[DisconnectReason.SERVER_SHUTDOWN])
             return
         client = self.hub.add_client(streams)
-        peer = request.remote
-        logger.info("client %d %s: connected, streams=%s", client.id, peer,
-                    "all" if streams is None else ",".join(streams))
         try:
             await ws.send_str(wire.encode_hello(version=self.version, streams=self._streams(),
                                                 time_s=self.wall_clock(), subscribed=streams))
-            await self.serve_ws(request, ws, client, self._recv_loop(ws, client, peer))
-        except (ConnectionResetError, ConnectionError):
-            pass  # the peer went away; logged below with its close code
+            await self.serve_ws(request, ws, client, receive(client))
+        except ConnectionError:
+            pass  # the peer went away; callers log the close code
         finally:
             self.hub.remove_client(client)
-            logger.info("client %d %s: disconnected (code %s)", client.id, peer, ws.close_code)
+
+    async def _serve_viewer(self, request: web.Request, ws: web.WebSocketResponse,
+                            streams: tuple[str, ...] | None) -> None:
+        peer = request.remote
+        logger.info("viewer %s: connected, streams=%s", peer, "all" if streams is None else ",".join(streams))
+        await self.serve_hub_client(request, ws, streams, lambda client: self._recv_loop(ws, client, peer))
+        logger.info("viewer %s: disconnected (code %s)", peer, ws.close_code)
 
     async def serve_ws(self, request: web.Request, ws: web.WebSocketResponse, client: ClientHandle,
                        receiver: Any) -> None:

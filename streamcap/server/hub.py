@@ -31,7 +31,14 @@ from enum import Enum
 
 from streamcap import wire
 from streamcap.metrics import Metrics
-from streamcap.types import Alert, AlertPhase, Caption, CaptionState, Status, StreamState
+from streamcap.types import (
+    Alert,
+    AlertPhase,
+    Caption,
+    CaptionState,
+    Status,
+    StreamState,
+)
 
 logger = logging.getLogger(__name__)
 

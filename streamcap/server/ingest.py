@@ -23,10 +23,10 @@ from aiohttp import WSMsgType, web
 
 from streamcap import wire
 from streamcap.auth import Scope
-from streamcap.config import IngestConfig, is_valid_stream_id
+from streamcap.config import IngestConfig
 from streamcap.errors import ProtocolError
 from streamcap.ingest import check_frame, decode_image, parse_text_message
-from streamcap.server.app import Server, error_response
+from streamcap.server.app import Server, check_stream_id, error_response
 from streamcap.server.hub import ClientHandle
 from streamcap.sources.push import PushSource
 
@@ -41,8 +41,6 @@ class PushControl(Protocol):
     def push_source(self, stream_id: str, *, create: bool = True) -> PushSource: ...
 
     def set_stream_decoding(self, stream_id: str, **overrides: object) -> None: ...
-
-    def stream_ids(self) -> list[str]: ...
 
 
 class IngestRoutes:
@@ -61,9 +59,7 @@ class IngestRoutes:
 
     async def ingest(self, request: web.Request) -> web.StreamResponse:
         stream = request.match_info["stream"]
-        if not is_valid_stream_id(stream):
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_stream_id",
-                                  f"stream id {stream!r} must be 1-64 of letters, digits, '_', '.', '-'")
+        check_stream_id(stream)
         decision = self.server.authorize(request, Scope.PUBLISH)
         if not decision.allowed:
             return await self.server.refuse(request, decision)
@@ -79,19 +75,15 @@ class IngestRoutes:
             return error_response(HTTPStatus.CONFLICT, "not_a_push_stream", str(exc))
         await ws.prepare(request)
         publisher = f"ingest-{next(self._ids)} {request.remote}"
-        client = self.server.hub.add_client((stream,))
         source.publisher_joined(publisher)
         log.info("stream %s: %s connected", stream, publisher)
         with self.server.track():
             try:
-                await ws.send_str(wire.encode_hello(version=self.server.version, streams=self.control.stream_ids(),
-                                                    time_s=self.server.wall_clock(), subscribed=(stream,)))
-                await self.server.serve_ws(request, ws, client, self._receive(ws, client, source, stream, publisher))
-            except ConnectionError:
-                pass
+                await self.server.serve_hub_client(
+                    request, ws, (stream,),
+                    lambda client: self._receive(ws, client, source, stream, publisher))
             finally:
                 source.publisher_left(publisher)
-                self.server.hub.remove_client(client)
                 log.info("stream %s: %s disconnected (code %s)", stream, publisher, ws.close_code)
         return ws
 

@@ -24,8 +24,8 @@ from http import HTTPStatus
 from aiohttp import web
 
 from streamcap.auth import Scope
-from streamcap.config import WebRTCConfig, is_valid_stream_id
-from streamcap.server.app import Server, error_response
+from streamcap.config import WebRTCConfig
+from streamcap.server.app import Server, check_stream_id, error_response
 from streamcap.server.ingest import PushControl
 from streamcap.sources.push import PushSource
 
@@ -105,9 +105,7 @@ class WhipRoutes:
         )
 
         stream = request.match_info["stream"]
-        if not is_valid_stream_id(stream):
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_stream_id",
-                                  f"stream id {stream!r} must be 1-64 of letters, digits, '_', '.', '-'")
+        check_stream_id(stream)
         decision = self.server.authorize(request, Scope.PUBLISH)
         if not decision.allowed:
             return self.server.refusal(decision)

@@ -30,7 +30,6 @@ MIN_PTS_STEP_S = 1e-3
 
 class PushSource(Source):
     def __init__(self, stream_id: str, *, max_queued_frames: int = 32, **hooks) -> None:
-        hooks.pop("handoff_size", None)
         super().__init__(stream_id, live=True, **hooks)
         if max_queued_frames < 1:
             raise ValueError("max_queued_frames must be at least 1")

@@ -261,7 +261,8 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
     if spec.kind is SourceKind.PUSH:
         from streamcap.sources.push import PushSource
 
-        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING}
+        # no decoder handoff either: publishers push into the source's own bounded queue
+        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING and k != "handoff_size"}
         return PushSource(stream_id, **own)
     from streamcap.sources.opencv import OpenCVSource
 
