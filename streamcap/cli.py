@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from streamcap import __version__
-from streamcap.config import Config, load_config
-from streamcap.errors import StreamcapError
+from streamcap.runtime.config import Config, load_config
+from streamcap.core.errors import StreamcapError
 
 log = logging.getLogger("streamcap")
 
@@ -113,7 +113,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 async def _run(config: Config) -> int:
-    from streamcap.service import Service
+    from streamcap.runtime.service import Service
 
     svc = Service(config)
     try:
@@ -147,11 +147,11 @@ async def _run(config: Config) -> int:
 async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool,
                    chapters: bool = False) -> int:
     from streamcap.engine.base import load_engine_from_config
-    from streamcap.metrics import Metrics
-    from streamcap.pipeline import Pipeline
+    from streamcap.runtime.metrics import Metrics
+    from streamcap.runtime.pipeline import Pipeline
     from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
-    from streamcap.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
-    from streamcap.types import StreamState
+    from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+    from streamcap.core.types import StreamState
 
     # one window per engine call: batch composition would depend on timing, and batched float
     # math can flip a borderline token, so the same file would not always give the same file
@@ -190,7 +190,7 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     if chapters:
         import json
 
-        from streamcap.chapters import chapters_from_finals, chapters_to_srt, chapters_to_webvtt
+        from streamcap.outputs.chapters import chapters_from_finals, chapters_to_srt, chapters_to_webvtt
 
         found = chapters_from_finals(finals)
         written = f"{len(found)} chapter(s)"

@@ -108,7 +108,7 @@ def storyline_video(media_cache_dir: Path) -> StorylineVideo:
                         "fps": STORYLINE_FPS, "size": STORYLINE_SIZE,
                         "scene_s": STORYLINE_SCENE_S}
     if path.is_file():
-        from streamcap.synthetic import Storyline
+        from streamcap.demo.synthetic import Storyline
 
         w, h = STORYLINE_SIZE
         storyline = Storyline(STORYLINE_SEED, STORYLINE_SCENE_S, aspect=w / h)

@@ -3,7 +3,7 @@
 - :func:`fetch_vtest` extracts ``vtest.avi`` (pedestrians, 768×576, 10 fps, 795 frames) from
   Debian's ``opencv-doc`` package with ``apt-get download`` + ``dpkg-deb``, cached on disk.
 - :func:`render_storyline_file` renders a synthetic shapes storyline into an H.264 file with the
-  ``ffmpeg`` CLI, and returns the :class:`~streamcap.synthetic.Storyline` that is its ground truth.
+  ``ffmpeg`` CLI, and returns the :class:`~streamcap.demo.synthetic.Storyline` that is its ground truth.
 - :func:`make_long` loops a file with ``ffmpeg -stream_loop`` (a file served over RTSP does not
   loop by itself).
 
@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from streamcap.synthetic import Storyline
+from streamcap.demo.synthetic import Storyline
 
 VTEST_MEMBER = "./usr/share/doc/opencv-doc/examples/data/vtest.avi"
 

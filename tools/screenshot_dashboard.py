@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.config import DEMO_SOURCE_URL, load_config
-from streamcap.service import Service
+from streamcap.runtime.config import DEMO_SOURCE_URL, load_config
+from streamcap.runtime.service import Service
 from tools.browser import Chromium
 
 STREAMS = {"demo": DEMO_SOURCE_URL, "lobby": "synthetic:shapes?seed=4&fps=10&size=320x240&scene_s=6"}

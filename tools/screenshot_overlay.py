@@ -21,8 +21,8 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.config import load_config  # noqa: E402
-from streamcap.service import Service  # noqa: E402
+from streamcap.runtime.config import load_config  # noqa: E402
+from streamcap.runtime.service import Service  # noqa: E402
 from tools.browser import Chromium  # noqa: E402
 
 

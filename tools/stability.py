@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Caption stability through the whole pipeline, scored against scripted ground truth.
 
-Synthetic storylines (``streamcap.synthetic.Storyline``: a new scene every ``scene_s`` seconds,
+Synthetic storylines (``streamcap.demo.synthetic.Storyline``: a new scene every ``scene_s`` seconds,
 ground-truth captions known) are rendered to H.264 files with ``tools.media.render_storyline_file``
-and captioned by the real :class:`~streamcap.pipeline.Pipeline` — source, ring, windows, the demo
+and captioned by the real :class:`~streamcap.runtime.pipeline.Pipeline` — source, ring, windows, the demo
 engine (``engines/shapes-git``) in ONNX Runtime, stabiliser — from two kinds of source:
 
   file   the mp4 itself (decoded faster than real time; ``engine.max_batch = 1`` as in
@@ -48,10 +48,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.config import Config, load_config
-from streamcap.stabilizer import normalize_text
-from streamcap.synthetic import Storyline
-from streamcap.types import Caption, CaptionState, StreamState
+from streamcap.runtime.config import Config, load_config
+from streamcap.core.stabilizer import normalize_text
+from streamcap.demo.synthetic import Storyline
+from streamcap.core.types import Caption, CaptionState, StreamState
 
 SOURCES = ("file", "rtsp")
 DEFAULT_SEEDS = "11,12,13,14,15,16"
@@ -149,8 +149,8 @@ async def capture_run(engine, lock: threading.Lock, config: Config, url: str, st
     A finite source (``until_s`` None) runs to its end. A live one runs until a window ending at
     or after ``until_s`` has been captioned (or the stream fails, or ``timeout_s`` passes), then
     the pipeline is cancelled; the final still open then keeps the span it has reached."""
-    from streamcap.metrics import Metrics
-    from streamcap.pipeline import Pipeline
+    from streamcap.runtime.metrics import Metrics
+    from streamcap.runtime.pipeline import Pipeline
 
     rec = RecordingEngine(engine, lock)
     cap = Capture(stream)

@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap import synthetic as syn  # noqa: E402
+from streamcap.demo import synthetic as syn  # noqa: E402
 from streamcap.engine.preprocess import Preprocessing, normalise  # noqa: E402
 
 FRAMES = 6

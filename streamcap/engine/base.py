@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from streamcap.engine.preprocess import Preprocessing
-from streamcap.types import CaptionResult
+from streamcap.core.types import CaptionResult
 
 
 @runtime_checkable

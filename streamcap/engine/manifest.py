@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamcap.engine.preprocess import Preprocessing
-from streamcap.errors import EngineLoadError
+from streamcap.core.errors import EngineLoadError
 
 MANIFEST_NAME = "engine.json"
 SUPPORTED_FORMAT_VERSION = 2

@@ -18,8 +18,8 @@ from streamcap.engine.decoding import decode
 from streamcap.engine.framecache import FrameFeatureCache
 from streamcap.engine.manifest import load_manifest
 from streamcap.engine.windows import WindowEngine
-from streamcap.errors import EngineLoadError
-from streamcap.types import CaptionResult
+from streamcap.core.errors import EngineLoadError
+from streamcap.core.types import CaptionResult
 
 log = logging.getLogger(__name__)
 

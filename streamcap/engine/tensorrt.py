@@ -66,8 +66,8 @@ from streamcap.engine.trt_options import (
     profile_shapes,
 )
 from streamcap.engine.windows import WindowEngine
-from streamcap.errors import EngineError, EngineLoadError
-from streamcap.types import CaptionResult
+from streamcap.core.errors import EngineError, EngineLoadError
+from streamcap.core.types import CaptionResult
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import numpy as np
 from streamcap.engine.decoding import DecodeOptions, Hypothesis
 from streamcap.engine.framecache import content_key
 from streamcap.engine.preprocess import preprocess_frames
-from streamcap.errors import EngineError
-from streamcap.types import CaptionResult
+from streamcap.core.errors import EngineError
+from streamcap.core.types import CaptionResult
 
 
 def sample_indices(n: int, k: int) -> list[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from streamcap.engine.manifest import MANIFEST_NAME, file_sha256
 from streamcap.engine.preprocess import Preprocessing
-from streamcap.errors import StreamcapError
+from streamcap.core.errors import StreamcapError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The HTTP + websocket server: one port, one ``aiohttp`` application (optionally TLS).
 
-``GET /ws?streams=a,b`` upgrades to a websocket that carries :mod:`streamcap.wire` messages:
+``GET /ws?streams=a,b`` upgrades to a websocket that carries :mod:`streamcap.outputs.wire` messages:
 ``hello`` first, then the replay the :class:`~streamcap.server.hub.Hub` primed, then live
 messages. Plain HTTP: ``/overlay`` (the OBS subtitle overlay), ``/dashboard``, ``/publish``,
 ``/healthz``, ``/metrics``, ``/`` (an index). With a :class:`~streamcap.server.control.StreamControl`
@@ -37,11 +37,12 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from streamcap import __version__, wire
-from streamcap.auth import AccessPolicy, Decision, Scope, bearer_token
-from streamcap.config import is_valid_stream_id
-from streamcap.errors import ProtocolError
-from streamcap.metrics import Metrics
+from streamcap import __version__
+from streamcap.outputs import wire
+from streamcap.server.auth import AccessPolicy, Decision, Scope, bearer_token
+from streamcap.runtime.config import is_valid_stream_id
+from streamcap.core.errors import ProtocolError
+from streamcap.runtime.metrics import Metrics
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Fan-out of captions and statuses to websocket clients, without sockets.
 
-The :class:`Hub` encodes each message once with :mod:`streamcap.wire` and appends the same
+The :class:`Hub` encodes each message once with :mod:`streamcap.outputs.wire` and appends the same
 string to the bounded outgoing queue of every client subscribed to its stream. Publishing never
 waits: a client whose queue is full is marked for disconnection (reason ``slow_client``), its
 queue is discarded and it receives nothing more, so one slow reader can neither block the
@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from streamcap import wire
-from streamcap.metrics import Metrics
-from streamcap.types import (
+from streamcap.outputs import wire
+from streamcap.runtime.metrics import Metrics
+from streamcap.core.types import (
     Alert,
     AlertPhase,
     Caption,

@@ -1,7 +1,7 @@
 """The one interface every source implements, and the status bookkeeping they share.
 
 A :class:`Source` is one abstract ``async recv()`` returning the next
-:class:`~streamcap.types.Frame` and an idempotent ``aclose()`` (aiortc's track shape). One
+:class:`~streamcap.core.types.Frame` and an idempotent ``aclose()`` (aiortc's track shape). One
 consumer task calls ``recv()``; concurrent ``recv()`` calls are not supported.
 
 Threading contract: hooks (``on_status``, ``on_drop``, ``on_reconnect``) are always called on the
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from streamcap.types import Frame, Status, StreamState
+from streamcap.core.types import Frame, Status, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     async def recv(self) -> Frame:
-        """The next frame. Raises :class:`~streamcap.errors.SourceEnded` once a finite source is
-        done (or the source was closed) and :class:`~streamcap.errors.SourceError` when it failed
+        """The next frame. Raises :class:`~streamcap.core.errors.SourceEnded` once a finite source is
+        done (or the source was closed) and :class:`~streamcap.core.errors.SourceError` when it failed
         for good."""
 
     @abc.abstractmethod

@@ -58,11 +58,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamcap.errors import SourceEnded, SourceError
+from streamcap.core.errors import SourceEnded, SourceError
 from streamcap.sources.backoff import Backoff
 from streamcap.sources.base import Source
 from streamcap.sources.url import SourceKind, SourceSpec, sanitize_url
-from streamcap.types import Frame, StreamState
+from streamcap.core.types import Frame, StreamState
 
 #: FFmpeg options for every OpenCV capture in this process (``key;value|key;value``): RTSP over
 #: TCP (no UDP loss, works through NAT), and stream probing cut from ~3 s to 0.1 s

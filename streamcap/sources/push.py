@@ -20,9 +20,9 @@ from collections import deque
 
 import numpy as np
 
-from streamcap.errors import SourceEnded
+from streamcap.core.errors import SourceEnded
 from streamcap.sources.base import Source
-from streamcap.types import Frame, StreamState
+from streamcap.core.types import Frame, StreamState
 
 #: the smallest step between two frames' media times, so pts stay strictly increasing
 MIN_PTS_STEP_S = 1e-3

@@ -1,6 +1,6 @@
 """``synthetic:shapes``: a live source rendering a scripted shapes storyline.
 
-Frame ``i`` shows media time ``pts_s = i / fps`` of :class:`~streamcap.synthetic.Storyline`
+Frame ``i`` shows media time ``pts_s = i / fps`` of :class:`~streamcap.demo.synthetic.Storyline`
 (the same frames :func:`tools.media.render_storyline_file` writes to a file). Rendering and
 ``frame_transform`` run in a worker thread (``asyncio.to_thread``); the loop only waits.
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from streamcap.errors import SourceEnded
+from streamcap.core.errors import SourceEnded
 from streamcap.sources.base import Source
-from streamcap.synthetic import Storyline
-from streamcap.types import Frame, StreamState
+from streamcap.demo.synthetic import Storyline
+from streamcap.core.types import Frame, StreamState
 
 
 class SyntheticShapesSource(Source):

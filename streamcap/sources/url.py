@@ -21,7 +21,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from streamcap.errors import BadSourceURL
+from streamcap.core.errors import BadSourceURL
 
 if TYPE_CHECKING:
     from streamcap.sources.base import Source

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.errors import StreamcapError
+from streamcap.core.errors import StreamcapError
 from streamcap.sources.base import Source
-from streamcap.synthetic import Storyline
-from streamcap.types import Frame, Status, StreamState
+from streamcap.demo.synthetic import Storyline
+from streamcap.core.types import Frame, Status, StreamState
 
 
 @dataclass(frozen=True)

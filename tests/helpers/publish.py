@@ -7,7 +7,7 @@ import base64
 import cv2
 import numpy as np
 
-from streamcap.synthetic import Storyline
+from streamcap.demo.synthetic import Storyline
 
 SIZE = (320, 240)
 

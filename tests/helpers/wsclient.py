@@ -1,5 +1,5 @@
 """A real websocket client for tests: connects to a streamcap server, decodes every message with
-``streamcap.wire`` and lets a test wait for a condition (on events, with a timeout as the failure
+``streamcap.outputs.wire`` and lets a test wait for a condition (on events, with a timeout as the failure
 limit; never sleeps)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import websockets
 
-from streamcap import wire
+from streamcap.outputs import wire
 
 
 class WireClient:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamcap.config import load_config
+from streamcap.runtime.config import load_config
 from streamcap.engine.base import load_engine_from_config
-from streamcap.metrics import Metrics
-from streamcap.pipeline import Pipeline
-from streamcap.synthetic import ScriptedStoryline, still_scene
-from streamcap.types import AlertPhase, CaptionState
+from streamcap.runtime.metrics import Metrics
+from streamcap.runtime.pipeline import Pipeline
+from streamcap.demo.synthetic import ScriptedStoryline, still_scene
+from streamcap.core.types import AlertPhase, CaptionState
 from tools import media
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ async def test_a_rule_by_meaning_fires_on_the_scripted_events_through_the_servic
                                                                                      require_system):
     """The same storyline with a description rule: the offline embedder (loaded the way the service
     loads it) matches "a red circle stays still" to "a red circle" and nothing else in the script."""
-    from streamcap.embedding import EmbedderUnavailable, TextEmbedder
+    from streamcap.alerts.embedding import EmbedderUnavailable, TextEmbedder
 
     path, _ = scripted_file
     try:

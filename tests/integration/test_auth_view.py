@@ -13,9 +13,9 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.service import Service
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 import srt
 import webvtt
 
-from streamcap import wire
+from streamcap.outputs import wire
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 import webvtt
 
-from streamcap.config import load_config
-from streamcap.service import Service
-from streamcap.synthetic import Storyline
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
+from streamcap.demo.synthetic import Storyline
 from tests.helpers.wsclient import WireClient
 from tools import media
 

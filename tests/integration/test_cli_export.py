@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from streamcap.wire import CaptionMsg
+from streamcap.outputs.wire import CaptionMsg
 from tests.helpers.cli import base_url, start_run
 from tests.helpers.tiny_git import WORDS, save_tiny_git
 from tests.helpers.wsclient import WireClient

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from streamcap.wire import CaptionMsg
+from streamcap.outputs.wire import CaptionMsg
 from tests.helpers.cli import base_url, start_run
 from tests.helpers.wsclient import WireClient
 

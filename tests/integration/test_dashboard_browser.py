@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from streamcap import wire
-from streamcap.config import DEMO_SOURCE_URL, load_config
-from streamcap.service import Service
+from streamcap.outputs import wire
+from streamcap.runtime.config import DEMO_SOURCE_URL, load_config
+from streamcap.runtime.service import Service
 from tests.helpers.wsclient import WireClient
 from tools.browser import Chromium, Page, find_chromium
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamcap.config import DEFAULT_ENGINE
+from streamcap.runtime.config import DEFAULT_ENGINE
 from streamcap.engine.base import load_engine
 from tools.train_shapes import render_pool
 

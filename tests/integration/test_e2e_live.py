@@ -1,6 +1,6 @@
 """The whole path, for real: a GStreamer RTSP server on loopback → OpenCV source → ring →
 windows → the committed demo model in ONNX Runtime → stabiliser → websocket → a real client that
-decodes with ``streamcap.wire``."""
+decodes with ``streamcap.outputs.wire``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from streamcap.config import load_config
-from streamcap.service import Service
-from streamcap.types import CaptionState, StreamState
-from streamcap.wire import CaptionMsg, StatusMsg
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
+from streamcap.core.types import CaptionState, StreamState
+from streamcap.outputs.wire import CaptionMsg, StatusMsg
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration

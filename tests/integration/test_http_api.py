@@ -13,8 +13,8 @@ import pytest_asyncio
 import srt
 import webvtt
 
-from streamcap.config import load_config
-from streamcap.service import Service
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
 from tests.helpers.wsclient import WireClient
 from tools import media
 

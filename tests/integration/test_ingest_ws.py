@@ -13,10 +13,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.service import Service
-from streamcap.synthetic import Storyline
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
+from streamcap.demo.synthetic import Storyline
 from tests.helpers.publish import b64, encode, storyline_jpegs
 from tests.helpers.wsclient import WireClient
 

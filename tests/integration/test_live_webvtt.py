@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 import webvtt
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.service import Service
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 import pytest_asyncio
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.service import Service
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
 from tests.helpers.wsclient import WireClient
 from tools.browser import Chromium, find_chromium
 

@@ -15,10 +15,10 @@ import pytest_asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from streamcap import wire
-from streamcap.metrics import Metrics
+from streamcap.outputs import wire
+from streamcap.runtime.metrics import Metrics
 from streamcap.server import Hub, Server
-from streamcap.types import Caption, CaptionState, Status, StreamState
+from streamcap.core.types import Caption, CaptionState, Status, StreamState
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(60)]
 

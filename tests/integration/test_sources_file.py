@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from streamcap.errors import SourceEnded, SourceError
+from streamcap.core.errors import SourceEnded, SourceError
 from streamcap.sources import open_source
-from streamcap.types import StreamState
+from streamcap.core.types import StreamState
 from tests.helpers import StatusLog
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

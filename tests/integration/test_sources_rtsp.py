@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamcap.sources import open_source
-from streamcap.types import StreamState
+from streamcap.core.types import StreamState
 from tests.helpers import FrameCollector, StatusLog
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -5,10 +5,10 @@ import threading
 import numpy as np
 import pytest
 
-from streamcap.errors import SourceEnded
+from streamcap.core.errors import SourceEnded
 from streamcap.sources import open_source
 from streamcap.sources.synthetic import SyntheticShapesSource
-from streamcap.types import StreamState
+from streamcap.core.types import StreamState
 from tests.helpers import StatusLog
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.synthetic import Storyline
+from streamcap.demo.synthetic import Storyline
 from tools.stability import Capture, PublishedFinal, RawWindow, scene_truth, score_run
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 from streamcap.engine import load_engine
 from streamcap.engine.tensorrt import TensorRTCaptionEngine, missing_prerequisites
 from streamcap.engine.trt_options import ProfileLimits
-from streamcap.errors import EngineLoadError
+from streamcap.core.errors import EngineLoadError
 from tests.helpers.tiny_git import IMAGE_SIZE, save_tiny_git
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.errors import ConfigError
-from streamcap.service import Service
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.core.errors import ConfigError
+from streamcap.runtime.service import Service
 
 pytestmark = pytest.mark.integration
 

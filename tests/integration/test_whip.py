@@ -12,10 +12,10 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.contrib.media import MediaPlayer
 from av import VideoFrame
 
-from streamcap import wire
-from streamcap.config import load_config
-from streamcap.service import Service
-from streamcap.synthetic import Storyline
+from streamcap.outputs import wire
+from streamcap.runtime.config import load_config
+from streamcap.runtime.service import Service
+from streamcap.demo.synthetic import Storyline
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration

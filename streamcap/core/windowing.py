@@ -1,0 +1,196 @@
+"""Windowing: which windows of media time are ready, and which frames go into each.
+
+:class:`WindowPlanner` owns the window grid of one stream. Window ``i`` covers
+``[t0 + i*stride_s, t0 + i*stride_s + window_s]`` of media time, ``t0`` being the pts of the
+first frame the planner sees. Starts and ends are computed from ``t0`` and ``i`` (never by
+summing strides), so a stream that runs for days does not drift. A window is due once a frame
+with pts >= its end has arrived; each window is handed out once, in order.
+
+Live sources set ``max_backlog``: when more windows are due at once (a burst after a stall, an
+engine that fell behind) the older ones are skipped and counted, so a live stream never falls
+further behind. Files leave it at None and every window is captioned.
+
+:func:`pick_frames` chooses, for each of the K evenly spaced target times of a window, the frame
+nearest in pts. When the source is slower than K frames per window (or frames were dropped) the
+same frame is picked for several targets, so a window always has exactly K frames.
+
+Pure: no asyncio, clock or I/O; callers pass media times. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streamcap.core.ringbuffer import FrameRing, nearest_index
+from streamcap.core.types import Frame, Window
+
+# Tolerance for "a frame at pts >= window end": pts derived from frame counters (n / fps) may
+# land a few ulps below the nominal end and must still close the window.
+PTS_EPSILON_S = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    index: int
+    start_s: float
+    end_s: float
+
+
+class WindowPlanner:
+    """Plans the windows of one stream from the pts of the frames it has received."""
+
+    def __init__(
+        self,
+        window_s: float,
+        stride_s: float,
+        frames_per_window: int,
+        *,
+        max_backlog: int | None = None,
+    ) -> None:
+        if not (math.isfinite(window_s) and window_s > 0):
+            raise ValueError(f"window_s must be a finite number > 0, got {window_s!r}")
+        if not (math.isfinite(stride_s) and stride_s > 0):
+            raise ValueError(f"stride_s must be a finite number > 0, got {stride_s!r}")
+        if int(frames_per_window) != frames_per_window or frames_per_window < 2:
+            raise ValueError(f"frames_per_window must be an integer >= 2, got {frames_per_window!r}")
+        if max_backlog is not None and (int(max_backlog) != max_backlog or max_backlog < 1):
+            raise ValueError(f"max_backlog must be None or an integer >= 1, got {max_backlog!r}")
+        self._window_s = float(window_s)
+        self._stride_s = float(stride_s)
+        self._k = int(frames_per_window)
+        self._max_backlog = max_backlog
+        self._t0_s: float | None = None
+        self._next_index = 0
+        self._skipped_total = 0
+        self._last_skipped = 0
+
+    @property
+    def window_s(self) -> float:
+        return self._window_s
+
+    @property
+    def stride_s(self) -> float:
+        return self._stride_s
+
+    @property
+    def frames_per_window(self) -> int:
+        return self._k
+
+    @property
+    def max_backlog(self) -> int | None:
+        return self._max_backlog
+
+    @property
+    def t0_s(self) -> float | None:
+        """Media time of window 0's start; None until the first :meth:`due` call."""
+        return self._t0_s
+
+    @property
+    def next_index(self) -> int:
+        """Index of the next window that :meth:`due` will hand out or skip."""
+        return self._next_index
+
+    @property
+    def skipped_total(self) -> int:
+        """Windows skipped because of ``max_backlog`` since the planner was made."""
+        return self._skipped_total
+
+    @property
+    def last_skipped(self) -> int:
+        """Windows skipped by the latest :meth:`due` call."""
+        return self._last_skipped
+
+    def spec(self, index: int) -> WindowSpec:
+        if self._t0_s is None:
+            raise ValueError("the planner has not seen a frame yet")
+        start = self._t0_s + index * self._stride_s
+        return WindowSpec(index, start, start + self._window_s)
+
+    def due(self, latest_pts_s: float) -> list[WindowSpec]:
+        """Windows that ended at or before ``latest_pts_s`` and were not handed out yet, oldest
+        first. Call it after every stored frame; the first call fixes ``t0``. With
+        ``max_backlog`` set, only the newest ``max_backlog`` of them are returned and the older
+        ones are skipped for good (see :attr:`last_skipped`)."""
+        if not math.isfinite(latest_pts_s):
+            raise ValueError(f"latest_pts_s must be finite, got {latest_pts_s!r}")
+        if self._t0_s is None:
+            self._t0_s = float(latest_pts_s)
+        end_count = self._windows_ended_by(latest_pts_s)
+        first = self._next_index
+        self._last_skipped = 0
+        if end_count <= first:
+            return []
+        if self._max_backlog is not None and end_count - first > self._max_backlog:
+            self._last_skipped = end_count - first - self._max_backlog
+            self._skipped_total += self._last_skipped
+            first = end_count - self._max_backlog
+        self._next_index = end_count
+        return [self.spec(i) for i in range(first, end_count)]
+
+    def sample_targets(self, spec: WindowSpec) -> list[float]:
+        """K times evenly spaced over ``[start_s, end_s]``, both ends included."""
+        span = spec.end_s - spec.start_s
+        last = self._k - 1
+        return [spec.start_s + span * j / last for j in range(self._k)]
+
+    def release_pts(self) -> float:
+        """Media time before which no future window needs frames (``-inf`` before the first
+        frame). Release the ring with it after picking the frames of every due window."""
+        if self._t0_s is None:
+            return -math.inf
+        return self._t0_s + self._next_index * self._stride_s
+
+    def _windows_ended_by(self, pts_s: float) -> int:
+        """How many windows (0, 1, ...) have ``end <= pts_s`` (within ``PTS_EPSILON_S``)."""
+        assert self._t0_s is not None
+        limit = pts_s + PTS_EPSILON_S
+        n = math.floor((limit - self._t0_s - self._window_s) / self._stride_s) + 1
+        n = max(n, 0)
+        # correct the float estimate against the exact per-window formula
+        while n > 0 and self.spec(n - 1).end_s > limit:
+            n -= 1
+        while self.spec(n).end_s <= limit:
+            n += 1
+        return n
+
+
+def pick_frames(source: FrameRing | Sequence[Frame], targets: Sequence[float]) -> list[Frame]:
+    """For each target time, the frame nearest in pts (the earlier one on a tie).
+
+    A frame may be picked for several targets when the source delivers fewer frames than
+    targets over the window (slow source, dropped frames); the result always has one frame per
+    target. From a ring the frames are copies; from a sequence they are the given objects.
+    Raises ValueError when there are no frames to pick from.
+    """
+    if isinstance(source, FrameRing):
+        frames = source.nearest_many(targets)
+        if not frames and targets:
+            raise ValueError("cannot pick frames from an empty ring")
+        return frames
+    ordered = sorted(source, key=lambda f: f.pts_s)
+    if not ordered:
+        if not targets:
+            return []
+        raise ValueError("cannot pick frames from an empty list")
+    pts = [f.pts_s for f in ordered]
+    return [ordered[nearest_index(pts, t)] for t in targets]
+
+
+def build_window(stream: str, spec: WindowSpec, frames: Sequence[Frame]) -> Window:
+    """The :class:`~streamcap.core.types.Window` for ``spec`` from its picked frames."""
+    if not frames:
+        raise ValueError(f"window {spec.index} of stream {stream!r} has no frames")
+    return Window(stream=stream, index=spec.index, start_s=spec.start_s, end_s=spec.end_s,
+                  frames=tuple(frames))
+
+
+def min_ring_capacity(window_s: float, fps: float) -> int:
+    """Smallest ring that can hold one whole window at ``fps`` plus the frame before it.
+
+    A BLOCK ring smaller than this deadlocks: it fills before the window it waits on is due.
+    """
+    if not (window_s > 0 and fps > 0):
+        raise ValueError(f"window_s and fps must be > 0, got {window_s!r}, {fps!r}")
+    return math.ceil(window_s * fps) + 2

@@ -1,0 +1,137 @@
+"""The live service: engine + pipeline + hub + HTTP/websocket server, started and stopped as one.
+
+Used by ``streamcap run`` and by integration tests (``async with Service(config) as svc``).
+Runs on one event loop; the engine runs in the pipeline's executor thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from streamcap.server.auth import AccessPolicy, Scope
+from streamcap.runtime.config import DEMO_SOURCE_URL, Config
+from streamcap.engine.base import CaptionEngine, load_engine_from_config
+from streamcap.runtime.metrics import Metrics
+from streamcap.runtime.pipeline import Pipeline
+from streamcap.core.errors import ConfigError
+from streamcap.server.routes.api import ApiRoutes
+from streamcap.server.app import Server, tls_context
+from streamcap.server.routes.ingest import IngestRoutes
+from streamcap.server.routes.whip import WhipRoutes
+from streamcap.server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, config: Config, *, engine: CaptionEngine | None = None) -> None:
+        self.config = config
+        self._engine = engine
+        self.metrics = Metrics()
+        self.hub = Hub(metrics=self.metrics, replay_finals=config.server.replay_finals,
+                       client_queue_size=config.server.client_queue_size, replay_alerts=config.alerts.replay)
+        self.embedder = None
+        self.pipeline: Pipeline | None = None
+        self.server: Server | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def engine(self) -> CaptionEngine:
+        assert self._engine is not None, "service not started"
+        return self._engine
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "service not started"
+        return self.server.port
+
+    def url(self, path: str = "/") -> str:
+        assert self.server is not None
+        return self.server.url(path)
+
+    def overlay_url(self, stream: str) -> str:
+        assert self.server is not None
+        return self.server.overlay_url(stream)
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self._engine is None:
+            self._engine = await asyncio.to_thread(load_engine_from_config, cfg.engine)
+        similarity = warm = None
+        if any(r.description for r in cfg.alerts.rules):  # rules by meaning: the offline text embedder
+            from streamcap.alerts.embedding import TextEmbedder
+
+            self.embedder = await asyncio.to_thread(TextEmbedder.load, cfg.alerts.embedder_path,
+                                                    cache_size=cfg.alerts.embedding_cache_size)
+            # the descriptions once, off the loop; captions are embedded in the engine thread
+            await asyncio.to_thread(self.embedder.embed, [r.description for r in cfg.alerts.rules if r.description])
+            similarity, warm = self.embedder.similarity, self.embedder.embed
+        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics,
+                                 on_caption=self.hub.publish_caption, on_status=self.hub.publish_status,
+                                 on_alert=self.hub.publish_alert, similarity=similarity, warm_texts=warm)
+        sources = cfg.sources or []
+        if not sources:
+            self.pipeline.add_stream("demo", DEMO_SOURCE_URL)
+        for s in sources:
+            self.pipeline.add_stream(s.id, s.url)
+        ssl_context = None
+        if cfg.server.tls_cert and cfg.server.tls_key:
+            try:
+                ssl_context = tls_context(cfg.server.tls_cert, cfg.server.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load TLS certificate {cfg.server.tls_cert} / key "
+                                  f"{cfg.server.tls_key}: {exc}") from exc
+        max_body = cfg.server.max_body_kb * 1024
+        server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
+                        health=self.pipeline.health, streams=self.pipeline.stream_ids,
+                        access=access_policy(cfg.auth), ssl_context=ssl_context, max_body_bytes=max_body)
+        fps = cfg.windows.max_ingest_fps
+        server.extensions += [
+            IngestRoutes(server, self.pipeline, cfg.ingest, default_fps=fps),
+            WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps),
+            ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body, subtitle_rules=cfg.subtitles.rules()),
+        ]
+        self.server = server
+        await self.server.start()
+        self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        self._task.add_done_callback(self._pipeline_done)
+        log.info("streamcap serving on %s (streams: %s)", self.server.url("/"),
+                 ", ".join(self.pipeline.stream_ids()))
+
+    @staticmethod
+    def _pipeline_done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pipeline stopped: %r", task.exception())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # already logged by _pipeline_done
+                log.debug("pipeline ended with an error during stop", exc_info=True)
+            self._task = None
+        if self.server is not None:
+            await self.server.stop()
+
+    async def wait(self) -> None:
+        """Until the pipeline stops (normally: until cancelled)."""
+        assert self._task is not None
+        await self._task
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def access_policy(cfg) -> AccessPolicy:
+    """An ``AccessPolicy`` from the ``[auth]`` config section."""
+    return AccessPolicy({t.token: Scope(t.scope) for t in cfg.tokens}, public_view=cfg.public_view,
+                        anonymous_publish=cfg.anonymous_publish, allowed_origins=tuple(cfg.allowed_origins))

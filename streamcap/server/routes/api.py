@@ -1,0 +1,358 @@
+"""The HTTP API under ``/v1``: stream management and whole-clip captioning.
+
+* ``GET /v1/streams`` (view): every stream with its health.
+* ``POST /v1/streams`` (admin): ``{"id": "cam2", "url": "rtsp://..."}`` adds a stream → 201.
+* ``DELETE /v1/streams/{id}`` (admin): stops and removes it → 204.
+* ``POST /v1/captions`` (publish): a whole video, as JSON ``{"video": "<base64>", "max_length": 30}``
+  or a multipart upload (a ``video`` file field, optional ``max_length`` field) → timed captions:
+  JSON by default, ``?format=vtt|srt|jsonl`` for subtitle files. The clip runs through the live
+  pipeline as a hidden file stream (sharing the engine, losing nothing), at most
+  ``ingest.max_clip_jobs`` at once.
+
+Errors are ``{"error": {"code": ..., "detail": ...}}`` with a 4xx status: 400 bad JSON, bad
+base64 or a bad field, 409 a stream id in use, 413 too large, 415 an unknown content type,
+422 a body that is not a decodable video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+import urllib.parse
+from http import HTTPStatus
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from streamcap.server.auth import Scope
+from streamcap.outputs.chapters import Chapter
+from streamcap.runtime.config import IngestConfig, is_valid_stream_id
+from streamcap.core.errors import BadSourceURL, ProtocolError, SourceError
+from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
+from streamcap.outputs.livevtt import LiveVttSegmenter
+from streamcap.server.app import (
+    HttpError,
+    Server,
+    error_response,
+    json_response,
+    response,
+)
+from streamcap.sources.url import SourceKind, parse_source_url
+from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+from streamcap.core.types import Caption
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"json": "application/json", "vtt": "text/vtt", "srt": "application/x-subrip", "jsonl": "application/x-ndjson"}
+_CHUNK = 1 << 16
+
+
+class StreamControl(Protocol):
+    """What the API needs from the pipeline."""
+
+    def stream_ids(self) -> list[str]: ...
+
+    def health(self) -> dict: ...
+
+    def add_stream(self, stream_id: str, url: str) -> object: ...
+
+    async def remove_stream(self, stream_id: str) -> None: ...
+
+    async def caption_clip(self, path: str, *, decode: dict | None = None) -> list[Caption]: ...
+
+    def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]: ...
+
+    def live_subtitles(self, stream_id: str) -> LiveVttSegmenter | None: ...
+
+
+class ApiRoutes:
+    def __init__(self, server: Server, control: StreamControl, config: IngestConfig, *, max_body_bytes: int,
+                 subtitle_rules=None) -> None:
+        self.subtitle_rules = subtitle_rules
+        self.server = server
+        self.control = control
+        self.config = config
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = int(config.max_upload_mb * (1 << 20))
+        self._jobs = asyncio.Semaphore(config.max_clip_jobs)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/streams", self.list_streams), web.post("/v1/streams", self.add_stream),
+                web.delete("/v1/streams/{stream}", self.remove_stream), web.post("/v1/captions", self.captions),
+                web.get("/v1/streams/{stream}/chapters", self.chapters),
+                web.get("/v1/streams/{stream}/subtitles.m3u8", self.live_playlist),
+                web.get("/v1/streams/{stream}/subtitles/{n:\\d+}.vtt", self.live_segment),
+                web.get("/v1/alerts", self.list_alerts), web.post("/v1/alerts/{alert}/ack", self.ack_alert)]
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _guard(self, request: web.Request, need: Scope) -> web.Response | None:
+        decision = self.server.authorize(request, need)
+        return None if decision.allowed else self.server.refusal(decision)
+
+    # ------------------------------------------------------------------ streams
+
+    async def list_streams(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        health = self.control.health()
+        return json_response(HTTPStatus.OK, {"streams": [{"id": sid, **health.get(sid, {})}
+                                                         for sid in self.control.stream_ids()]})
+
+    async def add_stream(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.ADMIN)) is not None:
+            return refused
+        doc = await self._json(request, self.max_body_bytes)
+        extra = sorted(set(doc) - {"id", "url"})
+        if extra:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
+        sid, url = doc.get("id"), doc.get("url")
+        if not isinstance(sid, str) or not is_valid_stream_id(sid):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_stream_id",
+                            "'id' must be 1-64 of letters, digits, '_', '.', '-'")
+        if not isinstance(url, str):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_source_url", "'url' must be a string")
+        try:
+            spec = parse_source_url(url)
+        except BadSourceURL as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
+        if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_source_url", f"no such file on the server: {url}")
+        if sid in self.control.stream_ids():
+            raise HttpError(HTTPStatus.CONFLICT, "stream_exists", f"stream {sid!r} already exists")
+        self.control.add_stream(sid, url)
+        log.info("stream %s: added through the API", sid)
+        return json_response(HTTPStatus.CREATED, {"id": sid, **self.control.health().get(sid, {})},
+                             {"Location": f"/v1/streams/{sid}"})
+
+    async def remove_stream(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.ADMIN)) is not None:
+            return refused
+        sid = request.match_info["stream"]
+        if sid not in self.control.stream_ids():
+            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
+        await self.control.remove_stream(sid)
+        return web.Response(status=204)
+
+    async def chapters(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        sid = request.match_info["stream"]
+        try:
+            since = float(request.query.get("since", "0"))
+            if not since >= 0 or since == float("inf"):
+                raise ValueError
+        except ValueError:
+            return error_response(HTTPStatus.BAD_REQUEST, "bad_request", "since must be media seconds >= 0")
+        if sid not in self.control.stream_ids():
+            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
+        chapters = self.control.chapters(sid, since)
+        return json_response(HTTPStatus.OK, {"stream": sid, "since": since,
+                                             "chapters": [c.to_dict() for c in chapters]})
+
+    def _live_vtt(self, request: web.Request):
+        sid = request.match_info["stream"]
+        segmenter = self.control.live_subtitles(sid) if sid in self.control.stream_ids() else None
+        if segmenter is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no live subtitles for stream {sid!r}")
+        return segmenter
+
+    async def live_playlist(self, request: web.Request) -> web.Response:
+        """The HLS media playlist of the stream's live WebVTT segments (players poll it)."""
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        segmenter = self._live_vtt(request)
+        token = request.query.get("token")
+        suffix = f"?token={urllib.parse.quote(token, safe='')}" if token else ""  # relative URLs drop the query
+        text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt{suffix}")
+        return response(HTTPStatus.OK, text, "application/vnd.apple.mpegurl", {"Cache-Control": "no-cache"})
+
+    async def live_segment(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        segmenter = self._live_vtt(request)
+        n = int(request.match_info["n"])
+        text = segmenter.segment(n)
+        if text is None:
+            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"segment {n} is not (or no longer) available")
+        # a complete segment never changes
+        return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "public, max-age=3600"})
+
+    # ------------------------------------------------------------------ alerts
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        return json_response(HTTPStatus.OK, {"alerts": [_alert_doc(r) for r in self.server.hub.recent_alerts()]})
+
+    async def ack_alert(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.VIEW)) is not None:
+            return refused
+        by = None
+        if request.can_read_body:
+            doc = await self._json(request, self.max_body_bytes)
+            by = doc.get("by")
+            if set(doc) - {"by"} or (by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200)):
+                return error_response(HTTPStatus.BAD_REQUEST, "bad_request",
+                                      "the body is optional: {\"by\": \"who acknowledges\"} (1-200 characters)")
+        alert_id = request.match_info["alert"]
+        try:
+            record = self.server.hub.ack(alert_id, by or f"http {request.remote or '?'}", self.server.wall_clock())
+        except KeyError:
+            return error_response(HTTPStatus.NOT_FOUND, "unknown_alert", f"no recent alert {alert_id!r}")
+        log.info("alert %s acknowledged by %s", alert_id, record.acked_by)
+        return json_response(HTTPStatus.OK, _alert_doc(record))
+
+    # ------------------------------------------------------------------ captions
+
+    async def captions(self, request: web.Request) -> web.Response:
+        if (refused := await self._guard(request, Scope.PUBLISH)) is not None:
+            return refused
+        fmt = request.query.get("format", "json")
+        if fmt not in FORMATS:
+            return error_response(HTTPStatus.BAD_REQUEST, "bad_format",
+                                  f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        fd, path = tempfile.mkstemp(prefix="streamcap-clip-", suffix=".video")
+        os.close(fd)
+        try:
+            max_length = await self._receive_video(request, path)
+            await asyncio.to_thread(_check_video, path)
+            decode = {} if max_length is None else {"max_new_tokens": max_length}
+            async with self._jobs:
+                try:
+                    finals = await self.control.caption_clip(path, decode=decode)
+                except SourceError as exc:
+                    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "undecodable_video",
+                                          f"the video could not be read: {exc.detail}")
+        finally:
+            Path(path).unlink(missing_ok=True)
+        return _render(finals, fmt, self.subtitle_rules)
+
+    async def _receive_video(self, request: web.Request, path: str) -> int | None:
+        """Store the request's video in ``path``; returns ``max_length`` when given."""
+        if request.content_length is not None and request.content_length > self._body_limit(request):
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                           f"the body is {request.content_length} bytes; the limit is {self._body_limit(request)}")
+        if request.content_type == "application/json":
+            doc = await self._json(request, self._body_limit(request))
+            extra = sorted(set(doc) - {"video", "max_length"})
+            if extra:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
+            video = doc.get("video")
+            if not isinstance(video, str) or not video:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "'video' must be a base64 string")
+            try:
+                data = b64decode(video, "'video'")
+            except ProtocolError as exc:
+                raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
+            if len(data) > self.max_upload_bytes:
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                               f"the video is {len(data)} bytes; the limit is {self.max_upload_bytes}")
+            await asyncio.to_thread(Path(path).write_bytes, data)
+            return _max_length(doc.get("max_length"))
+        if request.content_type == "multipart/form-data":
+            return await self._multipart(request, path)
+        raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
+                       "send application/json ({\"video\": base64}) or multipart/form-data (a 'video' file)")
+
+    def _body_limit(self, request: web.Request) -> int:
+        # base64 in JSON is 4/3 of the video, plus a little for the rest of the document
+        return self.max_upload_bytes * 4 // 3 + 4096 if request.content_type == "application/json" \
+            else self.max_upload_bytes + 65536
+
+    async def _multipart(self, request: web.Request, path: str) -> int | None:
+        reader = await request.multipart()
+        max_length = None
+        got_video = False
+        while (part := await reader.next()) is not None:
+            if part.name == "video" and not got_video:
+                size = 0
+                out = await asyncio.to_thread(open, path, "wb")  # file I/O off the event loop
+                try:
+                    while chunk := await part.read_chunk(_CHUNK):
+                        size += len(chunk)
+                        if size > self.max_upload_bytes:
+                            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                                           f"the video is over the {self.max_upload_bytes}-byte limit")
+                        await asyncio.to_thread(out.write, chunk)
+                finally:
+                    await asyncio.to_thread(out.close)
+                got_video = True
+            elif part.name == "max_length":
+                text = (await part.read(decode=True))[:16].decode("ascii", "replace").strip()
+                try:
+                    max_length = _max_length(int(text))
+                except ValueError as exc:
+                    raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request",
+                                   f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}") from exc
+            else:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request",
+                               f"unexpected form field {part.name!r} (expected 'video' and 'max_length')")
+        if not got_video:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "no 'video' file in the form")
+        return max_length
+
+    async def _json(self, request: web.Request, limit: int) -> dict:
+        if request.content_type != "application/json":
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type", "send application/json")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > limit:
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                               f"the body is over the {limit}-byte limit")
+        try:
+            doc = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_json", f"malformed JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_json", "expected a JSON object")
+        return doc
+
+
+def _alert_doc(record) -> dict:
+    a = record.alert
+    return {"id": a.id, "stream": a.stream, "rule": a.rule, "phase": a.phase.value, "severity": a.severity.value,
+            "caption_seq": a.caption_seq, "start": round(a.start_s, 3),
+            "end": None if a.end_s is None else round(a.end_s, 3), "detail": a.detail,
+            "acked_by": record.acked_by, "acked_at": record.acked_at}
+
+
+def _max_length(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LENGTH_LIMIT:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}")
+    return value
+
+
+def _check_video(path: str) -> None:
+    """Raise HttpError(422) unless ``path`` is a video OpenCV/FFmpeg can decode a frame of."""
+    import cv2
+
+    if Path(path).stat().st_size == 0:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "the video is empty")
+    cap = cv2.VideoCapture(path)
+    try:
+        ok = cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
+    if not ok:
+        raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, "undecodable_video",
+                       "the upload is not a video that can be decoded (no frame could be read)")
+
+
+def _render(finals: list[Caption], fmt: str, rules) -> web.Response:
+    if fmt == "json":
+        doc = {"captions": [{"start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text,
+                             "score": round(c.score, 4)} for c in finals]}
+        return json_response(HTTPStatus.OK, doc)
+    if fmt == "jsonl":
+        return response(HTTPStatus.OK, to_jsonl(finals), FORMATS[fmt])
+    cues = cues_from_finals(finals)
+    return response(HTTPStatus.OK, to_webvtt(cues, rules) if fmt == "vtt" else to_srt(cues, rules), FORMATS[fmt])

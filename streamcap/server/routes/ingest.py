@@ -1,0 +1,125 @@
+"""Websocket frame ingest: ``/ingest/{stream}`` (needs a ``publish`` token).
+
+Simple clients push frames (binary JPEG/PNG, or JSON with base64 frames — :mod:`streamcap.sources.ingest`)
+into the stream's :class:`~streamcap.sources.push.PushSource`; an unknown stream id becomes a new
+``push:`` stream. The same connection receives what a viewer of that stream would: ``hello``,
+then its captions and status, plus an ``ingested`` acknowledgement per message and an ``error``
+(codes ``bad_message``, ``bad_frame``, ``too_large``) for a message it could not use — after
+which the connection stays usable.
+
+Messages are handled one at a time, so a client that sends faster than frames decode is slowed
+by TCP rather than queued in memory; decoded frames then wait in the push source's bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from http import HTTPStatus
+from typing import Protocol
+
+from aiohttp import WSMsgType, web
+
+from streamcap.outputs import wire
+from streamcap.server.auth import Scope
+from streamcap.runtime.config import IngestConfig
+from streamcap.core.errors import ProtocolError
+from streamcap.sources.ingest import check_frame, decode_image, parse_text_message
+from streamcap.server.app import Server, check_stream_id, error_response
+from streamcap.server.hub import ClientHandle
+from streamcap.sources.push import PushSource
+
+log = logging.getLogger(__name__)
+
+INGEST_PATH = "/ingest/{stream}"
+
+
+class PushControl(Protocol):
+    """What ingest needs from the pipeline."""
+
+    def push_source(self, stream_id: str, *, create: bool = True) -> PushSource: ...
+
+    def set_stream_decoding(self, stream_id: str, **overrides: object) -> None: ...
+
+
+class IngestRoutes:
+    def __init__(self, server: Server, control: PushControl, config: IngestConfig, *, default_fps: float) -> None:
+        self.server = server
+        self.control = control
+        self.config = config
+        self.default_fps = default_fps
+        self._ids = itertools.count(1)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(INGEST_PATH, self.ingest)]
+
+    async def aclose(self) -> None:
+        pass  # connections are hub clients: the server's shutdown closes them
+
+    async def ingest(self, request: web.Request) -> web.StreamResponse:
+        stream = request.match_info["stream"]
+        check_stream_id(stream)
+        decision = self.server.authorize(request, Scope.PUBLISH)
+        if not decision.allowed:
+            return await self.server.refuse(request, decision)
+        max_msg = int(self.config.max_message_mb * (1 << 20))
+        ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=max_msg,
+                                   timeout=self.server.close_timeout_s)
+        if not ws.can_prepare(request).ok:
+            return error_response(HTTPStatus.UPGRADE_REQUIRED, "upgrade_required",
+                                  "this path needs a websocket upgrade")
+        try:
+            source = self.control.push_source(stream)
+        except ValueError as exc:
+            return error_response(HTTPStatus.CONFLICT, "not_a_push_stream", str(exc))
+        await ws.prepare(request)
+        publisher = f"ingest-{next(self._ids)} {request.remote}"
+        source.publisher_joined(publisher)
+        log.info("stream %s: %s connected", stream, publisher)
+        with self.server.track():
+            try:
+                await self.server.serve_hub_client(
+                    request, ws, (stream,),
+                    lambda client: self._receive(ws, client, source, stream, publisher))
+            finally:
+                source.publisher_left(publisher)
+                log.info("stream %s: %s disconnected (code %s)", stream, publisher, ws.close_code)
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse, client: ClientHandle, source: PushSource, stream: str,
+                       publisher: str) -> None:
+        hub = self.server.hub
+        total = 0
+        max_frame = self.config.max_frame_kb * 1024
+        async for msg in ws:
+            try:
+                if msg.type is WSMsgType.BINARY:
+                    images = [await asyncio.to_thread(self._decode, check_frame(msg.data, max_frame), source, "frame")]
+                    spacing = 0.0
+                elif msg.type is WSMsgType.TEXT:
+                    batch = parse_text_message(msg.data, max_frames=self.config.max_frames_per_message,
+                                               max_frame_bytes=max_frame)
+                    images = await asyncio.to_thread(self._decode_all, batch.frames, source)
+                    spacing = 1.0 / (batch.fps or self.default_fps)
+                    if batch.max_length is not None:
+                        self.control.set_stream_decoding(stream, max_new_tokens=batch.max_length)
+                else:
+                    return  # close or error: the connection is over
+            except ProtocolError as exc:
+                log.info("stream %s: %s: %s", stream, publisher, exc.detail)
+                self.server.metrics.bad_requests_total.labels(code=exc.code).inc()
+                hub.send_to(client, wire.encode_error(exc.code, exc.detail))
+                continue
+            for image in images:
+                if not source.push(image, source.next_pts_s(spacing) if spacing else None, publisher):
+                    return  # the stream was removed
+            total += len(images)
+            hub.send_to(client, wire.encode_ingested(stream, len(images), total))
+
+    @staticmethod
+    def _decode(data: bytes, source: PushSource, where: str):
+        return source.prepare(decode_image(data, where))
+
+    def _decode_all(self, frames: tuple[bytes, ...], source: PushSource) -> list:
+        return [self._decode(f, source, f"frames[{i}]") for i, f in enumerate(frames)]

@@ -1,0 +1,227 @@
+"""WebRTC ingest via WHIP (the WebRTC-HTTP ingestion protocol, RFC 9725), with ``aiortc``.
+
+``POST /whip/{stream}`` with an SDP offer (``Content-Type: application/sdp``, ``publish`` scope)
+answers ``201 Created`` with the SDP answer and a ``Location`` naming the session; ``DELETE`` on
+that Location ends it. Candidates are gathered before answering (no trickle ICE: ``PATCH`` is
+405). OBS 30+ ("WHIP" output) and the ``/publish`` page speak this.
+
+The session's video track feeds the stream's :class:`~streamcap.sources.push.PushSource`, the
+same path as websocket ingest: frames beyond ``windows.max_ingest_fps`` are skipped before
+conversion, each kept frame is converted to RGB and resized off the event loop, so resolution
+changes mid-stream need nothing special. No STUN/TURN server is contacted unless
+``webrtc.ice_servers`` lists one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from aiohttp import web
+
+from streamcap.server.auth import Scope
+from streamcap.runtime.config import WebRTCConfig
+from streamcap.server.app import Server, check_stream_id, error_response
+from streamcap.server.routes.ingest import PushControl
+from streamcap.sources.push import PushSource
+
+log = logging.getLogger(__name__)
+
+WHIP_PATH = "/whip/{stream}"
+SESSION_PATH = "/whip/{stream}/{session}"
+SDP = "application/sdp"
+
+
+def allow_loopback_candidates() -> None:
+    """Make aioice offer 127.0.0.1 host candidates too (it leaves loopback out), so a publisher
+    on the same machine — a test, a local OBS — can connect without any network interface.
+    Process-wide and idempotent."""
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+    if getattr(original, "streamcap_loopback", False):
+        return
+
+    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = original(use_ipv4, use_ipv6)
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses = [*addresses, "127.0.0.1"]
+        return addresses
+
+    with_loopback.streamcap_loopback = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = with_loopback
+
+
+@dataclass
+class WhipSession:
+    id: str
+    stream: str
+    publisher: str
+    pc: object  # RTCPeerConnection
+    source: PushSource | None = None  # set once the offer is accepted, before any media flows
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    frames: int = 0
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # picture sizes received (they may change)
+    closed: bool = False
+
+
+class WhipRoutes:
+    def __init__(self, server: Server, control: PushControl, config: WebRTCConfig, *, max_ingest_fps: float) -> None:
+        self.server = server
+        self.control = control
+        self.config = config
+        self.min_gap_s = 1.0 / max_ingest_fps - 1e-3
+        self.sessions: dict[str, WhipSession] = {}
+        self._ids = itertools.count(1)
+        if config.loopback_candidates:
+            allow_loopback_candidates()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(WHIP_PATH, self.offer), web.delete(SESSION_PATH, self.end),
+                web.patch(SESSION_PATH, self.patch), web.options(WHIP_PATH, self.options)]
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(self._close(s, "server shutting down") for s in list(self.sessions.values())))
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def options(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"Accept-Post": SDP})
+
+    async def patch(self, request: web.Request) -> web.Response:
+        return error_response(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+                              "trickle ICE is not supported: send every candidate in the offer")
+
+    async def offer(self, request: web.Request) -> web.StreamResponse:
+        from aiortc import (
+            RTCConfiguration,
+            RTCIceServer,
+            RTCPeerConnection,
+            RTCSessionDescription,
+        )
+
+        stream = request.match_info["stream"]
+        check_stream_id(stream)
+        decision = self.server.authorize(request, Scope.PUBLISH)
+        if not decision.allowed:
+            return self.server.refusal(decision)
+        if request.content_type != SDP:
+            return error_response(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
+                                  f"a WHIP offer is {SDP}, not {request.content_type or 'nothing'}")
+        if len(self.sessions) >= self.config.max_sessions:
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "too_many_sessions",
+                                  f"{len(self.sessions)} WHIP sessions already (webrtc.max_sessions)")
+        try:
+            sdp = (await request.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp", "the offer is not UTF-8 text")
+        problem = _sdp_problem(sdp)
+        if problem:
+            return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp", problem)
+        try:  # a new stream is made only once the offer is good
+            source: PushSource | None = self.control.push_source(stream, create=False)
+        except KeyError:
+            source = None
+        except ValueError as exc:
+            return error_response(HTTPStatus.CONFLICT, "not_a_push_stream", str(exc))
+
+        ice = [RTCIceServer(urls=u) for u in self.config.ice_servers]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        session = WhipSession(secrets.token_urlsafe(12), stream, f"whip-{next(self._ids)} {request.remote}", pc)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "video":
+                task = asyncio.create_task(self._consume(session, track), name=f"whip-{session.id}")
+                session.tasks.add(task)
+                task.add_done_callback(session.tasks.discard)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            log.info("stream %s: %s: connection %s", stream, session.publisher, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
+                await self._close(session, f"connection {pc.connectionState}")
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:  # boundary: aiortc raises many kinds on a bad offer
+            await pc.close()
+            log.info("stream %s: refused a WHIP offer: %s", stream, exc)
+            return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp",
+                                  f"could not use the SDP offer: {type(exc).__name__}: {exc}")
+        if source is None:
+            source = self.control.push_source(stream)
+        session.source = source
+        self.sessions[session.id] = session
+        source.publisher_joined(session.publisher)
+        location = f"/whip/{stream}/{session.id}"
+        log.info("stream %s: %s started WHIP session %s", stream, session.publisher, session.id)
+        return web.Response(status=201, text=pc.localDescription.sdp, content_type=SDP,
+                            headers={"Location": location, "Cache-Control": "no-store"})
+
+    async def end(self, request: web.Request) -> web.Response:
+        decision = self.server.authorize(request, Scope.PUBLISH)
+        if not decision.allowed:
+            return self.server.refusal(decision)
+        session = self.sessions.get(request.match_info["session"])
+        if session is None or session.stream != request.match_info["stream"]:
+            return error_response(HTTPStatus.NOT_FOUND, "not_found", "no such WHIP session")
+        await self._close(session, "ended by the publisher")
+        return web.Response(status=200)
+
+    # ------------------------------------------------------------------ media
+
+    async def _consume(self, session: WhipSession, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        last_kept: float | None = None
+        try:
+            while True:
+                frame = await track.recv()
+                session.sizes.add((frame.width, frame.height))
+                t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+                if t is not None and last_kept is not None and 0 <= t - last_kept < self.min_gap_s:
+                    continue  # more frames than the windows need: skip before converting
+                last_kept = t
+                assert session.source is not None
+                image = await asyncio.to_thread(_to_rgb, frame, session.source)
+                if not session.source.push(image, publisher=session.publisher):
+                    break  # the stream was removed
+                session.frames += 1
+        except MediaStreamError:
+            pass  # the track ended
+        finally:
+            log.info("stream %s: %s: video ended after %d frames", session.stream, session.publisher, session.frames)
+
+    async def _close(self, session: WhipSession, why: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        if session.source is not None:
+            session.source.publisher_left(session.publisher)
+        for task in list(session.tasks):
+            task.cancel()
+        await asyncio.gather(*session.tasks, return_exceptions=True)
+        await session.pc.close()
+        log.info("stream %s: WHIP session %s closed (%s)", session.stream, session.id, why)
+
+
+def _to_rgb(frame, source: PushSource):
+    return source.prepare(frame.to_ndarray(format="rgb24"))
+
+
+def _sdp_problem(sdp: str) -> str | None:
+    """A cheap check before aiortc sees the offer: the reason it is not a usable WHIP offer."""
+    lines = [line.strip() for line in sdp.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("v=0"):
+        return "not an SDP offer (it must start with v=0)"
+    if not any(line.startswith("m=video") for line in lines):
+        return "the offer has no video (m=video) section"
+    return None

@@ -1,0 +1,165 @@
+import math
+
+import numpy as np
+import pytest
+
+from streamcap.core.ringbuffer import FrameRing
+from streamcap.core.types import DropPolicy, Frame
+from streamcap.core.windowing import (
+    WindowPlanner,
+    WindowSpec,
+    build_window,
+    min_ring_capacity,
+    pick_frames,
+)
+
+
+def frame(seq: int, pts_s: float) -> Frame:
+    return Frame("cam1", seq, seq * 1000, pts_s, np.full((4, 4, 3), seq % 256, np.uint8))
+
+
+def test_first_window_is_due_once_a_frame_reaches_its_end():
+    planner = WindowPlanner(3.0, 1.0, 6)
+    assert planner.due(0.0) == []
+    assert planner.due(2.9) == []
+    assert planner.due(3.0) == [WindowSpec(0, 0.0, 3.0)]
+    assert planner.due(3.05) == []
+
+
+def test_windows_are_handed_out_in_order_and_once():
+    planner = WindowPlanner(3.0, 1.0, 6)
+    planner.due(0.0)
+    due = planner.due(5.5)
+    assert [w.index for w in due] == [0, 1, 2]
+    assert [(w.start_s, w.end_s) for w in due] == [(0.0, 3.0), (1.0, 4.0), (2.0, 5.0)]
+    assert [w.index for w in planner.due(6.0)] == [3]
+
+
+def test_t0_is_the_first_pts_seen():
+    planner = WindowPlanner(2.0, 0.5, 4)
+    planner.due(10.0)
+    assert planner.t0_s == 10.0
+    assert planner.due(12.0) == [WindowSpec(0, 10.0, 12.0)]
+
+
+def test_frame_clock_rounding_still_closes_the_window():
+    planner = WindowPlanner(3.0, 1.0, 6)
+    planner.due(0.0)
+    # 29 * (1/10) + 1/10 lands a few ulps away from 3.0
+    pts = sum([0.1] * 30)
+    assert pts != 3.0
+    assert [w.index for w in planner.due(pts)] == [0]
+
+
+def test_window_grid_does_not_drift_over_a_long_stream():
+    planner = WindowPlanner(3.0, 0.1, 6, max_backlog=1)
+    planner.due(0.0)
+    (last,) = planner.due(100_003.0)
+    assert last.index == 1_000_000
+    assert last.start_s == pytest.approx(100_000.0, abs=1e-6)
+    assert last.end_s == pytest.approx(100_003.0, abs=1e-6)
+
+
+def test_live_backlog_skips_older_windows_and_counts_them():
+    planner = WindowPlanner(3.0, 1.0, 6, max_backlog=1)
+    planner.due(0.0)
+    assert [w.index for w in planner.due(3.0)] == [0]
+    due = planner.due(8.0)  # windows 1..5 due at once after a stall
+    assert [w.index for w in due] == [5]
+    assert planner.last_skipped == 4
+    assert planner.skipped_total == 4
+    assert [w.index for w in planner.due(9.0)] == [6]
+    assert planner.last_skipped == 0
+    assert planner.skipped_total == 4
+
+
+def test_file_planner_never_skips():
+    planner = WindowPlanner(3.0, 1.0, 6, max_backlog=None)
+    planner.due(0.0)
+    assert [w.index for w in planner.due(50.0)] == list(range(48))
+    assert planner.skipped_total == 0
+
+
+def test_sample_targets_are_evenly_spaced_including_both_ends():
+    planner = WindowPlanner(3.0, 1.0, 6)
+    targets = planner.sample_targets(WindowSpec(2, 2.0, 5.0))
+    assert targets == pytest.approx([2.0, 2.6, 3.2, 3.8, 4.4, 5.0])
+
+
+def test_release_pts_is_start_of_next_window():
+    planner = WindowPlanner(3.0, 1.0, 6)
+    assert planner.release_pts() == -math.inf
+    planner.due(0.5)
+    assert planner.release_pts() == 0.5
+    planner.due(4.5)
+    assert planner.release_pts() == pytest.approx(2.5)
+
+
+def test_pick_frames_chooses_nearest_frame_per_target():
+    frames = [frame(i, i * 0.1) for i in range(31)]
+    picked = pick_frames(frames, [0.0, 0.62, 1.19, 3.0])
+    assert [f.seq for f in picked] == [0, 6, 12, 30]
+
+
+def test_pick_frames_repeats_frames_when_source_is_slow():
+    frames = [frame(0, 0.0), frame(1, 2.0)]  # 0.5 fps source
+    picked = pick_frames(frames, [0.0, 0.6, 1.2, 1.8, 2.4, 3.0])
+    assert [f.seq for f in picked] == [0, 0, 1, 1, 1, 1]
+
+
+def test_pick_frames_from_ring_returns_copies():
+    ring = FrameRing(40, (4, 4, 3), DropPolicy.DROP_OLDEST)
+    for i in range(31):
+        ring.push(frame(i, i * 0.1))
+    planner = WindowPlanner(3.0, 1.0, 6)
+    planner.due(0.0)
+    (spec,) = planner.due(3.0)
+    picked = pick_frames(ring, planner.sample_targets(spec))
+    assert [f.seq for f in picked] == [0, 6, 12, 18, 24, 30]
+    assert [int(f.image[0, 0, 0]) for f in picked] == [0, 6, 12, 18, 24, 30]
+
+
+def test_pick_frames_from_empty_source_raises():
+    with pytest.raises(ValueError):
+        pick_frames([], [1.0])
+    with pytest.raises(ValueError):
+        pick_frames(FrameRing(2, (4, 4, 3), DropPolicy.BLOCK), [1.0])
+
+
+def test_ring_released_to_planner_pts_still_serves_next_window():
+    ring = FrameRing(min_ring_capacity(3.0, 10.0), (4, 4, 3), DropPolicy.BLOCK)
+    planner = WindowPlanner(3.0, 1.0, 6)
+    windows = []
+    for i in range(61):
+        assert ring.push(frame(i, i * 0.1)).stored, f"ring full at frame {i}"
+        for spec in planner.due(ring.latest_pts_s):
+            windows.append(build_window("cam1", spec, pick_frames(ring, planner.sample_targets(spec))))
+        ring.release_before(planner.release_pts())
+    assert [w.index for w in windows] == list(range(4))
+    assert [f.seq for f in windows[3].frames] == [30, 36, 42, 48, 54, 60]
+
+
+def test_build_window_carries_spec_times_and_frames():
+    frames = [frame(i, i * 0.5) for i in range(3)]
+    window = build_window("cam1", WindowSpec(7, 0.0, 1.0), frames)
+    assert (window.stream, window.index, window.start_s, window.end_s) == ("cam1", 7, 0.0, 1.0)
+    assert window.frames == tuple(frames)
+    assert window.newest_capture_ns == 2000
+    with pytest.raises(ValueError):
+        build_window("cam1", WindowSpec(7, 0.0, 1.0), [])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"window_s": 0, "stride_s": 1, "frames_per_window": 6}, "window_s"),
+        ({"window_s": -1, "stride_s": 1, "frames_per_window": 6}, "window_s"),
+        ({"window_s": 3, "stride_s": 0, "frames_per_window": 6}, "stride_s"),
+        ({"window_s": 3, "stride_s": math.nan, "frames_per_window": 6}, "stride_s"),
+        ({"window_s": 3, "stride_s": 1, "frames_per_window": 1}, "frames_per_window"),
+        ({"window_s": 3, "stride_s": 1, "frames_per_window": 6, "max_backlog": 0}, "max_backlog"),
+    ],
+)
+def test_invalid_arguments_raise_clear_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WindowPlanner(**kwargs)
