@@ -43,18 +43,21 @@ SEVERITY = {STALLED: Severity.CRITICAL, FROZEN: Severity.WARNING, BLACK: Severit
 _NS = 1_000_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HealthLimits:
-    stalled_frames: float = 10.0
-    min_stalled_s: float = 1.0
-    frozen_s: float = 5.0
-    frozen_diff: float = 0.5
-    black_luma: float = 16.0
-    blank_std: float = 2.0
-    blank_s: float = 3.0
-    storm_reconnects: int = 5
-    storm_window_s: float = 300.0
-    max_drops_per_min: float = 60.0
+    """The limits of :class:`HealthMonitor`; no defaults here: they come from the config
+    (``[alerts.health]``, :class:`streamcap.runtime.config.HealthAlertConfig`)."""
+
+    stalled_frames: float
+    min_stalled_s: float
+    frozen_s: float
+    frozen_diff: float
+    black_luma: float
+    blank_std: float
+    blank_s: float
+    storm_reconnects: int
+    storm_window_s: float
+    max_drops_per_min: float
 
 
 class HealthMonitor:

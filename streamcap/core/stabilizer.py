@@ -30,10 +30,12 @@ simulated window results gives the same captions. Not thread-safe.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from streamcap.core.types import Caption, CaptionResult, CaptionState
+from streamcap.core.types import VIDEO_TRACK, Caption, CaptionResult, CaptionState
 
 
 def normalize_text(text: str) -> str:
@@ -59,8 +61,9 @@ class _Run:
 class CaptionStabilizer:
     """Partial/final captions of one stream from per-window engine results."""
 
-    def __init__(self, stream: str, agree: int = 2, *, min_score: float = -math.inf,
-                 fresh_agree: int | None = None) -> None:
+    def __init__(self, stream: str, agree: int, *, min_score: float = -math.inf,
+                 fresh_agree: int | None = None, track: str = VIDEO_TRACK,
+                 seq: Iterator[int] | None = None) -> None:
         if int(agree) != agree or agree < 1:
             raise ValueError(f"agree must be an integer >= 1, got {agree!r}")
         if fresh_agree is not None and (int(fresh_agree) != fresh_agree or not 1 <= fresh_agree <= agree):
@@ -69,9 +72,11 @@ class CaptionStabilizer:
         if math.isnan(min_score):
             raise ValueError("min_score must not be NaN")
         self._stream = stream
+        self._track = track
+        # seq is per stream: the tracks of one stream share one counter
+        self._seq: Iterator[int] = seq if seq is not None else itertools.count()
         self._agree = int(agree)
         self._min_score = float(min_score)
-        self._next_seq = 0
         self._last_window_index: int | None = None
         self._last_final_end_s = -math.inf  # finals never start before this
         self._closed: list[Caption] = []
@@ -92,8 +97,8 @@ class CaptionStabilizer:
         return self._agree
 
     @property
-    def next_seq(self) -> int:
-        return self._next_seq
+    def track(self) -> str:
+        return self._track
 
     @property
     def current_final(self) -> Caption | None:
@@ -189,8 +194,6 @@ class CaptionStabilizer:
 
     def _caption(self, state: CaptionState, text: str, start_s: float, end_s: float, score: float,
                  window_index: int, capture_ns: int) -> Caption:
-        caption = Caption(stream=self._stream, seq=self._next_seq, state=state, text=text.strip(),
-                          start_s=start_s, end_s=end_s, score=score, window_index=window_index,
-                          capture_ns=capture_ns)
-        self._next_seq += 1
-        return caption
+        return Caption(stream=self._stream, seq=next(self._seq), state=state, text=text.strip(),
+                       start_s=start_s, end_s=end_s, score=score, window_index=window_index,
+                       capture_ns=capture_ns, track=self._track)

@@ -34,6 +34,27 @@ class DropPolicy(str, Enum):
     BLOCK = "block"  # files/batch: the producer waits, nothing is lost
 
 
+class DropReason(str, Enum):
+    """Why a frame or a window was dropped: the ``reason`` label of the drop counters."""
+
+    RING_FULL = "ring_full"  # a live stream's ring overwrote its oldest frame
+    PTS_REGRESSION = "pts_regression"  # a frame's pts went backwards
+    HANDOFF_FULL = "handoff_full"  # the decoder thread's handoff to the loop was full (live)
+    INGEST_FULL = "ingest_full"  # a pushed stream's frame queue was full
+    ENGINE_BUSY = "engine_busy"  # a live window replaced in the engine's full queue
+    BEHIND_LIVE = "behind_live"  # overdue live windows skipped so captions never lag
+    ENGINE_ERROR = "engine_error"  # the engine failed on the window's batch
+    STREAM_REMOVED = "stream_removed"  # the stream went away with windows still queued
+
+
+#: drop reasons that mean the machine is not keeping up (they feed ``health:behind``)
+BEHIND_REASONS = frozenset({DropReason.RING_FULL, DropReason.HANDOFF_FULL, DropReason.INGEST_FULL,
+                            DropReason.ENGINE_BUSY, DropReason.BEHIND_LIVE})
+
+#: the track every stream has: captions of the picture
+VIDEO_TRACK = "video"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Frame:
     """One decoded frame. ``image`` is RGB uint8 H×W×3 (already resized for the engine when it
@@ -55,6 +76,7 @@ class Window:
     start_s: float
     end_s: float
     frames: tuple[Frame, ...]
+    track: str = VIDEO_TRACK
 
     @property
     def newest_capture_ns(self) -> int:
@@ -82,6 +104,7 @@ class Caption:
     score: float = 0.0
     window_index: int = -1
     capture_ns: int = 0  # newest frame behind it, for glass-to-caption latency
+    track: str = VIDEO_TRACK  # which caption track of the stream said it
 
 
 @dataclass(frozen=True, slots=True)

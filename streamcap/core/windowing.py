@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streamcap.core.ringbuffer import FrameRing, nearest_index
-from streamcap.core.types import Frame, Window
+from streamcap.core.types import VIDEO_TRACK, Frame, Window
 
 # Tolerance for "a frame at pts >= window end": pts derived from frame counters (n / fps) may
 # land a few ulps below the nominal end and must still close the window.
@@ -178,12 +178,12 @@ def pick_frames(source: FrameRing | Sequence[Frame], targets: Sequence[float]) -
     return [ordered[nearest_index(pts, t)] for t in targets]
 
 
-def build_window(stream: str, spec: WindowSpec, frames: Sequence[Frame]) -> Window:
-    """The :class:`~streamcap.core.types.Window` for ``spec`` from its picked frames."""
+def build_window(stream: str, spec: WindowSpec, frames: Sequence[Frame], track: str = VIDEO_TRACK) -> Window:
+    """The :class:`~streamcap.core.types.Window` of ``track`` for ``spec`` from its picked frames."""
     if not frames:
         raise ValueError(f"window {spec.index} of stream {stream!r} has no frames")
     return Window(stream=stream, index=spec.index, start_s=spec.start_s, end_s=spec.end_s,
-                  frames=tuple(frames))
+                  frames=tuple(frames), track=track)
 
 
 def min_ring_capacity(window_s: float, fps: float) -> int:

@@ -9,7 +9,9 @@ event loop thread, never from a decoder thread, so they may touch loop state dir
 ``frame_transform`` is the exception: it runs in the decoder thread, on every decoded RGB frame,
 and must be thread-safe (a pure function of its input).
 
-Status follows a small state machine (:data:`TRANSITIONS`); ENDED and ERROR are terminal.
+Status follows the stream state machine of :mod:`streamcap.core.status` (:data:`TRANSITIONS`);
+ENDED and ERROR are terminal. The source keeps its own last state only to refuse its own illegal
+reports; the stream's status of record is the processor's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from streamcap.core.status import TRANSITIONS, can_transition  # noqa: F401  (re-exported)
 from streamcap.core.types import Frame, Status, StreamState
 
 log = logging.getLogger(__name__)
@@ -32,22 +35,6 @@ Clock = Callable[[], int]
 FrameTransform = Callable[[np.ndarray], np.ndarray]
 
 _S = StreamState
-#: legal status changes; anything else is a bug in a source and is refused
-TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
-    _S.STARTING: frozenset({_S.LIVE, _S.RECONNECTING, _S.ENDED, _S.ERROR}),
-    _S.LIVE: frozenset({_S.STALLED, _S.RECONNECTING, _S.ENDED, _S.ERROR}),
-    _S.STALLED: frozenset({_S.LIVE, _S.RECONNECTING, _S.ENDED, _S.ERROR}),
-    _S.RECONNECTING: frozenset({_S.LIVE, _S.ENDED, _S.ERROR}),
-    _S.ENDED: frozenset(),
-    _S.ERROR: frozenset(),
-}
-
-
-def can_transition(old: StreamState | None, new: StreamState) -> bool:
-    """Whether a source may move from ``old`` (None: not started) to ``new``."""
-    if old is None:
-        return new in (_S.STARTING, _S.ERROR)
-    return new in TRANSITIONS[old]
 
 
 class Source(abc.ABC):

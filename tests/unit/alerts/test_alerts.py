@@ -9,10 +9,16 @@ import itertools
 import pytest
 
 from streamcap.alerts.rules import AlertTracker, CaptionAlerts, Rule, words
+from streamcap.runtime.config import HealthAlertConfig
 from streamcap.alerts.health import BEHIND, BLACK, FROZEN, RECONNECTS, STALLED, HealthLimits, HealthMonitor
 from streamcap.core.types import AlertPhase, Severity, StreamState
 
 NS = 1_000_000_000
+
+
+def limits(**overrides) -> HealthLimits:
+    """Health limits: the config's defaults with ``overrides``."""
+    return HealthLimits(**{**HealthAlertConfig().model_dump(exclude={"enabled"}), **overrides})
 
 
 def ids():
@@ -131,7 +137,7 @@ def _feed(monitor: HealthMonitor, seconds: float, fps: float, t0: float = 0.0, l
 
 
 def test_stalled_after_n_frame_intervals_then_ends_with_the_next_frame():
-    m = HealthMonitor("cam", HealthLimits(stalled_frames=10, min_stalled_s=0.5), ids())
+    m = HealthMonitor("cam", limits(stalled_frames=10, min_stalled_s=0.5), ids())
     events, t = _feed(m, 3, 10)
     assert events == []
     assert m.tick(int((t + 0.8) * NS)) == []  # 0.9 s of silence: under 10 intervals
@@ -142,14 +148,14 @@ def test_stalled_after_n_frame_intervals_then_ends_with_the_next_frame():
 
 
 def test_source_status_drives_stalled_too():
-    m = HealthMonitor("cam", HealthLimits(), ids())
+    m = HealthMonitor("cam", limits(), ids())
     assert [e.rule for e in m.status(StreamState.RECONNECTING, 0)] == [STALLED]
     assert m.status(StreamState.LIVE, NS) == []
     assert [e.phase for e in m.frame(2 * NS, 2.0, 120, 40, 5.0)] == [AlertPhase.END]
 
 
 def test_frozen_picture_starts_after_frozen_s_and_ends_when_it_moves():
-    m = HealthMonitor("cam", HealthLimits(frozen_s=2.0), ids())
+    m = HealthMonitor("cam", limits(frozen_s=2.0), ids())
     _, t = _feed(m, 2, 10)
     events, t = _feed(m, 3, 10, t, change=0.0)
     starts = [e for e in events if e.phase is AlertPhase.START]
@@ -159,7 +165,7 @@ def test_frozen_picture_starts_after_frozen_s_and_ends_when_it_moves():
 
 
 def test_black_picture_is_reported_as_black_not_frozen():
-    m = HealthMonitor("cam", HealthLimits(blank_s=1.0, frozen_s=1.0), ids())
+    m = HealthMonitor("cam", limits(blank_s=1.0, frozen_s=1.0), ids())
     events, t = _feed(m, 3, 10, luma=(3.0, 0.5), change=0.0)
     assert {(e.rule, e.phase) for e in events} == {(BLACK, AlertPhase.START)}
     assert "black" in events[0].detail
@@ -168,7 +174,7 @@ def test_black_picture_is_reported_as_black_not_frozen():
 
 
 def test_reconnect_storm_and_falling_behind_use_rates_with_hysteresis():
-    m = HealthMonitor("cam", HealthLimits(storm_reconnects=3, storm_window_s=60, max_drops_per_min=10), ids())
+    m = HealthMonitor("cam", limits(storm_reconnects=3, storm_window_s=60, max_drops_per_min=10), ids())
     assert [m.reconnect(i * NS) for i in range(3)] == [[], [], []]
     assert [e.rule for e in m.reconnect(3 * NS)] == [RECONNECTS]
     assert m.tick(30 * NS) == []

@@ -126,7 +126,7 @@ def test_current_final_tracks_extended_span():
 
 
 def test_windows_out_of_order_raise():
-    stab = CaptionStabilizer("cam1")
+    stab = CaptionStabilizer("cam1", agree=2)
     replay(stab, [A], first_index=4)
     with pytest.raises(ValueError, match="window 4 after window 4"):
         stab.observe(4, 4.0, 7.0, CaptionResult(A, -0.1), 0)
@@ -146,8 +146,8 @@ def test_invalid_agree_raises():
 
 def test_replay_is_deterministic():
     script = [A, A, B, B, B, A, A]
-    first = replay(CaptionStabilizer("cam1"), script)
-    second = replay(CaptionStabilizer("cam1"), script)
+    first = replay(CaptionStabilizer("cam1", agree=2), script)
+    second = replay(CaptionStabilizer("cam1", agree=2), script)
     assert first == second
 
 

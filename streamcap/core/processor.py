@@ -1,0 +1,405 @@
+"""The per-stream core: frames and engine results in, windows and events out. Pure.
+
+One :class:`StreamProcessor` per stream owns every per-stream rule: ingest sub-sampling, the
+frame ring, one window planner per caption track, one picture-statistics step per kept frame
+(scene cuts for the stabiliser, black/frozen pictures for health), the stabilisers, caption
+alerts, the health monitor, the live-WebVTT segmenters, the finals history and the stream's
+status (:class:`~streamcap.core.status.StreamStatus`, the only record of it).
+
+It has no clock, no asyncio and no I/O (python-websockets' sans-I/O protocol, whisper_streaming's
+processor): the caller passes monotonic ``now_ns`` with every call, so the same processor runs
+live, over a file, or replayed on simulated time (:mod:`streamcap.runtime.replay`)::
+
+    windows = p.feed_frame(frame, now_ns)    # windows due now, one list for every track
+    events = p.take_events()                 # drops, health alerts, caused by that frame
+    events = p.feed_result(window, result, now_ns)   # captions, caption alerts, progress
+    events = p.tick(now_ns)                  # time limits (a stall is the absence of frames)
+    events = p.finish(now_ns)                # a finite source ended and its windows are done
+
+Every window handed out must come back exactly once, through :meth:`StreamProcessor.feed_result`
+or :meth:`StreamProcessor.window_dropped`; :attr:`StreamProcessor.windows_in_flight` counts
+those still out (a file's stream finishes once it is 0).
+
+**Tracks.** A stream carries one or more caption tracks (:class:`TrackSettings`), each with its
+own engine, window/stride, stabiliser and decoding settings; today every track watches the
+picture (``input="video"``) and the first is ``video``. Windows and captions carry their track;
+``seq`` is shared by the tracks of a stream, so it stays strictly increasing per stream.
+
+Not thread-safe: one owner (the stream's task) calls every method.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from streamcap.alerts.health import HealthLimits, HealthMonitor
+from streamcap.alerts.rules import CaptionAlerts, Rule, Similarity
+from streamcap.core.errors import ConfigError
+from streamcap.core.events import AlertEvent, CaptionEvent, DropEvent, Event, ProgressEvent, StatusEvent
+from streamcap.core.picture import PictureWatcher
+from streamcap.core.ringbuffer import FrameRing
+from streamcap.core.stabilizer import CaptionStabilizer
+from streamcap.core.status import StreamStatus
+from streamcap.core.types import (
+    BEHIND_REASONS,
+    VIDEO_TRACK,
+    Caption,
+    CaptionResult,
+    CaptionState,
+    DropPolicy,
+    DropReason,
+    Frame,
+    Status,
+    StreamState,
+    Window,
+)
+from streamcap.core.windowing import WindowPlanner, build_window, min_ring_capacity, pick_frames
+from streamcap.outputs.livevtt import LiveVttSegmenter
+from streamcap.outputs.subtitles import SubtitleRules
+
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StabilizerSettings:
+    agree: int
+    fresh_agree: int | None  # None: no cut-aware agreement
+    min_score: float = -math.inf  # -inf: every non-empty result counts
+
+
+@dataclass(frozen=True, slots=True)
+class LiveVttSettings:
+    segment_s: float
+    window_segments: int
+    rules: SubtitleRules
+    settle_s: float  # how far behind the newest window a segment is completed
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSettings:
+    """One caption track of a stream."""
+
+    name: str
+    window_s: float
+    stride_s: float
+    frames_per_window: int
+    stabilizer: StabilizerSettings
+    engine: str = "default"  # which engine captions it (a key of the pipeline's engines)
+    input: str = "video"  # what its windows hold: "video" frames
+    decoding: tuple[tuple[str, object], ...] = ()  # per-track decoding overrides
+    live_vtt: LiveVttSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorSettings:
+    """Everything a :class:`StreamProcessor` needs, built from the config (the only source of
+    defaults) by :func:`streamcap.runtime.settings.processor_settings`."""
+
+    stream: str
+    live: bool
+    frame_shape: tuple[int, int, int]
+    ring_capacity: int
+    max_ingest_fps: float
+    max_backlog: int | None  # live streams: most overdue windows at once; files: None
+    cut_diff: float
+    tracks: tuple[TrackSettings, ...]
+    health: HealthLimits | None = None  # None: no health alerts (jobs, tests)
+    finals_history: int = 0
+    collect_finals: bool = False  # keep every closed final (jobs: the whole clip's captions)
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    """What /healthz shows of a stream besides its status."""
+
+    frames_in: int = 0
+    windows_captioned: int = 0
+    last_frame_ns: int | None = None
+    last_caption_ns: int | None = None
+    last_final: str | None = None
+    media_s: float | None = None  # pts of the newest frame
+    last_window_end_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Track:
+    settings: TrackSettings
+    planner: WindowPlanner
+    stabilizer: CaptionStabilizer
+    alerts: CaptionAlerts | None
+    live_vtt: LiveVttSegmenter | None
+    history: deque[Caption]
+    finals: list[Caption] = field(default_factory=list)
+
+
+class StreamProcessor:
+    """One stream's rules; see the module docstring for the contract."""
+
+    def __init__(self, settings: ProcessorSettings, *, rules: Sequence[Rule] = (),
+                 similarity: Similarity | None = None,
+                 make_alert_id: Callable[[], str] | None = None) -> None:
+        if not settings.tracks:
+            raise ConfigError(f"stream {settings.stream}: no caption track")
+        names = [t.name for t in settings.tracks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stream {settings.stream}: duplicate track names {names}")
+        self.settings = settings
+        self.stream = settings.stream
+        ids = itertools.count(1)
+        self._make_alert_id = make_alert_id or (lambda: f"{settings.stream}-{next(ids)}")
+        longest = max(t.window_s + t.stride_s for t in settings.tracks)
+        need = min_ring_capacity(longest, settings.max_ingest_fps) + 2
+        if settings.ring_capacity < need:
+            raise ConfigError(f"pipeline.ring_capacity={settings.ring_capacity} cannot hold a "
+                              f"{longest - min(t.stride_s for t in settings.tracks):g}s window at "
+                              f"{settings.max_ingest_fps:g} fps (needs {need})")
+        policy = DropPolicy.DROP_OLDEST if settings.live else DropPolicy.BLOCK
+        self.ring = FrameRing(settings.ring_capacity, settings.frame_shape, policy)
+        self.picture = PictureWatcher(settings.cut_diff)
+        self.status = StreamStatus(settings.stream)
+        self.counters = StreamCounters()
+        self.monitor = (HealthMonitor(settings.stream, settings.health, self._make_alert_id)
+                        if settings.health is not None else None)
+        seq = itertools.count()
+        self._tracks: dict[str, _Track] = {}
+        for t in settings.tracks:
+            st = t.stabilizer
+            self._tracks[t.name] = _Track(
+                settings=t,
+                planner=WindowPlanner(t.window_s, t.stride_s, t.frames_per_window,
+                                      max_backlog=settings.max_backlog if settings.live else None),
+                stabilizer=CaptionStabilizer(settings.stream, st.agree, min_score=st.min_score,
+                                             fresh_agree=st.fresh_agree, track=t.name, seq=seq),
+                alerts=CaptionAlerts(list(rules), self._make_alert_id, similarity) if rules else None,
+                live_vtt=(LiveVttSegmenter(t.live_vtt.segment_s, t.live_vtt.window_segments, t.live_vtt.rules)
+                          if t.live_vtt is not None else None),
+                history=deque(maxlen=settings.finals_history),
+            )
+        self._min_gap_s = 1.0 / settings.max_ingest_fps - 1e-3
+        self._last_kept_pts: float | None = None
+        self._in_flight = 0
+        self._events: list[Event] = []
+        self.live_vtt_errors = 0
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def tracks(self) -> tuple[str, ...]:
+        return tuple(self._tracks)
+
+    def track(self, name: str = VIDEO_TRACK) -> TrackSettings:
+        return self._tracks[name].settings
+
+    @property
+    def state(self) -> StreamState:
+        return self.status.state
+
+    @property
+    def windows_in_flight(self) -> int:
+        return self._in_flight
+
+    def current_final(self, track: str = VIDEO_TRACK) -> Caption | None:
+        return self._tracks[track].stabilizer.current_final
+
+    def history(self, track: str = VIDEO_TRACK) -> list[Caption]:
+        """Closed finals kept for chapters (the latest ``finals_history``), oldest first."""
+        return list(self._tracks[track].history)
+
+    def finals(self, track: str = VIDEO_TRACK) -> list[Caption]:
+        """Every closed final (only with ``collect_finals``), oldest first."""
+        return list(self._tracks[track].finals)
+
+    def live_vtt(self, track: str = VIDEO_TRACK) -> LiveVttSegmenter | None:
+        t = self._tracks.get(track)
+        return None if t is None else t.live_vtt
+
+    def take_events(self) -> list[Event]:
+        """Events caused since the last call (by :meth:`feed_frame` and friends)."""
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ status & drops
+
+    def feed_status(self, state: StreamState, detail: str = "", code: str | None = None, *,
+                    now_ns: int, extra: dict | None = None) -> list[Event]:
+        """A source reported a status; illegal or repeated changes are ignored."""
+        self._set_status(state, detail, code, now_ns, extra)
+        return self.take_events()
+
+    def feed_drop(self, reason: DropReason | str, now_ns: int, *, unit: str = "frame",
+                  count: int = 1, track: str = VIDEO_TRACK) -> list[Event]:
+        """Something outside the processor dropped ``count`` frames (a source's handoff or
+        ingest queue) or windows (the engine queue) of this stream."""
+        self._drop(DropReason(reason), now_ns, unit=unit, count=count, track=track)
+        return self.take_events()
+
+    def window_dropped(self, window: Window, reason: DropReason | str, now_ns: int) -> list[Event]:
+        """A window handed out by :meth:`feed_frame` will never get a result."""
+        self._in_flight = max(0, self._in_flight - 1)
+        self._drop(DropReason(reason), now_ns, unit="window", count=1, track=window.track)
+        return self.take_events()
+
+    def fail(self, detail: str, code: str, now_ns: int) -> list[Event]:
+        """The stream failed for good (ERROR); its open alerts end."""
+        self._set_status(StreamState.ERROR, detail, code, now_ns)
+        return self.take_events()
+
+    def close(self, detail: str, code: str, now_ns: int) -> list[Event]:
+        """The stream is going away (removed): publish a last ENDED status, end open alerts."""
+        status = self.status.change(StreamState.ENDED, detail, code, force=True)
+        if status is not None:
+            self._events.append(StatusEvent(status))
+        self._close_alerts()
+        return self.take_events()
+
+    def _set_status(self, state: StreamState, detail: str, code: str | None, now_ns: int,
+                    extra: dict | None = None) -> None:
+        status = self.status.change(state, detail, code, extra)
+        if status is None:
+            return
+        self._events.append(StatusEvent(status))
+        if self.monitor is not None:
+            if state is StreamState.RECONNECTING:
+                self._alerts(self.monitor.reconnect(now_ns))
+            self._alerts(self.monitor.status(state, now_ns))
+        if self.status.terminal:
+            self._close_alerts()
+
+    def _drop(self, reason: DropReason, now_ns: int, *, unit: str, count: int, track: str = VIDEO_TRACK) -> None:
+        if count <= 0:
+            return
+        self._events.append(DropEvent(self.stream, unit, reason, count, track))
+        if self.monitor is not None and reason in BEHIND_REASONS:
+            self._alerts(self.monitor.drop(now_ns, count))
+
+    def _alerts(self, alerts: list) -> None:
+        self._events.extend(AlertEvent(a) for a in alerts)
+
+    def _close_alerts(self) -> None:
+        if self.monitor is not None:
+            self._alerts(self.monitor.close())
+        at = self.counters.media_s or 0.0
+        for t in self._tracks.values():
+            if t.alerts is not None:
+                self._alerts(t.alerts.close(self.stream, at))
+
+    # ------------------------------------------------------------------ frames
+
+    def feed_frame(self, frame: Frame, now_ns: int) -> list[Window]:
+        """One decoded frame (RGB, already ``frame_shape``). Returns the windows due now; the
+        events it caused wait in :meth:`take_events`. Raises ConfigError when a file's ring is
+        too small to make progress."""
+        c = self.counters
+        c.frames_in += 1
+        c.last_frame_ns = frame.capture_ns
+        c.media_s = frame.pts_s
+        if self._last_kept_pts is not None and frame.pts_s - self._last_kept_pts < self._min_gap_s:
+            return []  # ingest sub-sampling: not a drop, the windows never need that many frames
+        if frame.image.shape != self.settings.frame_shape:
+            raise ValueError(f"stream {self.stream}: frame {frame.image.shape} is not "
+                             f"{self.settings.frame_shape} (resize before feeding)")
+        res = self.ring.push(frame)
+        if res.dropped and res.reason:
+            self._drop(DropReason(res.reason), now_ns, unit="frame", count=1)
+        if not res.stored:
+            if self.ring.is_full and not self.settings.live:
+                raise ConfigError("ring buffer full in blocking mode (ring_capacity too small)")
+            return []
+        self._last_kept_pts = frame.pts_s
+        stats = self.picture.observe(frame.image, frame.pts_s)
+        if self.monitor is not None:
+            self._alerts(self.monitor.frame(frame.capture_ns, frame.pts_s, stats.luma_mean, stats.luma_std,
+                                            stats.change))
+        windows: list[Window] = []
+        release = math.inf
+        for t in self._tracks.values():
+            planner = t.planner
+            for spec in planner.due(frame.pts_s):
+                frames = pick_frames(self.ring, planner.sample_targets(spec))
+                windows.append(build_window(self.stream, spec, frames, t.settings.name))
+            if planner.last_skipped:
+                self._drop(DropReason.BEHIND_LIVE, now_ns, unit="window", count=planner.last_skipped,
+                           track=t.settings.name)
+            release = min(release, planner.release_pts())
+        self.ring.release_before(release)
+        self._in_flight += len(windows)
+        return windows
+
+    # ------------------------------------------------------------------ results
+
+    def feed_result(self, window: Window, result: CaptionResult, now_ns: int) -> list[Event]:
+        """The engine's result for a window this processor handed out."""
+        self._in_flight = max(0, self._in_flight - 1)
+        t = self._tracks[window.track]
+        c = self.counters
+        c.windows_captioned += 1
+        c.last_window_end_s = window.end_s
+        cut = self.picture.cut_before(window.start_s) if t.settings.input == "video" else None
+        latency_s = max(0.0, (now_ns - window.newest_capture_ns) / _NS)
+        for caption in t.stabilizer.observe(window.index, window.start_s, window.end_s, result,
+                                            window.newest_capture_ns, cut):
+            self._publish(caption, latency_s, now_ns)
+        final = t.stabilizer.current_final
+        self._live_subtitles(t, final, window.end_s)
+        if final is not None and t.alerts is not None:
+            self._alerts(t.alerts.observe(self.stream, final.seq, final.text, final.start_s, final.end_s))
+        self._collect_closed(t)
+        self._events.append(ProgressEvent(self.stream, window.end_s, window.track))
+        return self.take_events()
+
+    def _publish(self, caption: Caption, latency_s: float | None, now_ns: int) -> None:
+        self.counters.last_caption_ns = now_ns
+        if caption.state is CaptionState.FINAL:
+            self.counters.last_final = caption.text
+        self._events.append(CaptionEvent(caption, latency_s))
+
+    def _collect_closed(self, t: _Track) -> None:
+        closed = t.stabilizer.pop_closed_finals()
+        t.history.extend(closed)
+        for c in closed:
+            self._live_subtitles(t, c, None)
+        if self.settings.collect_finals:
+            t.finals.extend(closed)
+
+    def _live_subtitles(self, t: _Track, final: Caption | None, media_s: float | None,
+                        ended: bool = False) -> None:
+        """Feed the live WebVTT: the open final's growing span, closed finals, settled media time."""
+        vtt = t.live_vtt
+        if vtt is None or vtt.ended:
+            return
+        assert t.settings.live_vtt is not None
+        try:
+            if final is not None:
+                vtt.add_final(final)
+            if ended:
+                vtt.end(media_s)
+            elif media_s is not None:
+                vtt.advance(max(0.0, media_s - t.settings.live_vtt.settle_s))
+        except (ValueError, RuntimeError):  # boundary: subtitles must never cost a caption
+            self.live_vtt_errors += 1
+
+    # ------------------------------------------------------------------ time and the end
+
+    def tick(self, now_ns: int) -> list[Event]:
+        """Time limits that no frame triggers (a stall is the absence of frames)."""
+        if self.monitor is not None and not self.status.terminal:
+            self._alerts(self.monitor.tick(now_ns))
+        return self.take_events()
+
+    def finish(self, now_ns: int) -> list[Event]:
+        """The source ended and every window handed out has come back: commit the last scene
+        (a file's pending run too), end the live WebVTT, report ENDED."""
+        for t in self._tracks.values():
+            for caption in t.stabilizer.flush(commit_pending=not self.settings.live):
+                self._publish(caption, None, now_ns)
+            self._collect_closed(t)
+            self._live_subtitles(t, None, self.counters.last_window_end_s, ended=True)
+        self._set_status(StreamState.ENDED, "end of stream", None, now_ns)
+        return self.take_events()
+
+    def status_record(self) -> Status:
+        return self.status.current
