@@ -3,18 +3,27 @@
 ``GET /ws?streams=a,b`` upgrades to a websocket that carries :mod:`streamcap.outputs.wire` messages:
 ``hello`` first, then the replay the :class:`~streamcap.server.hub.Hub` primed, then live
 messages. Plain HTTP: ``/overlay`` (the OBS subtitle overlay), ``/dashboard``, ``/publish``,
-``/healthz``, ``/metrics``, ``/`` (an index). With a :class:`~streamcap.server.control.StreamControl`
-(the pipeline), the ingest routes are mounted as well: WHIP (:mod:`.whip`), websocket frame
-ingest (:mod:`.ingest`) and the ``/v1`` API (:mod:`.api`).
+``/healthz``, ``/metrics``, ``/`` (an index). ``extensions`` mount more routes on the same
+application: with the pipeline, the service adds WHIP (:mod:`.routes.whip`), websocket frame
+ingest (:mod:`.routes.ingest`) and the ``/v1`` API (:mod:`.routes.api`). Every JSON body comes
+from :mod:`streamcap.outputs.documents`.
 
 Per viewer connection there are three tasks: a sender that drains the client's hub queue into
-the socket (the only writer), a receiver that decodes client messages (``subscribe``, ``ping``;
-replies go through the same queue), and a watch on the handle being closed by the hub. When
+the socket (the only writer), a receiver that decodes client messages (``subscribe``, ``ping``,
+``ack``; replies go through the same queue), and a watch on the handle being closed by the hub. When
 the hub marks a client slow, the connection is closed with 1008 and a reason, bounded by
 ``close_timeout_s`` and then aborted, so a peer that never reads cannot hold a task forever.
 
-Access: every route asks :meth:`Server.authorize` for the scope it needs (view, publish or
-admin); refusals are 401/403 with a reason, counted in ``streamcap_requests_refused_total``.
+Access: one middleware looks up the scope each route needs in
+:data:`streamcap.server.access.ROUTE_ACCESS` (the server refuses to start with a route missing
+from it), asks :meth:`Server.authorize`, and answers a refusal before any handler runs: a
+websocket upgrade is accepted and closed with 4401/4403 and the reason, plain HTTP gets 401/403
+with the JSON error body (``WWW-Authenticate: Bearer`` on 401), a page the reason as text. Every
+refusal is counted in ``streamcap_requests_refused_total``. The decision is left on the request
+under :data:`~streamcap.server.access.DECISION_KEY`.
+
+``/healthz`` answers 200 with every stream's health, 503 when the ``failure`` callable names a
+reason (the pipeline has stopped), 500 when the health itself cannot be read.
 
 Everything runs on the event loop thread that called :meth:`Server.start`; publish to the hub
 from that thread too.
@@ -25,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import json
 import logging
 import ssl
 import time
@@ -38,12 +46,15 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from streamcap import __version__
-from streamcap.outputs import wire
-from streamcap.server.auth import AccessPolicy, Decision, Scope, bearer_token
+from streamcap.core.errors import ErrorCode, HttpError, ProtocolError
+from streamcap.outputs import documents, wire
 from streamcap.runtime.config import is_valid_stream_id
-from streamcap.core.errors import ProtocolError
 from streamcap.runtime.metrics import Metrics
+from streamcap.server.access import DECISION_KEY, Refusal, route_access, unlisted_routes
+from streamcap.server.auth import ALLOW, AccessPolicy, Decision, Scope, bearer_token
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
+
+__all__ = ["HttpError", "Server", "check_stream_id", "error_response", "json_response", "response", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,29 +86,22 @@ def response(status: HTTPStatus, body: bytes | str, content_type: str = _TEXT,
 
 
 def json_response(status: HTTPStatus, doc: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return response(status, json.dumps(doc, allow_nan=False), _JSON, headers)
+    """A document from :mod:`streamcap.outputs.documents` as the response body."""
+    return response(status, documents.dumps(doc), _JSON, headers)
 
 
 def error_response(status: HTTPStatus, code: str, detail: str) -> web.Response:
     """The one shape of an HTTP error body: ``{"error": {"code": ..., "detail": ...}}`` (counted in
     ``streamcap_bad_requests_total{code}`` on the way out)."""
-    resp = json_response(status, {"error": {"code": code, "detail": detail}})
-    resp.error_code = code  # type: ignore[attr-defined]
+    resp = json_response(status, documents.error(code, detail))
+    resp.error_code = str(code)  # type: ignore[attr-defined]
     return resp
-
-
-class HttpError(Exception):
-    """Raised by a handler for a client error: the server answers it with :func:`error_response`."""
-
-    def __init__(self, status: HTTPStatus, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 
 def check_stream_id(stream: str) -> None:
     """Raise HttpError(400, bad_stream_id) unless ``stream`` is a valid stream id."""
     if not is_valid_stream_id(stream):
-        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_stream_id",
+        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_STREAM_ID,
                         f"stream id {stream!r} must be 1-64 of letters, digits, '_', '.', '-'")
 
 
@@ -122,10 +126,12 @@ class Server:
     """streamcap's HTTP and websocket endpoints on one port; use as ``async with``.
 
     ``health()`` returns ``{stream_id: {"state": ..., "detail": ..., ...}}`` for /healthz and
-    ``streams()`` the stream ids (for ``hello`` and the index page); both are called on the
-    event loop thread and must not block. ``extensions`` are objects with ``routes() ->
-    list[web.RouteDef]`` and an async ``aclose()`` (WHIP, ingest, the /v1 API), mounted on the
-    same application and closed on stop.
+    ``streams()`` the stream ids (for ``hello`` and the index page); ``failure()``, when given,
+    returns why the pipeline can no longer caption (``/healthz`` then answers 503) or None. All
+    three are called on the event loop thread and must not block. ``extensions`` are objects with
+    ``routes() -> list[web.RouteDef]`` and an async ``aclose()`` (WHIP, ingest, the /v1 API),
+    mounted on the same application and closed on stop; each of their routes needs a row in
+    :data:`streamcap.server.access.ROUTE_ACCESS`.
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class Server:
         port: int,
         health: Callable[[], dict[str, Any]],
         streams: Callable[[], list[str]],
+        failure: Callable[[], str | None] | None = None,
         version: str = __version__,
         ping_interval_s: float | None = 20.0,
         close_timeout_s: float = 5.0,
@@ -154,6 +161,7 @@ class Server:
         self._requested_port = port
         self._health = health
         self._streams = streams
+        self._failure = failure
         self.version = version
         self._ping_interval_s = ping_interval_s
         self.close_timeout_s = close_timeout_s
@@ -186,7 +194,11 @@ class Server:
         app.router.add_get("/", self._index)
         for ext in self.extensions:
             app.router.add_routes(ext.routes())
-        app.middlewares.append(self._errors_middleware)
+        unlisted = unlisted_routes(app)
+        if unlisted:
+            raise RuntimeError(f"routes without a row in streamcap.server.access.ROUTE_ACCESS: {', '.join(unlisted)}")
+        app.middlewares.append(self._errors_middleware)  # outermost: also answers the access check's errors
+        app.middlewares.append(self._access_middleware)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=self.close_timeout_s)
         await self._runner.setup()
@@ -242,7 +254,8 @@ class Server:
     # --- access -------------------------------------------------------------------------------
 
     def authorize(self, request: web.Request, need: Scope) -> Decision:
-        """Whether ``request`` may do what needs ``need``; a refusal is counted (and logged)."""
+        """Whether ``request`` may do what needs ``need``; a refusal is counted (and logged). The
+        access middleware calls this for every guarded route; handlers need not."""
         headers = {k: v for k, v in request.headers.items()}
         decision = self.access.check(need, bearer_token(headers, _query(request)),
                                      origin=request.headers.get("Origin"), host=request.headers.get("Host"))
@@ -265,10 +278,29 @@ class Server:
 
     @staticmethod
     def refusal(decision: Decision) -> web.Response:
+        """A refusal as plain HTTP: the status and the JSON error body (401: ``WWW-Authenticate``)."""
         headers = {"WWW-Authenticate": "Bearer"} if decision.status is HTTPStatus.UNAUTHORIZED else None
-        body = {"error": {"code": "unauthorized" if decision.status is HTTPStatus.UNAUTHORIZED else "forbidden",
-                          "detail": decision.reason}}
-        return json_response(decision.status, body, headers)
+        return json_response(decision.status, documents.refusal(decision.status, decision.reason), headers)
+
+    @web.middleware
+    async def _access_middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """Check the scope :data:`~streamcap.server.access.ROUTE_ACCESS` names for the route and
+        answer a refusal before the handler runs; a request that matched no route passes (404/405)."""
+        row = route_access(request)
+        if row is None or row.scope is None:
+            request[DECISION_KEY] = ALLOW
+            return await handler(request)
+        if row.stream_id_first:
+            check_stream_id(request.match_info["stream"])
+        decision = self.authorize(request, row.scope)
+        request[DECISION_KEY] = decision
+        if decision.allowed:
+            return await handler(request)
+        if row.refusal is Refusal.WEBSOCKET:
+            return await self.refuse(request, decision)
+        if row.refusal is Refusal.TEXT:
+            return response(decision.status, f"{decision.reason}\n")
+        return self.refusal(decision)
 
     @web.middleware
     async def _errors_middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
@@ -284,7 +316,8 @@ class Server:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
+            code = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+                    413: ErrorCode.TOO_LARGE}.get(exc.status, ErrorCode.BAD_REQUEST)
             detail = exc.text or exc.reason
             if exc.status == 404:
                 detail = f"not found: {request.path}"
@@ -295,7 +328,7 @@ class Server:
             raise
         except Exception as exc:
             logger.exception("http %s %s failed", request.method, request.path)
-            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error",
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, ErrorCode.INTERNAL_ERROR,
                                   f"{type(exc).__name__}: {exc}")
         code = getattr(resp, "error_code", None)  # set by error_response; access refusals are counted apart
         if code is not None:
@@ -305,22 +338,31 @@ class Server:
     # --- HTTP ---------------------------------------------------------------------------------
 
     async def _page(self, request: web.Request) -> web.Response:
-        # every page needs only view: the pages hold no secret, and the publish page's WHIP
-        # request carries its own (publish) token
-        decision = self.authorize(request, Scope.VIEW)
-        if not decision.allowed:
-            return response(decision.status, f"{decision.reason}\n")
         return response(HTTPStatus.OK, self._pages[request.path], _HTML)
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        failure = self._failure_reason()
+        status = HTTPStatus.OK if failure is None else HTTPStatus.SERVICE_UNAVAILABLE
         try:
             streams = self._health()
-            body = json.dumps({"status": "ok", "version": self.version, "streams": streams}, allow_nan=False)
+            body = documents.dumps(documents.health(self.version, streams) if failure is None
+                                   else documents.health_error(failure, version=self.version, streams=streams))
         except Exception as exc:  # boundary: a broken health callable is a 500, not a crash
             logger.exception("healthz: health callable failed")
-            body = json.dumps({"status": "error", "detail": f"{type(exc).__name__}: {exc}"})
-            return response(HTTPStatus.INTERNAL_SERVER_ERROR, body, _JSON)
-        return response(HTTPStatus.OK, body, _JSON)
+            if failure is None:
+                return json_response(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     documents.health_error(f"{type(exc).__name__}: {exc}"))
+            body = documents.dumps(documents.health_error(failure, version=self.version))
+        return response(status, body, _JSON)
+
+    def _failure_reason(self) -> str | None:
+        if self._failure is None:
+            return None
+        try:
+            return self._failure()
+        except Exception as exc:  # boundary: a broken failure callable reports itself as the failure
+            logger.exception("healthz: failure callable failed")
+            return f"cannot tell whether the pipeline runs: {type(exc).__name__}: {exc}"
 
     async def _metrics_view(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
@@ -352,9 +394,6 @@ class Server:
     # --- websocket ----------------------------------------------------------------------------
 
     async def _ws_view(self, request: web.Request) -> web.StreamResponse:
-        decision = self.authorize(request, Scope.VIEW)
-        if not decision.allowed:
-            return await self.refuse(request, decision)
         try:
             streams = _subscription(_query(request))
         except ProtocolError as exc:
@@ -469,7 +508,7 @@ class Server:
         try:
             self.hub.ack(msg.id, by, self.wall_clock())
         except KeyError:
-            self.hub.send_to(client, wire.encode_error("unknown_alert", f"no recent alert {msg.id!r}"))
+            self.hub.send_to(client, wire.encode_error(ErrorCode.UNKNOWN_ALERT, f"no recent alert {msg.id!r}"))
             return
         logger.info("alert %s acknowledged by %s", msg.id, by)
 

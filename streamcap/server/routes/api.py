@@ -1,4 +1,6 @@
-"""The HTTP API under ``/v1``: stream management and whole-clip captioning.
+"""The HTTP API under ``/v1``: stream management, whole-clip captioning, chapters, live WebVTT
+and alerts. The scope each route needs is its row in :data:`streamcap.server.access.ROUTE_ACCESS`
+(checked before a handler runs); the JSON bodies come from :mod:`streamcap.outputs.documents`.
 
 * ``GET /v1/streams`` (view): every stream with its health.
 * ``POST /v1/streams`` (admin): ``{"id": "cam2", "url": "rtsp://..."}`` adds a stream → 201.
@@ -8,6 +10,9 @@
   JSON by default, ``?format=vtt|srt|jsonl`` for subtitle files. The clip runs through the live
   pipeline as a hidden file stream (sharing the engine, losing nothing), at most
   ``ingest.max_clip_jobs`` at once.
+* ``GET /v1/streams/{id}/chapters?since=S`` (view): the stream's chapters from media second S.
+* ``GET /v1/streams/{id}/subtitles.m3u8`` and ``.../subtitles/{n}.vtt`` (view): live WebVTT (HLS).
+* ``GET /v1/alerts`` (view): recent alerts; ``POST /v1/alerts/{id}/ack`` (view) acknowledges one.
 
 Errors are ``{"error": {"code": ..., "detail": ...}}`` with a 4xx status: 400 bad JSON, bad
 base64 or a bad field, 409 a stream id in use, 413 too large, 415 an unknown content type,
@@ -28,22 +33,16 @@ from typing import Protocol
 
 from aiohttp import web
 
-from streamcap.server.auth import Scope
-from streamcap.outputs.chapters import Chapter
-from streamcap.runtime.config import IngestConfig, is_valid_stream_id
-from streamcap.core.errors import BadSourceURL, ProtocolError, SourceError
-from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
-from streamcap.outputs.livevtt import LiveVttSegmenter
-from streamcap.server.app import (
-    HttpError,
-    Server,
-    error_response,
-    json_response,
-    response,
-)
-from streamcap.sources.url import SourceKind, parse_source_url
-from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+from streamcap.core.errors import BadSourceURL, ErrorCode, HttpError, ProtocolError, SourceError
 from streamcap.core.types import Caption
+from streamcap.outputs import documents
+from streamcap.outputs.chapters import Chapter
+from streamcap.outputs.livevtt import LiveVttSegmenter
+from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+from streamcap.runtime.config import IngestConfig, is_valid_stream_id
+from streamcap.server.app import Server, error_response, json_response, response
+from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
+from streamcap.sources.url import SourceKind, parse_source_url
 
 log = logging.getLogger(__name__)
 
@@ -91,81 +90,65 @@ class ApiRoutes:
     async def aclose(self) -> None:
         pass
 
-    async def _guard(self, request: web.Request, need: Scope) -> web.Response | None:
-        decision = self.server.authorize(request, need)
-        return None if decision.allowed else self.server.refusal(decision)
-
     # ------------------------------------------------------------------ streams
 
     async def list_streams(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.VIEW)) is not None:
-            return refused
         health = self.control.health()
-        return json_response(HTTPStatus.OK, {"streams": [{"id": sid, **health.get(sid, {})}
-                                                         for sid in self.control.stream_ids()]})
+        return json_response(HTTPStatus.OK, documents.stream_list(self.control.stream_ids(), health))
 
     async def add_stream(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.ADMIN)) is not None:
-            return refused
         doc = await self._json(request, self.max_body_bytes)
         extra = sorted(set(doc) - {"id", "url"})
         if extra:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"unexpected field(s): {', '.join(extra)}")
         sid, url = doc.get("id"), doc.get("url")
         if not isinstance(sid, str) or not is_valid_stream_id(sid):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_stream_id",
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_STREAM_ID,
                             "'id' must be 1-64 of letters, digits, '_', '.', '-'")
         if not isinstance(url, str):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_source_url", "'url' must be a string")
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SOURCE_URL, "'url' must be a string")
         try:
             spec = parse_source_url(url)
         except BadSourceURL as exc:
             raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
         if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_source_url", f"no such file on the server: {url}")
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SOURCE_URL, f"no such file on the server: {url}")
         if sid in self.control.stream_ids():
-            raise HttpError(HTTPStatus.CONFLICT, "stream_exists", f"stream {sid!r} already exists")
+            raise HttpError(HTTPStatus.CONFLICT, ErrorCode.STREAM_EXISTS, f"stream {sid!r} already exists")
         self.control.add_stream(sid, url)
         log.info("stream %s: added through the API", sid)
-        return json_response(HTTPStatus.CREATED, {"id": sid, **self.control.health().get(sid, {})},
+        return json_response(HTTPStatus.CREATED, documents.stream(sid, self.control.health().get(sid, {})),
                              {"Location": f"/v1/streams/{sid}"})
 
     async def remove_stream(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.ADMIN)) is not None:
-            return refused
         sid = request.match_info["stream"]
         if sid not in self.control.stream_ids():
-            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no stream {sid!r}")
         await self.control.remove_stream(sid)
         return web.Response(status=204)
 
     async def chapters(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.VIEW)) is not None:
-            return refused
         sid = request.match_info["stream"]
         try:
             since = float(request.query.get("since", "0"))
             if not since >= 0 or since == float("inf"):
                 raise ValueError
         except ValueError:
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_request", "since must be media seconds >= 0")
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "since must be media seconds >= 0")
         if sid not in self.control.stream_ids():
-            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"no stream {sid!r}")
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no stream {sid!r}")
         chapters = self.control.chapters(sid, since)
-        return json_response(HTTPStatus.OK, {"stream": sid, "since": since,
-                                             "chapters": [c.to_dict() for c in chapters]})
+        return json_response(HTTPStatus.OK, documents.chapters(sid, since, chapters))
 
     def _live_vtt(self, request: web.Request):
         sid = request.match_info["stream"]
         segmenter = self.control.live_subtitles(sid) if sid in self.control.stream_ids() else None
         if segmenter is None:
-            raise HttpError(HTTPStatus.NOT_FOUND, "not_found", f"no live subtitles for stream {sid!r}")
+            raise HttpError(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no live subtitles for stream {sid!r}")
         return segmenter
 
     async def live_playlist(self, request: web.Request) -> web.Response:
         """The HLS media playlist of the stream's live WebVTT segments (players poll it)."""
-        if (refused := await self._guard(request, Scope.VIEW)) is not None:
-            return refused
         segmenter = self._live_vtt(request)
         token = request.query.get("token")
         suffix = f"?token={urllib.parse.quote(token, safe='')}" if token else ""  # relative URLs drop the query
@@ -173,49 +156,41 @@ class ApiRoutes:
         return response(HTTPStatus.OK, text, "application/vnd.apple.mpegurl", {"Cache-Control": "no-cache"})
 
     async def live_segment(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.VIEW)) is not None:
-            return refused
         segmenter = self._live_vtt(request)
         n = int(request.match_info["n"])
         text = segmenter.segment(n)
         if text is None:
-            return error_response(HTTPStatus.NOT_FOUND, "not_found", f"segment {n} is not (or no longer) available")
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"segment {n} is not (or no longer) available")
         # a complete segment never changes
         return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "public, max-age=3600"})
 
     # ------------------------------------------------------------------ alerts
 
     async def list_alerts(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.VIEW)) is not None:
-            return refused
-        return json_response(HTTPStatus.OK, {"alerts": [_alert_doc(r) for r in self.server.hub.recent_alerts()]})
+        return json_response(HTTPStatus.OK, documents.alert_list(self.server.hub.recent_alerts()))
 
     async def ack_alert(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.VIEW)) is not None:
-            return refused
         by = None
         if request.can_read_body:
             doc = await self._json(request, self.max_body_bytes)
             by = doc.get("by")
             if set(doc) - {"by"} or (by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200)):
-                return error_response(HTTPStatus.BAD_REQUEST, "bad_request",
+                return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
                                       "the body is optional: {\"by\": \"who acknowledges\"} (1-200 characters)")
         alert_id = request.match_info["alert"]
         try:
             record = self.server.hub.ack(alert_id, by or f"http {request.remote or '?'}", self.server.wall_clock())
         except KeyError:
-            return error_response(HTTPStatus.NOT_FOUND, "unknown_alert", f"no recent alert {alert_id!r}")
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.UNKNOWN_ALERT, f"no recent alert {alert_id!r}")
         log.info("alert %s acknowledged by %s", alert_id, record.acked_by)
-        return json_response(HTTPStatus.OK, _alert_doc(record))
+        return json_response(HTTPStatus.OK, documents.alert(record))
 
     # ------------------------------------------------------------------ captions
 
     async def captions(self, request: web.Request) -> web.Response:
-        if (refused := await self._guard(request, Scope.PUBLISH)) is not None:
-            return refused
         fmt = request.query.get("format", "json")
         if fmt not in FORMATS:
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_format",
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_FORMAT,
                                   f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         fd, path = tempfile.mkstemp(prefix="streamcap-clip-", suffix=".video")
         os.close(fd)
@@ -227,7 +202,7 @@ class ApiRoutes:
                 try:
                     finals = await self.control.caption_clip(path, decode=decode)
                 except SourceError as exc:
-                    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "undecodable_video",
+                    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO,
                                           f"the video could not be read: {exc.detail}")
         finally:
             Path(path).unlink(missing_ok=True)
@@ -236,28 +211,28 @@ class ApiRoutes:
     async def _receive_video(self, request: web.Request, path: str) -> int | None:
         """Store the request's video in ``path``; returns ``max_length`` when given."""
         if request.content_length is not None and request.content_length > self._body_limit(request):
-            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, ErrorCode.TOO_LARGE,
                            f"the body is {request.content_length} bytes; the limit is {self._body_limit(request)}")
         if request.content_type == "application/json":
             doc = await self._json(request, self._body_limit(request))
             extra = sorted(set(doc) - {"video", "max_length"})
             if extra:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"unexpected field(s): {', '.join(extra)}")
+                raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"unexpected field(s): {', '.join(extra)}")
             video = doc.get("video")
             if not isinstance(video, str) or not video:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "'video' must be a base64 string")
+                raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "'video' must be a base64 string")
             try:
                 data = b64decode(video, "'video'")
             except ProtocolError as exc:
                 raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
             if len(data) > self.max_upload_bytes:
-                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, ErrorCode.TOO_LARGE,
                                f"the video is {len(data)} bytes; the limit is {self.max_upload_bytes}")
             await asyncio.to_thread(Path(path).write_bytes, data)
             return _max_length(doc.get("max_length"))
         if request.content_type == "multipart/form-data":
             return await self._multipart(request, path)
-        raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
+        raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, ErrorCode.BAD_CONTENT_TYPE,
                        "send application/json ({\"video\": base64}) or multipart/form-data (a 'video' file)")
 
     def _body_limit(self, request: web.Request) -> int:
@@ -277,7 +252,7 @@ class ApiRoutes:
                     while chunk := await part.read_chunk(_CHUNK):
                         size += len(chunk)
                         if size > self.max_upload_bytes:
-                            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, ErrorCode.TOO_LARGE,
                                            f"the video is over the {self.max_upload_bytes}-byte limit")
                         await asyncio.to_thread(out.write, chunk)
                 finally:
@@ -288,46 +263,38 @@ class ApiRoutes:
                 try:
                     max_length = _max_length(int(text))
                 except ValueError as exc:
-                    raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request",
+                    raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
                                    f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}") from exc
             else:
-                raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request",
+                raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
                                f"unexpected form field {part.name!r} (expected 'video' and 'max_length')")
         if not got_video:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "no 'video' file in the form")
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "no 'video' file in the form")
         return max_length
 
     async def _json(self, request: web.Request, limit: int) -> dict:
         if request.content_type != "application/json":
-            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type", "send application/json")
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, ErrorCode.BAD_CONTENT_TYPE, "send application/json")
         body = bytearray()
         async for chunk in request.content.iter_chunked(_CHUNK):
             body += chunk
             if len(body) > limit:
-                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too_large",
+                raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, ErrorCode.TOO_LARGE,
                                f"the body is over the {limit}-byte limit")
         try:
             doc = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_json", f"malformed JSON: {exc}") from exc
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_JSON, f"malformed JSON: {exc}") from exc
         if not isinstance(doc, dict):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad_json", "expected a JSON object")
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_JSON, "expected a JSON object")
         return doc
-
-
-def _alert_doc(record) -> dict:
-    a = record.alert
-    return {"id": a.id, "stream": a.stream, "rule": a.rule, "phase": a.phase.value, "severity": a.severity.value,
-            "caption_seq": a.caption_seq, "start": round(a.start_s, 3),
-            "end": None if a.end_s is None else round(a.end_s, 3), "detail": a.detail,
-            "acked_by": record.acked_by, "acked_at": record.acked_at}
 
 
 def _max_length(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LENGTH_LIMIT:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}")
+        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}")
     return value
 
 
@@ -336,22 +303,20 @@ def _check_video(path: str) -> None:
     import cv2
 
     if Path(path).stat().st_size == 0:
-        raise HttpError(HTTPStatus.BAD_REQUEST, "bad_request", "the video is empty")
+        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "the video is empty")
     cap = cv2.VideoCapture(path)
     try:
         ok = cap.isOpened() and cap.read()[0]
     finally:
         cap.release()
     if not ok:
-        raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, "undecodable_video",
+        raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO,
                        "the upload is not a video that can be decoded (no frame could be read)")
 
 
 def _render(finals: list[Caption], fmt: str, rules) -> web.Response:
     if fmt == "json":
-        doc = {"captions": [{"start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text,
-                             "score": round(c.score, 4)} for c in finals]}
-        return json_response(HTTPStatus.OK, doc)
+        return json_response(HTTPStatus.OK, documents.caption_list(finals))
     if fmt == "jsonl":
         return response(HTTPStatus.OK, to_jsonl(finals), FORMATS[fmt])
     cues = cues_from_finals(finals)

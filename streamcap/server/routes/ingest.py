@@ -1,4 +1,5 @@
-"""Websocket frame ingest: ``/ingest/{stream}`` (needs a ``publish`` token).
+"""Websocket frame ingest: ``/ingest/{stream}`` (needs a ``publish`` token; the access middleware
+checks it, and the stream id, before :meth:`IngestRoutes.ingest` runs).
 
 Simple clients push frames (binary JPEG/PNG, or JSON with base64 frames — :mod:`streamcap.sources.ingest`)
 into the stream's :class:`~streamcap.sources.push.PushSource`; an unknown stream id becomes a new
@@ -21,13 +22,12 @@ from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
+from streamcap.core.errors import ErrorCode, ProtocolError
 from streamcap.outputs import wire
-from streamcap.server.auth import Scope
 from streamcap.runtime.config import IngestConfig
-from streamcap.core.errors import ProtocolError
-from streamcap.sources.ingest import check_frame, decode_image, parse_text_message
-from streamcap.server.app import Server, check_stream_id, error_response
+from streamcap.server.app import Server, error_response
 from streamcap.server.hub import ClientHandle
+from streamcap.sources.ingest import check_frame, decode_image, parse_text_message
 from streamcap.sources.push import PushSource
 
 log = logging.getLogger(__name__)
@@ -58,21 +58,17 @@ class IngestRoutes:
         pass  # connections are hub clients: the server's shutdown closes them
 
     async def ingest(self, request: web.Request) -> web.StreamResponse:
-        stream = request.match_info["stream"]
-        check_stream_id(stream)
-        decision = self.server.authorize(request, Scope.PUBLISH)
-        if not decision.allowed:
-            return await self.server.refuse(request, decision)
+        stream = request.match_info["stream"]  # a valid id: the access middleware checked it
         max_msg = int(self.config.max_message_mb * (1 << 20))
         ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=max_msg,
                                    timeout=self.server.close_timeout_s)
         if not ws.can_prepare(request).ok:
-            return error_response(HTTPStatus.UPGRADE_REQUIRED, "upgrade_required",
+            return error_response(HTTPStatus.UPGRADE_REQUIRED, ErrorCode.UPGRADE_REQUIRED,
                                   "this path needs a websocket upgrade")
         try:
             source = self.control.push_source(stream)
         except ValueError as exc:
-            return error_response(HTTPStatus.CONFLICT, "not_a_push_stream", str(exc))
+            return error_response(HTTPStatus.CONFLICT, ErrorCode.NOT_A_PUSH_STREAM, str(exc))
         await ws.prepare(request)
         publisher = f"ingest-{next(self._ids)} {request.remote}"
         source.publisher_joined(publisher)

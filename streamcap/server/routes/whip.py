@@ -1,7 +1,7 @@
 """WebRTC ingest via WHIP (the WebRTC-HTTP ingestion protocol, RFC 9725), with ``aiortc``.
 
-``POST /whip/{stream}`` with an SDP offer (``Content-Type: application/sdp``, ``publish`` scope)
-answers ``201 Created`` with the SDP answer and a ``Location`` naming the session; ``DELETE`` on
+``POST /whip/{stream}`` with an SDP offer (``Content-Type: application/sdp``, ``publish`` scope,
+checked with the stream id by the access middleware before a handler runs) answers ``201 Created`` with the SDP answer and a ``Location`` naming the session; ``DELETE`` on
 that Location ends it. Candidates are gathered before answering (no trickle ICE: ``PATCH`` is
 405). OBS 30+ ("WHIP" output) and the ``/publish`` page speak this.
 
@@ -23,9 +23,9 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from streamcap.server.auth import Scope
+from streamcap.core.errors import ErrorCode
 from streamcap.runtime.config import WebRTCConfig
-from streamcap.server.app import Server, check_stream_id, error_response
+from streamcap.server.app import Server, error_response
 from streamcap.server.routes.ingest import PushControl
 from streamcap.sources.push import PushSource
 
@@ -93,7 +93,7 @@ class WhipRoutes:
         return web.Response(status=204, headers={"Accept-Post": SDP})
 
     async def patch(self, request: web.Request) -> web.Response:
-        return error_response(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed",
+        return error_response(HTTPStatus.METHOD_NOT_ALLOWED, ErrorCode.METHOD_NOT_ALLOWED,
                               "trickle ICE is not supported: send every candidate in the offer")
 
     async def offer(self, request: web.Request) -> web.StreamResponse:
@@ -104,30 +104,26 @@ class WhipRoutes:
             RTCSessionDescription,
         )
 
-        stream = request.match_info["stream"]
-        check_stream_id(stream)
-        decision = self.server.authorize(request, Scope.PUBLISH)
-        if not decision.allowed:
-            return self.server.refusal(decision)
+        stream = request.match_info["stream"]  # a valid id: the access middleware checked it
         if request.content_type != SDP:
-            return error_response(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
+            return error_response(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, ErrorCode.BAD_CONTENT_TYPE,
                                   f"a WHIP offer is {SDP}, not {request.content_type or 'nothing'}")
         if len(self.sessions) >= self.config.max_sessions:
-            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "too_many_sessions",
+            return error_response(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.TOO_MANY_SESSIONS,
                                   f"{len(self.sessions)} WHIP sessions already (webrtc.max_sessions)")
         try:
             sdp = (await request.read()).decode("utf-8")
         except UnicodeDecodeError:
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp", "the offer is not UTF-8 text")
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP, "the offer is not UTF-8 text")
         problem = _sdp_problem(sdp)
         if problem:
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp", problem)
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP, problem)
         try:  # a new stream is made only once the offer is good
             source: PushSource | None = self.control.push_source(stream, create=False)
         except KeyError:
             source = None
         except ValueError as exc:
-            return error_response(HTTPStatus.CONFLICT, "not_a_push_stream", str(exc))
+            return error_response(HTTPStatus.CONFLICT, ErrorCode.NOT_A_PUSH_STREAM, str(exc))
 
         ice = [RTCIceServer(urls=u) for u in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
@@ -153,7 +149,7 @@ class WhipRoutes:
         except Exception as exc:  # boundary: aiortc raises many kinds on a bad offer
             await pc.close()
             log.info("stream %s: refused a WHIP offer: %s", stream, exc)
-            return error_response(HTTPStatus.BAD_REQUEST, "bad_sdp",
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP,
                                   f"could not use the SDP offer: {type(exc).__name__}: {exc}")
         if source is None:
             source = self.control.push_source(stream)
@@ -166,12 +162,9 @@ class WhipRoutes:
                             headers={"Location": location, "Cache-Control": "no-store"})
 
     async def end(self, request: web.Request) -> web.Response:
-        decision = self.server.authorize(request, Scope.PUBLISH)
-        if not decision.allowed:
-            return self.server.refusal(decision)
         session = self.sessions.get(request.match_info["session"])
         if session is None or session.stream != request.match_info["stream"]:
-            return error_response(HTTPStatus.NOT_FOUND, "not_found", "no such WHIP session")
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such WHIP session")
         await self._close(session, "ended by the publisher")
         return web.Response(status=200)
 
