@@ -25,14 +25,15 @@ from enum import Enum
 from typing import Any
 
 from streamcap.core.errors import ProtocolError
+from streamcap.core.ids import STREAM_ID_MAX_CHARS, STREAM_ID_RULE, is_valid_stream_id
 from streamcap.core.types import Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
 
 WIRE_VERSION = 1
 SERVER_NAME = "streamcap"
 #: Largest client message accepted, in bytes of UTF-8.
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
-#: Longest stream id accepted on the wire.
-MAX_STREAM_ID_CHARS = 256
+#: Longest stream id accepted on the wire: the one rule of :mod:`streamcap.core.ids`.
+MAX_STREAM_ID_CHARS = STREAM_ID_MAX_CHARS
 
 
 class MessageType(str, Enum):
@@ -351,8 +352,8 @@ def _string(name: str, value: Any) -> str:
 
 
 def _stream_id(name: str, value: Any) -> str:
-    if type(value) is not str or not 0 < len(value) <= MAX_STREAM_ID_CHARS:
-        raise ProtocolError(f"'{name}' must be a stream id (1..{MAX_STREAM_ID_CHARS} characters)")
+    if type(value) is not str or not is_valid_stream_id(value):
+        raise ProtocolError(f"'{name}' must be a stream id ({STREAM_ID_RULE})")
     return value
 
 
@@ -519,7 +520,7 @@ def decode_client_message(text: str | bytes) -> ClientMessage:
 
 def parse_stream_list(value: str | None) -> tuple[str, ...] | None:
     """Parse the ``streams`` query parameter (``a,b``); ``None`` (absent) means all streams.
-    Blank items are ignored; a value naming no stream, or an id longer than the wire allows,
+    Blank items are ignored; a value naming no stream, or an invalid stream id (:mod:`streamcap.core.ids`),
     raises ProtocolError."""
     if value is None:
         return None

@@ -4,32 +4,56 @@ passed down. Nothing else in streamcap reads ``os.environ``.
 Unknown keys are rejected with the offending path in the message. Every field has a
 description and bounds; ``docs/configuration.md`` is generated from these models
 (``python -m streamcap.runtime.config --markdown``).
+
+This module is the only source of defaults. The classes it configures (sources, backoff, the
+stabiliser, …) keep keyword defaults equal to these for library use; the service passes the
+configured values (:func:`source_options`, :meth:`Config.stream_config`).
+
+Per-stream settings: a ``[[sources]]`` entry may carry ``windows``, ``stabilizer`` and
+``decoding`` sections whose keys override the global ``[windows]``, ``[stabilizer]`` and the
+decoding keys of ``[engine]`` for that stream (unset keys inherit).
+:meth:`Config.stream_config` merges them and validates the result.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from streamcap.core.errors import ConfigError
+from streamcap.core.ids import STREAM_ID_RULE, is_valid_stream_id  # is_valid_stream_id: re-exported
+from streamcap.sources.backoff import Backoff
 
 DEFAULT_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "shapes-git")
 DEMO_SOURCE_URL = "synthetic:shapes?seed=7&fps=10&size=320x240&scene_s=6"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def is_valid_stream_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _same_field(model: type[BaseModel], name: str) -> Any:
+    """A copy of ``model``'s field ``name`` (default, bounds, description), to declare a field once
+    and use it in two sections."""
+    return copy.deepcopy(model.model_fields[name])
+
+
+def _overrides_of(section: type[_Model], name: str, doc: str) -> type[_Model]:
+    """A model with every field of ``section``, optional (``None`` = inherit the global value),
+    with the same bounds and descriptions, unknown keys rejected."""
+    fields: dict[str, Any] = {}
+    for field_name, field in section.model_fields.items():
+        optional = copy.deepcopy(field)
+        optional.default = None
+        optional.default_factory = None
+        fields[field_name] = (field.annotation | None, optional)
+    return create_model(name, __base__=_Model, __doc__=doc, __module__=__name__, **fields)
 
 
 class ServerConfig(_Model):
@@ -44,12 +68,41 @@ class ServerConfig(_Model):
     tls_key: str | None = Field(None, description="PEM private key for tls_cert.")
     max_body_kb: int = Field(1024, ge=1, le=1 << 20,
                              description="Largest request body for JSON/SDP endpoints (413 above it).")
+    heartbeat_s: float = Field(20.0, gt=0, le=3600,
+                               description="Seconds between websocket pings to each viewer; a viewer that "
+                                           "does not answer is disconnected.")
+    close_timeout_s: float = Field(5.0, gt=0, le=300,
+                                   description="How long a closing websocket (or the server at shutdown) waits "
+                                               "for the peer before aborting the connection.")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together (set both or neither)")
         return self
+
+
+class DecodingConfig(_Model):
+    """Decoding settings of one stream: ``[engine]``'s decoding keys, merged with the stream's
+    ``[sources.decoding]`` overrides by :meth:`Config.stream_config`."""
+
+    num_beams: int = Field(1, ge=1, le=16, description="Beam width (1 = greedy).")
+    max_new_tokens: int | None = Field(None, ge=1, le=512,
+                                       description="Caption length limit in tokens (default: the engine's).")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Hugging Face-style repetition penalty "
+                                                                    "(1.0 = off).")
+    prompt: str | None = Field(None, max_length=500,
+                               description="Text the decoder continues from (a prefix or a question for "
+                                           "VQA-style checkpoints); not repeated in the caption.")
+
+    def options(self) -> dict:
+        """The decoding keywords of ``CaptionEngine.caption_batch`` (as
+        :func:`streamcap.engine.base.decode_options_from_config` makes them)."""
+        opts: dict = {"num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty,
+                      "prompt": self.prompt}
+        if self.max_new_tokens is not None:
+            opts["max_new_tokens"] = self.max_new_tokens
+        return opts
 
 
 class EngineConfig(_Model):
@@ -71,17 +124,18 @@ class EngineConfig(_Model):
     frame_cache_frames: int = Field(256, ge=0, le=100_000,
                                     description="Per-frame vision features kept so overlapping windows encode "
                                                 "each frame once (least recently used evicted; 0 = off).")
-    num_beams: int = Field(1, ge=1, le=16, description="Beam width (1 = greedy).")
-    max_new_tokens: int | None = Field(None, ge=1, le=512,
-                                       description="Caption length limit in tokens (default: the engine's).")
-    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Hugging Face-style repetition penalty "
-                                                                    "(1.0 = off).")
-    prompt: str | None = Field(None, max_length=500,
-                               description="Text the decoder continues from (a prefix or a question for "
-                                           "VQA-style checkpoints); not repeated in the caption.")
+    # the global decoding defaults: declared once, in DecodingConfig
+    num_beams: int = _same_field(DecodingConfig, "num_beams")
+    max_new_tokens: int | None = _same_field(DecodingConfig, "max_new_tokens")
+    repetition_penalty: float = _same_field(DecodingConfig, "repetition_penalty")
+    prompt: str | None = _same_field(DecodingConfig, "prompt")
     queue_size: int = Field(8, ge=1, le=1024,
                             description="Windows waiting for the engine; when full, live streams drop "
                                         "their oldest waiting window (reason engine_busy).")
+
+    def decoding(self) -> DecodingConfig:
+        """The global decoding settings (this section's decoding keys)."""
+        return DecodingConfig(**{name: getattr(self, name) for name in DecodingConfig.model_fields})
 
 
 class WindowConfig(_Model):
@@ -124,6 +178,42 @@ class PipelineConfig(_Model):
     finals_history: int = Field(2000, ge=0, le=1_000_000,
                                 description="Closed finals kept per stream for /v1/streams/{id}/chapters "
                                             "(oldest forgotten first).")
+    health_tick_s: float = Field(0.25, gt=0, le=10,
+                                 description="Seconds between stream-health checks (stall watchdog, health "
+                                             "alerts).")
+
+
+class NetworkConfig(_Model):
+    """How network sources (RTSP, HTTP, webcams, files through OpenCV) connect and reconnect, and
+    the frame handoff of every decoding source."""
+
+    open_timeout_s: float = Field(5.0, gt=0, le=300,
+                                  description="Opening a network stream fails after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, le=300,
+                                  description="A read from a network stream fails after this long (the stall "
+                                              "watchdog, pipeline.stall_timeout_s, usually acts first).")
+    handoff_size: int = Field(4, ge=1, le=1024,
+                              description="Decoded frames waiting for the pipeline; live sources drop the "
+                                          "oldest when full (reason handoff_full), files wait.")
+    backoff_initial_s: float = Field(0.1, gt=0, le=60,
+                                     description="Delay before the first reconnect attempt (at most backoff_cap_s).")
+    backoff_factor: float = Field(2.0, ge=1, le=10,
+                                  description="Each further failed attempt multiplies the delay by this.")
+    backoff_cap_s: float = Field(1.0, gt=0, le=3600,
+                                 description="Longest delay between reconnect attempts.")
+    backoff_jitter: float = Field(0.3, ge=0, le=1,
+                                  description="Each delay is shortened by a random part of itself up to this "
+                                              "fraction, so sources that failed together do not retry in lockstep.")
+
+    @model_validator(mode="after")
+    def _valid_backoff(self) -> NetworkConfig:
+        self.backoff()  # raises ValueError with the reason
+        return self
+
+    def backoff(self) -> Backoff:
+        """The reconnect delays these settings describe."""
+        return Backoff(initial_s=self.backoff_initial_s, factor=self.backoff_factor, cap_s=self.backoff_cap_s,
+                       jitter=self.backoff_jitter)
 
 
 class IngestConfig(_Model):
@@ -264,17 +354,40 @@ class SubtitlesConfig(_Model):
                              self.max_duration_s, self.min_gap_frames, self.fps)
 
 
+WindowOverrides = _overrides_of(WindowConfig, "WindowOverrides",
+                                "One stream's [windows] keys; unset keys inherit the global section.")
+StabilizerOverrides = _overrides_of(StabilizerConfig, "StabilizerOverrides",
+                                    "One stream's [stabilizer] keys; unset keys inherit the global section.")
+DecodingOverrides = _overrides_of(DecodingConfig, "DecodingOverrides",
+                                  "One stream's decoding keys; unset keys inherit those of [engine].")
+
+
 class SourceConfig(_Model):
     id: str = Field(description="Stream id (letters, digits, _ . -).")
     url: str = Field(description="File path, file://, rtsp://, http(s)://, webcam:N, synthetic:shapes, or push: "
                                  "(frames published via WHIP or /ingest).")
+    windows: WindowOverrides | None = Field(None, description="This stream's [windows] keys (unset keys "
+                                                              "inherit the global [windows]).")
+    stabilizer: StabilizerOverrides | None = Field(None, description="This stream's [stabilizer] keys (unset "
+                                                                     "keys inherit the global [stabilizer]).")
+    decoding: DecodingOverrides | None = Field(None, description="This stream's decoding keys: num_beams, "
+                                                                 "max_new_tokens, repetition_penalty, prompt "
+                                                                 "(unset keys inherit those of [engine]).")
 
     @field_validator("id")
     @classmethod
     def _check_id(cls, v: str) -> str:
-        if not _ID_RE.match(v):
-            raise ValueError(f"stream id {v!r} must be 1-64 of letters, digits, '_', '.', '-'")
+        if not is_valid_stream_id(v):
+            raise ValueError(f"stream id {v!r} must be {STREAM_ID_RULE}")
         return v
+
+
+class StreamConfig(_Model):
+    """The settings one stream runs with: the global sections merged with its overrides."""
+
+    windows: WindowConfig = Field(description="Windowing of this stream.")
+    stabilizer: StabilizerConfig = Field(description="Caption stabiliser of this stream.")
+    decoding: DecodingConfig = Field(description="Decoding of this stream's windows.")
 
 
 class TokenConfig(_Model):
@@ -300,6 +413,7 @@ class Config(_Model):
     windows: WindowConfig = WindowConfig()
     stabilizer: StabilizerConfig = StabilizerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    network: NetworkConfig = NetworkConfig()
     ingest: IngestConfig = IngestConfig()
     webrtc: WebRTCConfig = WebRTCConfig()
     alerts: AlertsConfig = AlertsConfig()
@@ -313,6 +427,56 @@ class Config(_Model):
         if dup:
             raise ValueError(f"duplicate stream id(s): {sorted(dup)}")
         return self
+
+    @model_validator(mode="after")
+    def _valid_stream_configs(self) -> Config:
+        for source in self.sources:
+            try:
+                self.stream_config(overrides=source)
+            except ConfigError as e:
+                raise ValueError(str(e)) from e
+        return self
+
+    def stream_config(self, stream_id: str | None = None, overrides: SourceConfig | None = None) -> StreamConfig:
+        """The settings of stream ``stream_id``: the global sections merged with the overrides of
+        ``overrides`` or, when only ``stream_id`` is given, of the ``[[sources]]`` entry with that
+        id (none: the global sections). The merged sections are validated again (e.g.
+        ``fresh_agree <= agree``); raises ConfigError naming the stream."""
+        if overrides is None and stream_id is not None:
+            overrides = next((s for s in self.sources if s.id == stream_id), None)
+        sections: dict[str, tuple[_Model, _Model | None]] = {
+            "windows": (self.windows, overrides.windows if overrides else None),
+            "stabilizer": (self.stabilizer, overrides.stabilizer if overrides else None),
+            "decoding": (self.engine.decoding(), overrides.decoding if overrides else None),
+        }
+        merged: dict[str, _Model] = {}
+        problems: list[str] = []
+        for name, (base, over) in sections.items():
+            if over is None:
+                merged[name] = base
+                continue
+            try:
+                merged[name] = type(base).model_validate(
+                    {**base.model_dump(), **over.model_dump(exclude_none=True)})
+            except ValidationError as e:
+                for err in e.errors():
+                    key = ".".join([name, *(str(part) for part in err["loc"])])
+                    problems.append(f"  {key}: {err['msg']}")
+        if problems:
+            stream = stream_id if stream_id is not None else overrides.id if overrides else "?"
+            raise ConfigError(f"stream {stream!r}: its settings merged over the global ones are invalid:\n"
+                              + "\n".join(problems))
+        return StreamConfig(**merged)
+
+
+def source_options(cfg: Config) -> dict:
+    """Keyword arguments for :func:`streamcap.sources.url.open_source` from ``cfg``: network tuning,
+    handoff size, reconnect backoff and the stall watchdog. :func:`~streamcap.sources.url.open_source`
+    gives each kind of source the ones it takes (synthetic: ``handoff_size``; push: none)."""
+    net = cfg.network
+    return {"open_timeout_s": net.open_timeout_s, "read_timeout_s": net.read_timeout_s,
+            "handoff_size": net.handoff_size, "backoff": net.backoff(),
+            "stall_timeout_s": cfg.pipeline.stall_timeout_s}
 
 
 def _deep_merge(base: dict, over: Mapping) -> dict:
@@ -384,7 +548,8 @@ def markdown_reference() -> str:
              "TOML file (`--config`), environment `STREAMCAP_SECTION__KEY=value`, command-line flags. "
              "Unknown keys are rejected.", ""]
     for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
-                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig), ("ingest", IngestConfig),
+                           ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig),
+                           ("network", NetworkConfig), ("ingest", IngestConfig),
                            ("webrtc", WebRTCConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
                            ("alerts.health", HealthAlertConfig), ("subtitles", SubtitlesConfig),
                            ("subtitles.live", LiveSubtitlesConfig)]:
@@ -405,8 +570,14 @@ def markdown_reference() -> str:
     lines += ["", "## [[sources]]", "", "| key | description |", "|---|---|"]
     for name, f in SourceConfig.model_fields.items():
         lines.append(f"| `{name}` | {f.description} |")
-    lines += ["", "Example:", "", "```toml", "[server]", "port = 8765", "", "[windows]", "stride_s = 0.5", "",
-              "[[sources]]", 'id = "cam1"', 'url = "rtsp://user:pass@10.0.0.5/stream1"', "```", ""]
+    lines += ["", "A source's `windows`, `stabilizer` and `decoding` sections take the keys of `[windows]`, "
+                  "`[stabilizer]` and the decoding keys of `[engine]` (`"
+              + "`, `".join(DecodingConfig.model_fields) + "`), with the same bounds; unset keys inherit the "
+              "global value. The merged settings are checked per stream (e.g. `fresh_agree` at most `agree`).",
+              "", "Example:", "", "```toml", "[server]", "port = 8765", "", "[windows]", "stride_s = 0.5", "",
+              "[[sources]]", 'id = "cam1"', 'url = "rtsp://user:pass@10.0.0.5/stream1"',
+              "windows = { stride_s = 1.0 }       # this stream only: a window every second",
+              "decoding = { max_new_tokens = 20 }", "```", ""]
     return "\n".join(lines)
 
 

@@ -18,7 +18,10 @@ class Backoff:
     ``cap_s`` and sources that failed together do not retry in lockstep.
 
     The defaults keep the cap small (1 s): a camera that comes back is picked up within about a
-    second, and a dead one costs one cheap connection attempt per second.
+    second, and a dead one costs one cheap connection attempt per second. They equal the
+    ``backoff_*`` keys of ``[network]`` in :mod:`streamcap.runtime.config` (the only source of
+    defaults), whose :meth:`~streamcap.runtime.config.NetworkConfig.backoff` builds the one the
+    service uses.
     """
 
     initial_s: float = 0.1

@@ -37,10 +37,24 @@ arrived for ``stall_timeout_s`` the watchdog reports STALLED, abandons the reade
 (RECONNECTING). Reconnects wait a capped, jittered exponential backoff; the first new frame makes
 the stream LIVE again.
 
-FFmpeg probing of an RTSP stream takes ~3 s by default; at import this module sets
-``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (unless the environment already sets it) to RTSP over TCP with
-short probing, which brings opening a loopback RTSP stream down to ~0.2 s (measured 0.18–0.33 s;
-first frame 0.3 s after the call).
+FFmpeg capture options
+----------------------
+FFmpeg probing of an RTSP stream takes ~3 s by default. OpenCV's FFmpeg backend takes its
+demuxer options only from the ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` environment variable, which it
+reads (``getenv``) each time a capture is opened (``CvCapture_FFMPEG::open`` in OpenCV's
+``cap_ffmpeg_impl.hpp``); the open parameters carry only fixed ``CAP_PROP_*`` keys. So importing
+this module changes nothing: just before the first connection starts its reader thread, the
+loop thread sets the variable to RTSP over TCP with short probing (:data:`FFMPEG_CAPTURE_OPTIONS`)
+unless it is already set — a user's own value wins. That brings opening a loopback RTSP stream
+down to ~0.2 s (measured 0.18–0.33 s; first frame 0.3 s after the call). The value is
+process-wide and written at most once, so captures opened later by any thread read a stable
+value.
+
+Defaults
+--------
+The keyword defaults of :class:`OpenCVSource` equal those of ``[network]`` and
+``pipeline.stall_timeout_s`` in :mod:`streamcap.runtime.config`, the only source of defaults;
+the service passes the configured values (``source_options(config)``).
 """
 
 from __future__ import annotations
@@ -56,6 +70,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 
 from streamcap.core.errors import SourceEnded, SourceError
@@ -64,14 +79,19 @@ from streamcap.sources.base import Source
 from streamcap.sources.url import SourceKind, SourceSpec, sanitize_url
 from streamcap.core.types import Frame, StreamState
 
+log = logging.getLogger(__name__)
+
 #: FFmpeg options for every OpenCV capture in this process (``key;value|key;value``): RTSP over
 #: TCP (no UDP loss, works through NAT), and stream probing cut from ~3 s to 0.1 s
 FFMPEG_CAPTURE_OPTIONS = "rtsp_transport;tcp|analyzeduration;100000|probesize;65536"
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_CAPTURE_OPTIONS)
+FFMPEG_CAPTURE_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
-import cv2  # noqa: E402  (must come after the capture options are set)
 
-log = logging.getLogger(__name__)
+def ensure_capture_options() -> None:
+    """Set ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` to :data:`FFMPEG_CAPTURE_OPTIONS` unless the
+    environment already has a value (then that value is used). Call before opening a capture."""
+    os.environ.setdefault(FFMPEG_CAPTURE_OPTIONS_ENV, FFMPEG_CAPTURE_OPTIONS)
+
 
 _OPEN_GRACE_S = 2.0  # the watchdog gives OpenCV's own open timeout this much slack
 _PTS_NUDGE_S = 1e-3
@@ -301,6 +321,7 @@ class OpenCVSource(Source):
             return None
 
     def _start_reader(self, loop: asyncio.AbstractEventLoop) -> int:
+        ensure_capture_options()  # here, on the loop thread, before the reader opens its capture
         self._generation += 1
         gen = self._generation
         self._seg_first_pos_ms = None

@@ -10,6 +10,9 @@ oldest ones, as it would with a camera (each reported as ``on_drop("handoff_full
 ``realtime=False`` frames are rendered as fast as the consumer pulls (tests, tools).
 
 ``.storyline`` is the ground truth (for tests and benchmarks only; the pipeline must not peek).
+The ``handoff_size`` default equals ``network.handoff_size`` in :mod:`streamcap.runtime.config`;
+network tuning (timeouts, backoff, the stall watchdog) does not apply here and
+:func:`~streamcap.sources.url.open_source` leaves it out.
 """
 
 from __future__ import annotations

@@ -250,7 +250,8 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
     ``handoff_size``, and the network tuning of
     :class:`~streamcap.sources.opencv.OpenCVSource` (``stall_timeout_s``, ``open_timeout_s``,
     ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``), which a synthetic source, having
-    no network, ignores — so one set of options can be passed for every stream.
+    no network, ignores, and a push source ignores along with ``handoff_size`` — so one set of
+    options, ``streamcap.runtime.config.source_options(config)``, can be passed for every stream.
     """
     spec = url if isinstance(url, SourceSpec) else parse_source_url(url)
     if spec.kind is SourceKind.SYNTHETIC:

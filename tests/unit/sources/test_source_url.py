@@ -144,3 +144,29 @@ def test_sanitize_hides_credentials(url, safe):
 def test_sanitize_never_raises_on_garbage():
     for junk in ["", "://", "rtsp://", "rtsp://@", "a" * 10_000, "rtsp://[::1:554/x"]:
         assert isinstance(sanitize_url(junk), str)
+
+
+# --------------------------------------------------------------------------- opening with config
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["clip.mp4", "rtsp://127.0.0.1:1/cam", "https://example.invalid/live.m3u8", "webcam:0",
+     "synthetic:shapes?realtime=0", "push:"],
+)
+def test_open_source_takes_the_configured_options_for_every_kind(url):
+    from streamcap.runtime.config import Config, source_options
+    from streamcap.sources.url import open_source
+
+    options = source_options(Config(network={"handoff_size": 7}))
+    source = open_source("cam1", url, **options)  # not started: nothing is opened yet
+    kind = parse_source_url(url).kind
+    if kind is SourceKind.PUSH:
+        assert not hasattr(source, "_handoff_size")
+    else:
+        assert source._handoff_size == 7
+    if kind not in (SourceKind.PUSH, SourceKind.SYNTHETIC):
+        assert source._backoff == options["backoff"]
+        assert source._stall_timeout_s == options["stall_timeout_s"]
+        assert (source._open_timeout_s, source._read_timeout_s) == (options["open_timeout_s"],
+                                                                    options["read_timeout_s"])
