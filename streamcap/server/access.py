@@ -4,7 +4,8 @@ Every route the server mounts (its own viewer routes and every extension's) has 
 :data:`ROUTE_ACCESS`, keyed by method and path pattern (aiohttp's canonical form: ``{n}`` without
 its regular expression; ``HEAD`` reads the ``GET`` row). :func:`unlisted_routes` names the routes
 without a row, and :meth:`streamcap.server.app.Server.start` refuses to start with any, so a new
-route cannot go unguarded by omission.
+route cannot go unguarded by omission. Each server reads its own copy
+(:attr:`~streamcap.server.app.Server.route_access`), which a test may extend before starting.
 
 A row says the :class:`~streamcap.server.auth.Scope` needed (``None``: public), how a refusal is
 answered (:class:`Refusal`), and whether the ``{stream}`` path parameter is validated before

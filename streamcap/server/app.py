@@ -50,7 +50,7 @@ from streamcap.core.errors import ErrorCode, HttpError, ProtocolError
 from streamcap.outputs import documents, wire
 from streamcap.runtime.config import is_valid_stream_id
 from streamcap.runtime.metrics import Metrics
-from streamcap.server.access import DECISION_KEY, Refusal, route_access, unlisted_routes
+from streamcap.server.access import DECISION_KEY, ROUTE_ACCESS, Refusal, route_access, unlisted_routes
 from streamcap.server.auth import ALLOW, AccessPolicy, Decision, Scope, bearer_token
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
 
@@ -172,6 +172,8 @@ class Server:
         self.wall_clock = wall_clock
         self._ssl = ssl_context
         self.extensions = list(extensions or [])
+        #: what each route needs (method, path pattern → RouteAccess); extend it before start()
+        self.route_access = dict(ROUTE_ACCESS)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._pages: dict[str, bytes] = {}
@@ -194,7 +196,7 @@ class Server:
         app.router.add_get("/", self._index)
         for ext in self.extensions:
             app.router.add_routes(ext.routes())
-        unlisted = unlisted_routes(app)
+        unlisted = unlisted_routes(app, self.route_access)
         if unlisted:
             raise RuntimeError(f"routes without a row in streamcap.server.access.ROUTE_ACCESS: {', '.join(unlisted)}")
         app.middlewares.append(self._errors_middleware)  # outermost: also answers the access check's errors
@@ -286,7 +288,7 @@ class Server:
     async def _access_middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         """Check the scope :data:`~streamcap.server.access.ROUTE_ACCESS` names for the route and
         answer a refusal before the handler runs; a request that matched no route passes (404/405)."""
-        row = route_access(request)
+        row = route_access(request, self.route_access)
         if row is None or row.scope is None:
             request[DECISION_KEY] = ALLOW
             return await handler(request)

@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from streamcap.outputs import wire
 from streamcap.runtime.metrics import Metrics
 from streamcap.server import Hub, Server
+from streamcap.server.access import DECISION_KEY, RouteAccess
+from streamcap.server.auth import AccessPolicy, Decision, Scope
 from streamcap.core.types import Caption, CaptionState, Status, StreamState
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -354,3 +357,79 @@ async def test_failing_health_callable_gives_500_and_the_server_keeps_serving() 
         assert status == 500 and json.loads(body)["status"] == "error"
         status, _, _ = await http_get(server.port, "/metrics")
         assert status == 200
+
+
+async def test_healthz_is_503_with_the_reason_once_the_pipeline_has_failed() -> None:
+    failure: list[str] = []
+    metrics = Metrics()
+    async with Server(
+        Hub(metrics=metrics), metrics, host="127.0.0.1", port=0, health=health, streams=lambda: list(STREAMS),
+        failure=lambda: failure[0] if failure else None,
+    ) as server:
+        status, _, body = await http_get(server.port, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        failure.append("pipeline stopped: RuntimeError: engine crashed")
+        status, headers, body = await http_get(server.port, "/healthz")
+        assert status == 503 and headers["content-type"] == "application/json"
+        assert json.loads(body) == {"status": "error", "detail": "pipeline stopped: RuntimeError: engine crashed",
+                                    "version": server.version, "streams": health()}
+
+
+async def test_healthz_is_503_without_streams_when_the_pipeline_failed_and_health_cannot_be_read() -> None:
+    def broken() -> dict:
+        raise RuntimeError("boom")
+
+    metrics = Metrics()
+    async with Server(
+        Hub(metrics=metrics), metrics, host="127.0.0.1", port=0, health=broken, streams=list,
+        failure=lambda: "pipeline stopped",
+    ) as server:
+        status, _, body = await http_get(server.port, "/healthz")
+        assert status == 503
+        assert json.loads(body) == {"status": "error", "detail": "pipeline stopped", "version": server.version}
+
+
+class _Probe:
+    """An extension with one route, to watch the access middleware from inside a handler."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+
+    def routes(self) -> list[web.RouteDef]:
+        async def probe(request: web.Request) -> web.Response:
+            self.decisions.append(request[DECISION_KEY])
+            return web.Response(text="ok")
+
+        return [web.get("/probe", probe)]
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_route_missing_from_the_access_table_stops_the_server_from_starting() -> None:
+    metrics = Metrics()
+    server = Server(Hub(metrics=metrics), metrics, host="127.0.0.1", port=0, health=dict, streams=list,
+                    extensions=[_Probe()])
+    with pytest.raises(RuntimeError, match="GET /probe"):
+        await server.start()
+
+
+async def test_the_access_middleware_refuses_before_the_handler_and_hands_it_the_decision() -> None:
+    view = "view-secret-123"
+    probe = _Probe()
+    metrics = Metrics()
+    server = Server(Hub(metrics=metrics), metrics, host="127.0.0.1", port=0, health=dict, streams=list,
+                    access=AccessPolicy({view: Scope.VIEW}), extensions=[probe])
+    server.route_access[("GET", "/probe")] = RouteAccess(Scope.VIEW)
+    async with server:
+        status, headers, body = await http_get(server.port, "/probe")
+        assert status == 401 and headers["www-authenticate"] == "Bearer"
+        assert json.loads(body)["error"]["code"] == "unauthorized" and probe.decisions == []
+        status, _, body = await http_get(server.port, f"/probe?token={view}")
+        assert (status, body) == (200, b"ok")
+        assert [d.scope for d in probe.decisions] == [Scope.VIEW]
+        # the pages answer a refusal as text; /healthz stays public
+        status, headers, body = await http_get(server.port, "/overlay?stream=a")
+        assert status == 401 and headers["content-type"].startswith("text/plain") and b"needs a token" in body
+        assert (await http_get(server.port, "/healthz"))[0] == 200
+    assert metrics.registry.get_sample_value("streamcap_requests_refused_total", {"status": "401"}) == 2.0
