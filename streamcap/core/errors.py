@@ -40,6 +40,8 @@ class ErrorCode(str, Enum):
     ENGINE_LOAD_ERROR = "engine_load_error"
     EMBEDDER_UNAVAILABLE = "embedder_unavailable"
     EXPORT_FAILED = "export_failed"
+    # a stream's last status: removed through the API
+    STREAM_REMOVED = "stream_removed"
     # a client sent something unusable (wire messages, ingest frames, HTTP requests)
     BAD_MESSAGE = "bad_message"
     BAD_FRAME = "bad_frame"

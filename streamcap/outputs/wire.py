@@ -1,10 +1,12 @@
 """The websocket wire schema, version 1: the one place it lives.
 
 Every message is one JSON object in one text frame, with a ``type`` and a version ``v``.
-Server → client: ``hello`` (always first), ``caption``, ``status``, ``error``, ``pong``.
-Client → server: ``subscribe`` (replaces the subscription), ``ping``.
+Server → client: ``hello`` (always first), ``caption``, ``status``, ``error``, ``pong``,
+``ingested`` (on ``/ingest`` only), ``alert``, ``acked``.
+Client → server: ``subscribe`` (replaces the subscription), ``ping``, ``ack`` (acknowledges an alert).
 ``docs/wire.md`` documents each message; ``docs/schema/wire-v1.json`` is the matching JSON
-Schema (a unit test keeps the two in step).
+Schema (a unit test keeps the two in step). The HTTP endpoints' JSON bodies are
+:mod:`streamcap.outputs.documents`; the error codes are :class:`~streamcap.core.errors.ErrorCode`.
 
 Pure: no I/O, no clock, no asyncio. Encoders take value types from :mod:`streamcap.core.types`
 (or plain values) and return compact JSON text; the server encodes each message once and
