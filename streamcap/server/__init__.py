@@ -1,5 +1,6 @@
-"""The broadcaster: a socket-free fan-out :class:`Hub` and the websocket + HTTP
-:class:`Server` that serves it (``/ws``, ``/overlay``, ``/healthz``, ``/metrics``)."""
+"""The broadcaster: a socket-free fan-out :class:`Hub` and the websocket + HTTP :class:`Server`
+that serves it (routes under :mod:`streamcap.server.routes`, access decided by the table in
+:mod:`streamcap.server.access`)."""
 
 from streamcap.server.app import Server
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub

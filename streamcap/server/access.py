@@ -49,7 +49,7 @@ PUBLIC = RouteAccess(None)
 
 #: (method, path pattern) → what the route needs. The one place access is decided.
 ROUTE_ACCESS: Mapping[tuple[str, str], RouteAccess] = {
-    # viewer (streamcap.server.app)
+    # viewer (streamcap.server.routes.viewer)
     ("GET", "/ws"): RouteAccess(Scope.VIEW, Refusal.WEBSOCKET),
     # the pages hold no secret; the publish page's WHIP request carries its own (publish) token
     ("GET", "/overlay"): RouteAccess(Scope.VIEW, Refusal.TEXT),

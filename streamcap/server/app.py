@@ -1,17 +1,19 @@
 """The HTTP + websocket server: one port, one ``aiohttp`` application (optionally TLS).
 
-``GET /ws?streams=a,b`` upgrades to a websocket that carries :mod:`streamcap.outputs.wire` messages:
-``hello`` first, then the replay the :class:`~streamcap.server.hub.Hub` primed, then live
-messages. Plain HTTP: ``/overlay`` (the OBS subtitle overlay), ``/dashboard``, ``/publish``,
-``/healthz``, ``/metrics``, ``/`` (an index). ``extensions`` mount more routes on the same
-application: with the pipeline, the service adds WHIP (:mod:`.routes.whip`), websocket frame
-ingest (:mod:`.routes.ingest`) and the ``/v1`` API (:mod:`.routes.api`). Every JSON body comes
-from :mod:`streamcap.outputs.documents`.
+The server owns the lifecycle, the access and error middlewares, and the websocket plumbing
+every hub client shares; the routes live in :mod:`streamcap.server.routes`. It always mounts the
+viewer routes (:mod:`.routes.viewer`: ``/ws``, the pages, ``/healthz``, ``/metrics``, ``/``);
+``extensions`` mount more on the same application: with the pipeline, the service adds WHIP
+(:mod:`.routes.whip`), websocket frame ingest (:mod:`.routes.ingest`) and the ``/v1`` API
+(:mod:`.routes.api`). Responses are built with :mod:`streamcap.server.responses`; every JSON body
+comes from :mod:`streamcap.outputs.documents`.
 
-Per viewer connection there are three tasks: a sender that drains the client's hub queue into
-the socket (the only writer), a receiver that decodes client messages (``subscribe``, ``ping``,
-``ack``; replies go through the same queue), and a watch on the handle being closed by the hub. When
-the hub marks a client slow, the connection is closed with 1008 and a reason, bounded by
+A websocket hub client (a ``/ws`` viewer, an ``/ingest`` publisher) gets ``hello`` first, then
+the replay the :class:`~streamcap.server.hub.Hub` primed, then live messages
+(:meth:`Server.serve_hub_client`). Per connection there are three tasks: a sender that drains
+the client's hub queue into the socket (the only writer), the route's receiver reading the
+socket (replies go through the same queue), and a watch on the handle being closed by the hub.
+When the hub marks a client slow, the connection is closed with 1008 and a reason, bounded by
 ``close_timeout_s`` and then aborted, so a peer that never reads cannot hold a task forever.
 
 Access: one middleware looks up the scope each route needs in
@@ -33,82 +35,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
 import ssl
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from http import HTTPStatus
-from importlib import resources
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from streamcap import __version__
-from streamcap.core.errors import ErrorCode, HttpError, ProtocolError
+from streamcap.core.errors import ErrorCode, HttpError
 from streamcap.outputs import documents, wire
-from streamcap.runtime.config import is_valid_stream_id
 from streamcap.runtime.metrics import Metrics
 from streamcap.server.access import DECISION_KEY, ROUTE_ACCESS, Refusal, route_access, unlisted_routes
 from streamcap.server.auth import ALLOW, AccessPolicy, Decision, Scope, bearer_token
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
+from streamcap.server.responses import check_stream_id, error_response, json_response, response
+from streamcap.server.routes.viewer import WS_PATH, ViewerRoutes, overlay_path
 
 __all__ = ["HttpError", "Server", "check_stream_id", "error_response", "json_response", "response", "tls_context"]
 
 logger = logging.getLogger(__name__)
-
-WS_PATH = "/ws"
-OVERLAY_PATH = "/overlay"
-DASHBOARD_PATH = "/dashboard"
-PUBLISH_PATH = "/publish"
-HEALTH_PATH = "/healthz"
-METRICS_PATH = "/metrics"
 
 #: Close code and reason per disconnect reason (reasons stay well under the 123-byte limit).
 CLOSE_FOR: dict[DisconnectReason, tuple[int, str]] = {
     DisconnectReason.SLOW_CLIENT: (WSCloseCode.POLICY_VIOLATION, "slow client: fell behind"),
     DisconnectReason.SERVER_SHUTDOWN: (WSCloseCode.GOING_AWAY, "server shutting down"),
 }
-
-_HTML = "text/html"
-_JSON = "application/json"
-_TEXT = "text/plain"
-_PAGES = {OVERLAY_PATH: "overlay.html", DASHBOARD_PATH: "dashboard.html", PUBLISH_PATH: "publish.html"}
-
-
-def response(status: HTTPStatus, body: bytes | str, content_type: str = _TEXT,
-             headers: dict[str, str] | None = None) -> web.Response:
-    data = body.encode() if isinstance(body, str) else body
-    charset = "utf-8" if content_type.startswith("text/") else None
-    return web.Response(status=status.value, body=data, content_type=content_type, charset=charset,
-                        headers={"Cache-Control": "no-store", **(headers or {})})
-
-
-def json_response(status: HTTPStatus, doc: Any, headers: dict[str, str] | None = None) -> web.Response:
-    """A document from :mod:`streamcap.outputs.documents` as the response body."""
-    return response(status, documents.dumps(doc), _JSON, headers)
-
-
-def error_response(status: HTTPStatus, code: str, detail: str) -> web.Response:
-    """The one shape of an HTTP error body: ``{"error": {"code": ..., "detail": ...}}`` (counted in
-    ``streamcap_bad_requests_total{code}`` on the way out)."""
-    resp = json_response(status, documents.error(code, detail))
-    resp.error_code = str(code)  # type: ignore[attr-defined]
-    return resp
-
-
-def check_stream_id(stream: str) -> None:
-    """Raise HttpError(400, bad_stream_id) unless ``stream`` is a valid stream id."""
-    if not is_valid_stream_id(stream):
-        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_STREAM_ID,
-                        f"stream id {stream!r} must be 1-64 of letters, digits, '_', '.', '-'")
-
-
-def _subscription(query: dict[str, list[str]]) -> tuple[str, ...] | None:
-    """The ``streams`` of a /ws query; repeated parameters are joined. Raises ProtocolError."""
-    values = query.get("streams")
-    return None if values is None else wire.parse_stream_list(",".join(values))
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
@@ -159,24 +113,19 @@ class Server:
         self.metrics = metrics
         self._host = host
         self._requested_port = port
-        self._health = health
         self._streams = streams
-        self._failure = failure
         self.version = version
-        self._ping_interval_s = ping_interval_s
         self.close_timeout_s = close_timeout_s
-        # Above MAX_CLIENT_MESSAGE_BYTES a message gets an error reply; above this the
-        # websocket layer closes the connection with 1009.
-        self._max_message_bytes = max_message_bytes
         self._max_body_bytes = max_body_bytes
         self.wall_clock = wall_clock
         self._ssl = ssl_context
         self.extensions = list(extensions or [])
+        self.viewer = ViewerRoutes(self, health=health, streams=streams, failure=failure,
+                                   ping_interval_s=ping_interval_s, max_message_bytes=max_message_bytes)
         #: what each route needs (method, path pattern → RouteAccess); extend it before start()
         self.route_access = dict(ROUTE_ACCESS)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._pages: dict[str, bytes] = {}
         self._handlers: set[asyncio.Task] = set()
         self.stopping = False
 
@@ -185,16 +134,8 @@ class Server:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("server already started")
-        static = resources.files("streamcap.server").joinpath("static")
-        self._pages = {path: static.joinpath(name).read_bytes() for path, name in _PAGES.items()}
         app = web.Application(client_max_size=self._max_body_bytes)
-        app.router.add_get(WS_PATH, self._ws_view)
-        for path in _PAGES:
-            app.router.add_get(path, self._page)
-        app.router.add_get(HEALTH_PATH, self._healthz)
-        app.router.add_get(METRICS_PATH, self._metrics_view)
-        app.router.add_get("/", self._index)
-        for ext in self.extensions:
+        for ext in [self.viewer, *self.extensions]:
             app.router.add_routes(ext.routes())
         unlisted = unlisted_routes(app, self.route_access)
         if unlisted:
@@ -251,7 +192,7 @@ class Server:
         return "ws" + self.url(path)[len("http"):]
 
     def overlay_url(self, stream: str) -> str:
-        return self.url(f"{OVERLAY_PATH}?stream={urllib.parse.quote(stream, safe='')}")
+        return self.url(overlay_path(stream))
 
     # --- access -------------------------------------------------------------------------------
 
@@ -337,78 +278,7 @@ class Server:
             self.metrics.bad_requests_total.labels(code=code).inc()
         return resp
 
-    # --- HTTP ---------------------------------------------------------------------------------
-
-    async def _page(self, request: web.Request) -> web.Response:
-        return response(HTTPStatus.OK, self._pages[request.path], _HTML)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        failure = self._failure_reason()
-        status = HTTPStatus.OK if failure is None else HTTPStatus.SERVICE_UNAVAILABLE
-        try:
-            streams = self._health()
-            body = documents.dumps(documents.health(self.version, streams) if failure is None
-                                   else documents.health_error(failure, version=self.version, streams=streams))
-        except Exception as exc:  # boundary: a broken health callable is a 500, not a crash
-            logger.exception("healthz: health callable failed")
-            if failure is None:
-                return json_response(HTTPStatus.INTERNAL_SERVER_ERROR,
-                                     documents.health_error(f"{type(exc).__name__}: {exc}"))
-            body = documents.dumps(documents.health_error(failure, version=self.version))
-        return response(status, body, _JSON)
-
-    def _failure_reason(self) -> str | None:
-        if self._failure is None:
-            return None
-        try:
-            return self._failure()
-        except Exception as exc:  # boundary: a broken failure callable reports itself as the failure
-            logger.exception("healthz: failure callable failed")
-            return f"cannot tell whether the pipeline runs: {type(exc).__name__}: {exc}"
-
-    async def _metrics_view(self, request: web.Request) -> web.Response:
-        body, content_type = self.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
-
-    async def _index(self, request: web.Request) -> web.Response:
-        return response(HTTPStatus.OK, self._index_html(), _HTML)
-
-    def _index_html(self) -> str:
-        items = "\n".join(
-            f'<li><code>{html.escape(s)}</code>: <a href="{html.escape(self._overlay_path(s))}">'
-            "overlay</a></li>"
-            for s in self._streams()
-        )
-        return (
-            '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            "<title>streamcap</title></head><body>\n"
-            f"<h1>streamcap {html.escape(self.version)}</h1>\n<ul>\n{items}\n</ul>\n"
-            f'<p><a href="{DASHBOARD_PATH}">dashboard</a> · <a href="{PUBLISH_PATH}">publish</a> · '
-            f"websocket: <code>{WS_PATH}?streams=ID,ID</code> · "
-            f'<a href="{HEALTH_PATH}">health</a> · <a href="{METRICS_PATH}">metrics</a></p>\n'
-            "</body></html>\n"
-        )
-
-    @staticmethod
-    def _overlay_path(stream: str) -> str:
-        return f"{OVERLAY_PATH}?stream={urllib.parse.quote(stream, safe='')}"
-
     # --- websocket ----------------------------------------------------------------------------
-
-    async def _ws_view(self, request: web.Request) -> web.StreamResponse:
-        try:
-            streams = _subscription(_query(request))
-        except ProtocolError as exc:
-            return response(HTTPStatus.BAD_REQUEST, f"{exc.detail}\n")
-        ws = web.WebSocketResponse(heartbeat=self._ping_interval_s, compress=False,
-                                   max_msg_size=self._max_message_bytes, timeout=self.close_timeout_s)
-        if not ws.can_prepare(request).ok:
-            return response(HTTPStatus.UPGRADE_REQUIRED, "this path needs a websocket upgrade\n",
-                            headers={"Upgrade": "websocket"})
-        await ws.prepare(request)
-        with self.track():
-            await self._serve_viewer(request, ws, streams)
-        return ws
 
     async def serve_hub_client(self, request: web.Request, ws: web.WebSocketResponse,
                                streams: tuple[str, ...] | None,
@@ -427,13 +297,6 @@ class Server:
             pass  # the peer went away; callers log the close code
         finally:
             self.hub.remove_client(client)
-
-    async def _serve_viewer(self, request: web.Request, ws: web.WebSocketResponse,
-                            streams: tuple[str, ...] | None) -> None:
-        peer = request.remote
-        logger.info("viewer %s: connected, streams=%s", peer, "all" if streams is None else ",".join(streams))
-        await self.serve_hub_client(request, ws, streams, lambda client: self._recv_loop(ws, client, peer))
-        logger.info("viewer %s: disconnected (code %s)", peer, ws.close_code)
 
     async def serve_ws(self, request: web.Request, ws: web.WebSocketResponse, client: ClientHandle,
                        receiver: Any) -> None:
@@ -481,38 +344,6 @@ class Server:
                 await ws.send_str(text)
         except (ConnectionError, RuntimeError):  # closing/closed transport
             return
-
-    async def _recv_loop(self, ws: web.WebSocketResponse, client: ClientHandle, peer: str | None) -> None:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                raw: str | bytes = msg.data
-            elif msg.type is WSMsgType.BINARY:
-                raw = msg.data
-            else:
-                return
-            try:
-                decoded = wire.decode_client_message(raw)
-            except ProtocolError as exc:
-                logger.info("client %d %s: bad message: %s", client.id, peer, exc)
-                self.hub.send_to(client, wire.encode_error(exc.code, exc.detail))
-                continue
-            if isinstance(decoded, wire.PingMsg):
-                self.hub.send_to(client, wire.encode_pong())
-            elif isinstance(decoded, wire.AckMsg):
-                self.ack_alert(client, decoded, peer)
-            elif isinstance(decoded, wire.SubscribeMsg):
-                logger.info("client %d %s: subscribe streams=%s", client.id, peer,
-                            "all" if decoded.streams is None else ",".join(decoded.streams))
-                self.hub.set_subscription(client, decoded.streams)
-
-    def ack_alert(self, client: ClientHandle, msg: wire.AckMsg, peer: str | None) -> None:
-        by = msg.by or f"websocket {peer or '?'}"
-        try:
-            self.hub.ack(msg.id, by, self.wall_clock())
-        except KeyError:
-            self.hub.send_to(client, wire.encode_error(ErrorCode.UNKNOWN_ALERT, f"no recent alert {msg.id!r}"))
-            return
-        logger.info("alert %s acknowledged by %s", msg.id, by)
 
     async def close_ws(self, request: web.Request, ws: web.WebSocketResponse, code: int, reason: str) -> None:
         """Close with ``code``; a peer that does not read gets aborted after the close timeout

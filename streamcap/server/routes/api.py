@@ -40,7 +40,8 @@ from streamcap.outputs.chapters import Chapter
 from streamcap.outputs.livevtt import LiveVttSegmenter
 from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
 from streamcap.runtime.config import IngestConfig, is_valid_stream_id
-from streamcap.server.app import Server, error_response, json_response, response
+from streamcap.server.app import Server
+from streamcap.server.responses import error_response, json_response, response
 from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
 from streamcap.sources.url import SourceKind, parse_source_url
 

@@ -25,7 +25,8 @@ from aiohttp import WSMsgType, web
 from streamcap.core.errors import ErrorCode, ProtocolError
 from streamcap.outputs import wire
 from streamcap.runtime.config import IngestConfig
-from streamcap.server.app import Server, error_response
+from streamcap.server.app import Server
+from streamcap.server.responses import error_response
 from streamcap.server.hub import ClientHandle
 from streamcap.sources.ingest import check_frame, decode_image, parse_text_message
 from streamcap.sources.push import PushSource

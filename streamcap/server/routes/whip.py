@@ -25,7 +25,8 @@ from aiohttp import web
 
 from streamcap.core.errors import ErrorCode
 from streamcap.runtime.config import WebRTCConfig
-from streamcap.server.app import Server, error_response
+from streamcap.server.app import Server
+from streamcap.server.responses import error_response
 from streamcap.server.routes.ingest import PushControl
 from streamcap.sources.push import PushSource
 

@@ -13,6 +13,7 @@ from streamcap.server.app import HttpError
 from streamcap.server.auth import Scope
 from streamcap.server.routes.api import ApiRoutes
 from streamcap.server.routes.ingest import IngestRoutes
+from streamcap.server.routes.viewer import ViewerRoutes
 from streamcap.server.routes.whip import WhipRoutes
 
 
@@ -24,9 +25,7 @@ def _full_app() -> web.Application:
     """The viewer routes and every extension's, as the service mounts them (no constructor runs:
     ``routes()`` only names bound methods)."""
     app = web.Application()
-    for path in ("/ws", "/overlay", "/dashboard", "/publish", "/healthz", "/metrics", "/"):
-        app.router.add_get(path, _handler)
-    for cls in (IngestRoutes, WhipRoutes, ApiRoutes):
+    for cls in (ViewerRoutes, IngestRoutes, WhipRoutes, ApiRoutes):
         app.router.add_routes(cls.__new__(cls).routes())
     return app
 
