@@ -93,7 +93,7 @@ def _storyline_cache_key() -> str:
     """Changes whenever the renderer or the encoder settings change, so caches never go stale."""
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
-    for part in ("streamcap/synthetic.py", "tools/media.py"):
+    for part in ("streamcap/demo/synthetic.py", "tools/media.py"):
         digest.update((root / part).read_bytes())
     digest.update(repr((STORYLINE_SEED, STORYLINE_DURATION_S, STORYLINE_FPS, STORYLINE_SIZE,
                         STORYLINE_SCENE_S)).encode())

@@ -430,7 +430,7 @@ def storyline_file(cache: Path, seed: int, duration_s: float, scene_s: float) ->
     from tools.media import MediaToolError, render_storyline_file
 
     digest = hashlib.sha256()
-    for part in ("streamcap/synthetic.py", "tools/media.py"):
+    for part in ("streamcap/demo/synthetic.py", "tools/media.py"):
         digest.update((ROOT / part).read_bytes())
     digest.update(repr((seed, duration_s, RENDER_FPS, RENDER_SIZE, scene_s)).encode())
     path = cache / f"storyline-s{seed}-{duration_s:g}s-{digest.hexdigest()[:12]}.mp4"

@@ -169,6 +169,29 @@ class Metrics:
         self.stream_up = Gauge(
             "stream_up", "1 while a stream is live, else 0.", ["stream"], namespace=ns, registry=reg
         )
+        self.sink_errors_total = Counter(
+            "sink_errors_total",
+            "Events a sink (hub, alert log, metrics, callbacks) failed on; the other sinks and the "
+            "stream went on.",
+            ["sink"],
+            namespace=ns,
+            registry=reg,
+        )
+
+    def forget_stream(self, stream: str) -> int:
+        """Remove every series labelled ``stream=<stream>`` (the stream was removed, so its series
+        must not pile up). Returns how many series went."""
+        removed = 0
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if "stream" not in names:
+                continue
+            at = names.index("stream")
+            # prometheus_client keeps a labelled metric's children by their label values
+            for values in [v for v in list(metric._metrics) if v[at] == stream]:  # noqa: SLF001
+                metric.remove(*values)
+                removed += 1
+        return removed
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this registry and its content type."""

@@ -1,17 +1,25 @@
-"""The one place that wires the stages together.
+"""The async shell around the stream processors: sources in, engines in threads, events out.
 
-Per stream, a :class:`StreamRunner` task: ``source.recv()`` → ingest subsampling → ring buffer →
-window planner → the shared :class:`WindowQueue`. One engine task takes batches of windows from
-that queue (up to ``engine.max_batch``, from any streams), runs the engine in a dedicated
-single-thread executor (never on the event loop), and routes each result back to its stream's
-stabiliser, whose captions go to the ``on_caption`` sink (the websocket hub, or a file writer).
+Per stream, a :class:`StreamRunner` task does only I/O and waiting::
 
-Everything is bounded: the source handoff, the ring (``pipeline.ring_capacity``), the window queue
-(``engine.queue_size``). Live streams drop (oldest window first, reason ``engine_busy``; ring
-overwrites, reason ``ring_full``); files apply back-pressure instead and lose nothing. Every drop
-is counted in :class:`~streamcap.runtime.metrics.Metrics` with its reason.
+    source.recv() → processor.feed_frame() → engine queue → engine thread → processor.feed_result()
+                                 ↘ events ↙                                        ↘ events
+                                        Sinks.dispatch (hub, alert log, metrics, callbacks)
 
-Async contract: all methods run on one event loop; only the engine call leaves it.
+Every per-stream rule (sub-sampling, ring, windows, cuts, stabiliser, alerts, health, live
+WebVTT, finals, status) lives in the pure :class:`~streamcap.core.processor.StreamProcessor`;
+this module owns sockets, threads, queues, the clock and the health ticker. Events go through
+:class:`~streamcap.runtime.sinks.Sinks`, which isolates each sink: a failing sink is logged and
+counted (``streamcap_sink_errors_total{sink}``), the stream goes on. If the pipeline task dies
+anyway, :attr:`Pipeline.failure` says why (``/healthz`` answers 503, ``streamcap run`` exits 1).
+
+One :class:`EngineWorker` per engine: a bounded :class:`WindowQueue` (``engine.queue_size``),
+batches of up to ``engine.max_batch`` windows from any streams, run in a dedicated
+single-thread executor (never on the event loop). Live streams drop (oldest waiting window
+first, reason ``engine_busy``; the ring overwrites, reason ``ring_full``); files apply
+back-pressure instead and lose nothing. Every drop is an event with its reason.
+
+Async contract: all methods run on one event loop; only engine calls leave it.
 """
 
 from __future__ import annotations
@@ -22,70 +30,56 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-import cv2
-import numpy as np
-
-from streamcap.alerts.rules import CaptionAlerts, Similarity
-from streamcap.outputs.chapters import Chapter, chapters_from_finals, chapters_since
-from streamcap.runtime.config import Config
-from streamcap.engine.base import CaptionEngine, decode_options_from_config
-from streamcap.engine.preprocess import resize_frame
-from streamcap.core.errors import SourceEnded, SourceError, StreamcapError
-from streamcap.alerts.health import HealthLimits, HealthMonitor
-from streamcap.outputs.livevtt import LiveVttSegmenter
-from streamcap.runtime.metrics import Metrics
-from streamcap.core.ringbuffer import FrameRing
-from streamcap.sources.base import Source
-from streamcap.sources.push import PushSource
-from streamcap.sources.url import (
-    SourceKind,
-    open_source,
-    parse_source_url,
-    sanitize_url,
-)
-from streamcap.core.stabilizer import CaptionStabilizer
+from streamcap.alerts.rules import Rule, Similarity
+from streamcap.core.errors import BadSourceURL, ConfigError, SourceEnded, SourceError, StreamcapError
+from streamcap.core.events import AlertEvent, CaptionEvent, Event, ProgressEvent, StatusEvent
+from streamcap.core.processor import StreamProcessor
 from streamcap.core.types import (
+    VIDEO_TRACK,
     Alert,
     Caption,
     CaptionResult,
-    CaptionState,
-    DropPolicy,
+    DropReason,
     Frame,
-    Severity,
     Status,
     StreamState,
     Window,
 )
-from streamcap.core.windowing import (
-    WindowPlanner,
-    build_window,
-    min_ring_capacity,
-    pick_frames,
-)
+from streamcap.engine.base import CaptionEngine
+from streamcap.engine.preprocess import resize_frame
+from streamcap.outputs.chapters import Chapter, chapters_from_finals, chapters_since
+from streamcap.outputs.livevtt import LiveVttSegmenter
+from streamcap.runtime.config import Config, source_options
+from streamcap.runtime.metrics import Metrics
+from streamcap.runtime.settings import processor_settings
+from streamcap.runtime.sinks import AlertLogSink, EventSink, MetricsSink, Sinks, callback_sink
+from streamcap.sources.base import Source
+from streamcap.sources.push import PushSource
+from streamcap.sources.url import SourceKind, SourceSpec, open_source, parse_source_url, sanitize_url
 
 log = logging.getLogger(__name__)
 
 CaptionSink = Callable[[Caption], None]
 StatusSink = Callable[[Status], None]
 AlertSink = Callable[[Alert], None]
-#: drop reasons that mean the machine is not keeping up (they feed health:behind)
-BEHIND_REASONS = frozenset({"ring_full", "handoff_full", "ingest_full", "engine_busy", "behind_live"})
-HEALTH_TICK_S = 0.25
+#: the metric label every caption job (POST /v1/captions) shares: no series per job
+JOB_LABEL = "job"
+#: sinks that see every stream, hidden jobs included
+_ALL_STREAM_SINKS = ("metrics",)
 
 
 class WindowQueue:
-    """Bounded FIFO of windows waiting for the engine.
+    """Bounded FIFO of windows waiting for one engine.
 
     Policy when full: a live stream's window replaces the oldest waiting window of the same
-    stream (else the oldest of any live stream) and that one is counted as dropped with reason
-    ``engine_busy``; a file's window waits for space (``BLOCK``), so nothing is lost.
+    stream (else the oldest of any live stream) and that one is dropped with reason
+    ``engine_busy`` (``on_drop``); a file's window waits for space (``BLOCK``), so nothing is lost.
     """
 
-    def __init__(self, maxsize: int, on_drop: Callable[[Window, str], None]) -> None:
+    def __init__(self, maxsize: int, on_drop: Callable[[Window, DropReason], None]) -> None:
         self.maxsize = maxsize
         self._items: deque[tuple[Window, bool]] = deque()
         self._cond = asyncio.Condition()
@@ -102,11 +96,11 @@ class WindowQueue:
                 if victim is None:
                     victim = next((i for i, (_, lv) in enumerate(self._items) if lv), None)
                 if victim is None:  # only file windows queued: the live one is dropped instead
-                    self._on_drop(window, "engine_busy")
+                    self._on_drop(window, DropReason.ENGINE_BUSY)
                     return
                 dropped, _ = self._items[victim]
                 del self._items[victim]
-                self._on_drop(dropped, "engine_busy")
+                self._on_drop(dropped, DropReason.ENGINE_BUSY)
             while len(self._items) >= self.maxsize:
                 await self._cond.wait()
             self._items.append((window, live))
@@ -139,23 +133,8 @@ class WindowQueue:
         return gone
 
 
-@dataclass
-class StreamHealth:
-    state: StreamState = StreamState.STARTING
-    detail: str = ""
-    frames_in: int = 0
-    windows_captioned: int = 0
-    last_frame_ns: int | None = None
-    last_caption_ns: int | None = None
-    last_final: str | None = None
-    media_s: float | None = None  # pts of the newest frame
-    last_window_end_s: float | None = None
-    url: str = ""
-    extra: dict = field(default_factory=dict)
-
-
 class StreamRunner:
-    """Reads one source into its ring, plans windows, and turns engine results into captions."""
+    """One stream's task: its source, its :class:`StreamProcessor`, and the waiting in between."""
 
     def __init__(self, pipeline: Pipeline, stream_id: str, url: str, *, hidden: bool = False,
                  collect_finals: bool | None = None, decode: dict | None = None) -> None:
@@ -164,118 +143,79 @@ class StreamRunner:
         self.url = url
         # hidden: a job stream (an HTTP caption request), not broadcast and not listed
         self.hidden = hidden
-        self.collect_finals = pipeline.collect_finals if collect_finals is None else collect_finals
-        self.decode = dict(decode or {})  # per-stream decoding overrides (e.g. max_new_tokens)
-        self.epoch: tuple[str, int] = ("", 0)  # set by the pipeline: tells apart streams re-added under one id
         self.safe_url = sanitize_url(url)
-        cfg = pipeline.config
-        eng = pipeline.engine
-        self.health = StreamHealth(url=self.safe_url)
-        self.live = True
+        self.decode = dict(decode or {})  # decoding overrides set at run time (e.g. max_new_tokens)
+        self.epoch: tuple[str, int] = ("", 0)  # tells apart streams re-added under one id (frame cache)
+        # a bad URL is the stream's error (status ERROR when it runs), not the caller's exception
+        self._bad_url: BadSourceURL | None = None
+        try:
+            self.spec: SourceSpec | None = parse_source_url(url)
+        except BadSourceURL as exc:
+            self.spec, self._bad_url = None, exc
+        self.live = self.spec.live if self.spec is not None else True
+        collect = pipeline.collect_finals if collect_finals is None else collect_finals
+        self.processor = StreamProcessor(
+            processor_settings(pipeline.config, stream_id, pipeline.engine, live=self.live, hidden=hidden,
+                               collect_finals=collect, health=pipeline.on_alert_wanted),
+            rules=() if hidden else pipeline.rules_for(stream_id), similarity=pipeline.similarity,
+            make_alert_id=pipeline.new_alert_id)
         self.source: Source | None = None
-        self.stabilizer = CaptionStabilizer(stream_id, agree=cfg.stabilizer.agree,
-                                            fresh_agree=cfg.stabilizer.fresh_agree or None)
-        self._cut_diff = cfg.stabilizer.cut_diff
-        self._cuts: deque[float] = deque(maxlen=16)  # media times of recent scene cuts
-        self._recent_changes: deque[float] = deque(maxlen=10)
-        self._area_thumb: np.ndarray | None = None
-        self.window_s = cfg.windows.window_s or eng.window_s
-        self.stride_s = cfg.windows.stride_s
-        self.min_gap_s = 1.0 / cfg.windows.max_ingest_fps - 1e-3
-        self._last_kept_pts: float | None = None
-        s = eng.preprocessing.image_size
-        self.frame_shape = (s, s, 3)
-        self.ring: FrameRing | None = None
-        self.planner: WindowPlanner | None = None
         self.task: asyncio.Task | None = None
-        self.finals: list[Caption] = []  # closed finals (full spans), kept only when collect_finals
-        self.history: deque[Caption] = deque(maxlen=cfg.pipeline.finals_history)  # for chapters
-        live = cfg.subtitles.live
-        self.live_vtt: LiveVttSegmenter | None = None  # the live WebVTT of this stream's finals
-        if live.enabled and not hidden:
-            self.live_vtt = LiveVttSegmenter(live.segment_s, live.window_segments, cfg.subtitles.rules())
-        self.settle_s = live.settle_s if live.settle_s is not None else \
-            self.window_s + cfg.stabilizer.agree * self.stride_s
-        self.monitor: HealthMonitor | None = (
-            HealthMonitor(stream_id, pipeline.health_limits, pipeline.new_alert_id)
-            if pipeline.health_limits is not None and not hidden else None)
-        self._thumb: np.ndarray | None = None  # grey thumbnail of the last kept frame (frozen picture)
-        self._windows_in_flight = 0  # queued or being captioned; the stream ends after they are done
         self._windows_done = asyncio.Event()
         self._windows_done.set()
 
-    # ---------------------------------------------------------------- status & drops
+    # ---------------------------------------------------------------- reading
 
-    def _status(self, status: Status) -> None:
-        self.health.state = status.state
-        self.health.detail = status.detail
-        if status.state is StreamState.RECONNECTING:
-            self.p.metrics.source_reconnects_total.labels(stream=self.id).inc()
-        if not self.hidden:
-            self.p.on_status(status)
-        if self.monitor is not None:
-            now = self.p.clock()
-            if status.state is StreamState.RECONNECTING:
-                self.publish_alerts(self.monitor.reconnect(now))
-            self.publish_alerts(self.monitor.status(status.state, now))
-        if status.state in (StreamState.ENDED, StreamState.ERROR):
-            self.close_alerts()
+    @property
+    def finals(self) -> list[Caption]:
+        return self.processor.finals()
 
-    def _drop_frame(self, reason: str) -> None:
-        self.p.metrics.frames_dropped_total.labels(stream=self.id, reason=reason).inc()
-        self.count_drop(reason)
+    @property
+    def state(self) -> StreamState:
+        return self.processor.state
 
-    def count_drop(self, reason: str, count: int = 1) -> None:
-        if self.monitor is not None and reason in BEHIND_REASONS:
-            self.publish_alerts(self.monitor.drop(self.p.clock(), count))
+    # ---------------------------------------------------------------- events
 
-    # ---------------------------------------------------------------- alerts
+    def dispatch(self, events: list[Event]) -> None:
+        self.p.dispatch(self, events)
+        if self.processor.windows_in_flight == 0:
+            self._windows_done.set()
 
-    def publish_alerts(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            level = logging.WARNING if alert.severity is not Severity.INFO else logging.INFO
-            log.log(level, "stream %s: alert %s %s %s%s", self.id, alert.rule, alert.phase.value, alert.id,
-                    f" ({alert.detail})" if alert.detail else "")
-            if self.p.on_alert is not None and not self.hidden:
-                self.p.on_alert(alert)
+    def _on_status(self, status: Status) -> None:
+        self.dispatch(self.processor.feed_status(status.state, status.detail, status.code,
+                                                 now_ns=self.p.clock(), extra=status.extra))
 
-    def close_alerts(self) -> None:
-        """The stream ended or is going away: its open alerts end."""
-        at = self.health.media_s or 0.0
-        if self.monitor is not None:
-            self.publish_alerts(self.monitor.close())
-        if self.p.caption_alerts is not None:
-            self.publish_alerts(self.p.caption_alerts.close(self.id, at))
-
-    def _detect_cut(self, frame: Frame) -> None:
-        """Scene cuts, for the stabiliser: a large change of an area-averaged 16x16 grey thumbnail
-        compared with the recent changes (noise and motion stay far below a cut)."""
-        thumb = cv2.resize(frame.image, (16, 16), interpolation=cv2.INTER_AREA).mean(axis=2, dtype=np.float32)
-        if self._area_thumb is not None and self._area_thumb.shape == thumb.shape:
-            change = float(np.abs(thumb - self._area_thumb).mean())
-            typical = float(np.median(self._recent_changes)) if self._recent_changes else 0.0
-            if change >= self._cut_diff and change >= 6 * typical:
-                self._cuts.append(frame.pts_s)
-            else:
-                self._recent_changes.append(change)
-        self._area_thumb = thumb
-
-    def _cut_before(self, start_s: float) -> float | None:
-        """The latest scene cut at or before ``start_s``."""
-        return next((c for c in reversed(self._cuts) if c <= start_s + 1e-6), None)
-
-    def _watch_picture(self, frame: Frame) -> None:
-        self._detect_cut(frame)
-        if self.monitor is None:
-            return
-        grey = frame.image[::4, ::4].mean(axis=2, dtype=np.float32)
-        change = None if self._thumb is None or self._thumb.shape != grey.shape else \
-            float(np.abs(grey - self._thumb).mean())
-        self._thumb = grey
-        self.publish_alerts(self.monitor.frame(frame.capture_ns, frame.pts_s, float(grey.mean()),
-                                               float(grey.std()), change))
+    def _on_drop(self, reason: str) -> None:
+        self.dispatch(self.processor.feed_drop(reason, self.p.clock()))
 
     # ---------------------------------------------------------------- main loop
+
+    def open_source(self) -> Source:
+        """Open this stream's source (once); raises BadSourceURL with a clear message."""
+        if self.source is not None:
+            return self.source
+        if self._bad_url is not None or self.spec is None:
+            raise self._bad_url or BadSourceURL(f"bad source URL {self.safe_url}")
+        cfg = self.p.config
+        pre = self.p.engine.preprocessing
+        kwargs: dict = {
+            "on_status": self._on_status,
+            "on_drop": self._on_drop,
+            "frame_transform": lambda img: resize_frame(img, pre),
+            "clock": self.p.clock,
+        }
+        if self.spec.kind is SourceKind.PUSH:
+            kwargs["max_queued_frames"] = cfg.ingest.max_queued_frames
+        elif self.spec.kind is not SourceKind.SYNTHETIC and self.live:
+            kwargs.update(source_options(cfg))
+        elif self.spec.kind is SourceKind.SYNTHETIC:
+            kwargs["handoff_size"] = cfg.network.handoff_size
+        else:  # a file: no stall watchdog, the network timeouts still bound a slow open
+            opts = source_options(cfg)
+            opts.pop("stall_timeout_s", None)
+            kwargs.update(opts)
+        self.source = open_source(self.id, self.spec, **kwargs)
+        return self.source
 
     async def run(self) -> None:
         try:
@@ -284,222 +224,219 @@ class StreamRunner:
             raise
         except StreamcapError as e:
             log.error("stream %s: %s (%s)", self.id, e.detail, self.safe_url)
-            self._emit_status(StreamState.ERROR, e.detail, e.code)
+            self.dispatch(self.processor.fail(e.detail, e.code, self.p.clock()))
         except Exception as e:  # boundary: one stream's bug must not stop the others
             log.exception("stream %s: unexpected failure (%s)", self.id, self.safe_url)
-            self._emit_status(StreamState.ERROR, f"internal error: {type(e).__name__}: {e}", "internal_error")
+            self.dispatch(self.processor.fail(f"internal error: {type(e).__name__}: {e}", "internal_error",
+                                              self.p.clock()))
         finally:
             if self.source is not None:
                 await self.source.aclose()
 
-    def _emit_status(self, state: StreamState, detail: str, code: str | None = None) -> None:
-        if self.health.state in (StreamState.ERROR, StreamState.ENDED) and state is self.health.state:
-            return
-        self._status(Status(self.id, state, detail, code))
-
-    def open_source(self) -> Source:
-        """Open this stream's source (once); raises BadSourceURL with a clear message."""
-        if self.source is not None:
-            return self.source
-        cfg = self.p.config
-        spec = parse_source_url(self.url)
-        self.live = spec.live
-        pre = self.p.engine.preprocessing
-        kwargs: dict = {
-            "on_status": self._status,
-            "on_drop": self._drop_frame,
-            "frame_transform": lambda img: resize_frame(img, pre),
-            "clock": self.p.clock,
-        }
-        if spec.kind is SourceKind.PUSH:
-            kwargs["max_queued_frames"] = cfg.ingest.max_queued_frames
-        elif spec.kind is not SourceKind.SYNTHETIC and spec.live:
-            kwargs["stall_timeout_s"] = cfg.pipeline.stall_timeout_s
-        self.source = open_source(self.id, spec, **kwargs)
-        return self.source
-
     async def _run(self) -> None:
-        cfg = self.p.config
-        self.open_source()
-        assert self.source is not None
-        fps = cfg.windows.max_ingest_fps
-        need = min_ring_capacity(self.window_s + self.stride_s, fps) + 2
-        if cfg.pipeline.ring_capacity < need:
-            raise StreamcapError(f"pipeline.ring_capacity={cfg.pipeline.ring_capacity} cannot hold a "
-                                 f"{self.window_s}s window at {fps} fps (needs {need})", code="bad_config")
-        policy = DropPolicy.DROP_OLDEST if self.live else DropPolicy.BLOCK
-        self.ring = FrameRing(cfg.pipeline.ring_capacity, self.frame_shape, policy)
-        self.planner = WindowPlanner(self.window_s, self.stride_s, self.p.engine.frames_per_window,
-                                     max_backlog=cfg.windows.max_backlog if self.live else None)
+        source = self.open_source()
+        t = self.processor.track(VIDEO_TRACK)
         log.info("stream %s: opening %s (%s, window %.2fs stride %.2fs)", self.id, self.safe_url,
-                 "live" if self.live else "file", self.window_s, self.stride_s)
+                 "live" if self.live else "file", t.window_s, t.stride_s)
+        shape = self.processor.settings.frame_shape
+        pre = self.p.engine.preprocessing
         while True:
             try:
-                frame = await self.source.recv()
+                frame = await source.recv()
             except SourceEnded:
                 break
-            await self._ingest(frame)
-        await self._finish()
-
-    async def _ingest(self, frame: Frame) -> None:
-        m = self.p.metrics
-        m.frames_in_total.labels(stream=self.id).inc()
-        self.health.frames_in += 1
-        self.health.last_frame_ns = frame.capture_ns
-        self.health.media_s = frame.pts_s
-        if self._last_kept_pts is not None and frame.pts_s - self._last_kept_pts < self.min_gap_s:
-            return  # ingest subsampling: not a drop, the windows never need that many frames
-        assert self.ring is not None and self.planner is not None
-        if frame.image.shape != self.frame_shape:
-            frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s,
-                          resize_frame(frame.image, self.p.engine.preprocessing))
-        res = self.ring.push(frame)
-        if res.dropped and res.reason:
-            self._drop_frame(res.reason)
-        if not res.stored:
-            if self.ring.is_full and not self.live:
-                raise StreamcapError("ring buffer full in blocking mode (ring_capacity too small)",
-                                     code="bad_config")
-            return
-        self._last_kept_pts = frame.pts_s
-        self._watch_picture(frame)
-        for spec in self.planner.due(frame.pts_s):
-            frames = pick_frames(self.ring, self.planner.sample_targets(spec))
-            self._window_queued()
-            await self.p.queue.put(build_window(self.id, spec, frames), live=self.live)
-        skipped = self.planner.last_skipped
-        if skipped:
-            m.windows_dropped_total.labels(stream=self.id, reason="behind_live").inc(skipped)
-            self.count_drop("behind_live", skipped)
-        self.ring.release_before(self.planner.release_pts())
-
-    def _window_queued(self) -> None:
-        self._windows_in_flight += 1
-        self._windows_done.clear()
-
-    def window_settled(self) -> None:
-        """A window of this stream was captioned or dropped."""
-        self._windows_in_flight = max(0, self._windows_in_flight - 1)
-        if self._windows_in_flight == 0:
-            self._windows_done.set()
-
-    async def _finish(self) -> None:
-        """A finite source ended: once its queued windows are captioned, commit the last scene
-        and report ENDED (flushing earlier would close the stabiliser's segment while results
-        are still coming, losing the last finals and repeating the current one)."""
+            self.p.metrics.frames_in_total.labels(stream=self.p.metric_label(self)).inc()
+            if frame.image.shape != shape:
+                frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s, resize_frame(frame.image, pre))
+            windows = self.processor.feed_frame(frame, self.p.clock())
+            if windows:
+                self._windows_done.clear()
+            self.dispatch(self.processor.take_events())
+            for w in windows:
+                await self.p.worker_for(self, w.track).queue.put(w, live=self.live)
+        # a finite source ended: once its windows are captioned, commit the last scene and report
+        # ENDED (flushing earlier would close the stabiliser's segment while results still come)
         await self._windows_done.wait()
-        for c in self.stabilizer.flush(commit_pending=not self.live):
-            self._publish(c)
-        self._collect_closed()
-        self._live_subtitles(None, self.health.last_window_end_s, ended=True)
-        self._emit_status(StreamState.ENDED, "end of stream")
+        self.dispatch(self.processor.finish(self.p.clock()))
 
-    # ---------------------------------------------------------------- results
+    # ---------------------------------------------------------------- engine side
 
     def on_result(self, window: Window, result: CaptionResult, now_ns: int) -> None:
-        self.window_settled()
-        self.health.windows_captioned += 1
-        self.health.last_window_end_s = window.end_s
-        self.p.metrics.windows_captioned_total.labels(stream=self.id).inc()
-        for c in self.stabilizer.observe(window.index, window.start_s, window.end_s, result,
-                                         window.newest_capture_ns, self._cut_before(window.start_s)):
-            self._publish(c)
-            self.p.metrics.glass_to_caption_seconds.labels(stream=self.id).observe(
-                max(0.0, (now_ns - window.newest_capture_ns) / 1e9))
-        final = self.stabilizer.current_final
-        self._live_subtitles(final, window.end_s)
-        if final is not None and self.p.caption_alerts is not None and not self.hidden:
-            self.publish_alerts(self.p.caption_alerts.observe(self.id, final.seq, final.text, final.start_s,
-                                                              final.end_s))
-        self._collect_closed()
-        if self.p.on_progress is not None and not self.hidden:
-            self.p.on_progress(self.id, window.end_s)
+        self.dispatch(self.processor.feed_result(window, result, now_ns))
 
-    def _live_subtitles(self, final: Caption | None, media_s: float | None, ended: bool = False) -> None:
-        """Feed the live WebVTT: the open final's growing span, closed finals, settled media time."""
-        vtt = self.live_vtt
-        if vtt is None or vtt.ended:
-            return
-        try:
-            for c in ([final] if final is not None else []):
-                vtt.add_final(c)
-            if ended:
-                vtt.end(media_s)
-            elif media_s is not None:
-                vtt.advance(max(0.0, media_s - self.settle_s))
-        except (ValueError, RuntimeError) as exc:  # boundary: subtitles must never cost a caption
-            log.warning("stream %s: live WebVTT: %s", self.id, exc)
+    def on_window_dropped(self, window: Window, reason: DropReason) -> None:
+        self.dispatch(self.processor.window_dropped(window, reason, self.p.clock()))
 
-    def _publish(self, c: Caption) -> None:
-        self.health.last_caption_ns = self.p.clock()
-        if c.state is CaptionState.FINAL:
-            self.health.last_final = c.text
-        if not self.hidden:
-            self.p.on_caption(c)
 
-    def _collect_closed(self) -> None:
-        closed = self.stabilizer.pop_closed_finals()
-        self.history.extend(closed)
-        for c in closed:
-            self._live_subtitles(c, None)
-        if self.collect_finals:
-            self.finals.extend(closed)
+class EngineWorker:
+    """One engine, its bounded queue and its thread; results go back to their streams' runners."""
+
+    def __init__(self, pipeline: Pipeline, name: str, engine: CaptionEngine) -> None:
+        self.p = pipeline
+        self.name = name
+        self.engine = engine
+        cfg = pipeline.config.engine
+        self.queue = WindowQueue(cfg.queue_size, self._drop)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamcap-engine-{name}")
+        self._cache_seen: dict[str, int] = {}
+        self.batches = 0
+        self.busy = False
+        self.idle = asyncio.Event()
+
+    def _drop(self, window: Window, reason: DropReason) -> None:
+        runner = self.p.runners.get(window.stream)
+        if runner is not None:
+            runner.on_window_dropped(window, reason)
+        else:
+            self.p.metrics.windows_dropped_total.labels(stream=window.stream, reason=reason.value).inc()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _caption(self, batch: list[Window], owners: list[StreamRunner | None]) -> list[CaptionResult]:
+        """Engine thread: caption a batch; frames are named (stream, runner epoch, seq) for the
+        frame cache, so a re-added stream never reuses an old stream's features."""
+        groups: dict[tuple, list[int]] = {}  # windows with the same decoding options run together
+        keys = []
+        for i, (w, runner) in enumerate(zip(batch, owners)):
+            epoch = runner.epoch if runner is not None else ("", -1)
+            keys.append([(w.stream, epoch, f.seq) for f in w.frames])
+            options: dict = {}
+            if runner is not None:
+                options = {**dict(runner.processor.track(w.track).decoding), **runner.decode}
+            groups.setdefault(tuple(sorted(options.items(), key=lambda kv: kv[0])), []).append(i)
+        results: list[CaptionResult | None] = [None] * len(batch)
+        for options, idx in groups.items():
+            out = self.engine.caption_batch([[f.image for f in batch[i].frames] for i in idx],
+                                            keys=[keys[i] for i in idx], **dict(options))
+            for i, r in zip(idx, out):
+                results[i] = r
+        if self.p.warm_texts is not None:  # embed new caption texts here, off the event loop
+            try:
+                self.p.warm_texts([r.text for r in results if r is not None and r.text])
+            except Exception:  # boundary: alerts must never cost a caption
+                log.exception("text embedder failed")
+        cache = getattr(self.engine, "cache", None)
+        if cache is not None:
+            m = self.p.metrics
+            for name, value in (("hit", cache.hits), ("miss", cache.misses), ("evicted", cache.evictions)):
+                delta = value - self._cache_seen.get(name, 0)
+                if delta:
+                    m.frame_cache_total.labels(result=name).inc(delta)
+                self._cache_seen[name] = value
+        return results
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.p.config.engine
+        while True:
+            batch = await self.queue.get_batch(cfg.max_batch, cfg.max_wait_ms / 1000.0)
+            self.busy = True
+            owners = [self.p.runners.get(w.stream) for w in batch]  # a stream removed meanwhile gets nothing
+            try:
+                t0 = time.perf_counter()
+                try:
+                    results = await loop.run_in_executor(self._executor, self._caption, batch, owners)
+                except Exception as e:  # boundary: a failed batch becomes counted drops + a log line
+                    log.error("engine %s failed on %d window(s): %s", self.engine.name, len(batch), e)
+                    for w in batch:
+                        self._drop(w, DropReason.ENGINE_ERROR)
+                    continue
+                self.p.metrics.engine_latency_seconds.observe(time.perf_counter() - t0)
+                self.batches += 1
+                now = self.p.clock()
+                for w, res, owner in zip(batch, results, owners):
+                    if owner is not None and self.p.runners.get(w.stream) is owner:
+                        owner.on_result(w, res, now)
+            finally:
+                self.busy = False
+                self.idle.set()
+
+    async def drain(self) -> None:
+        while len(self.queue) or self.busy:
+            self.idle.clear()
+            await self.idle.wait()
 
 
 class Pipeline:
-    """Streams + one engine worker. ``run()`` until cancelled (server) or until every finite
-    stream has ended (``stop_when_idle=True``, used by ``streamcap caption``)."""
+    """Streams + engine workers. ``run()`` until cancelled (server) or until every finite
+    stream has ended (``stop_when_idle=True``, used by ``streamcap caption``).
+
+    Events go to ``sinks`` (name → callable taking an event) and to the plain callbacks
+    ``on_caption``/``on_status``/``on_alert``/``on_progress`` (sinks named after them). Hidden
+    streams (caption jobs) reach only the metrics sink."""
 
     def __init__(self, config: Config, engine: CaptionEngine, *, metrics: Metrics,
-                 on_caption: CaptionSink, on_status: StatusSink,
+                 on_caption: CaptionSink | None = None, on_status: StatusSink | None = None,
                  clock: Callable[[], int] = time.monotonic_ns, collect_finals: bool = False,
                  on_progress: Callable[[str, float], None] | None = None, on_alert: AlertSink | None = None,
-                 similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None
-                 ) -> None:
+                 similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None,
+                 sinks: Mapping[str, EventSink] | None = None) -> None:
         self.config = config
-        self.on_alert = on_alert
+        self.engine = engine
+        self.metrics = metrics
+        self.clock = clock
+        self.collect_finals = collect_finals
+        self.similarity = similarity
+        self.warm_texts = warm_texts
         # alert ids: unique across restarts (a random run prefix) and short
         self._alert_prefix = f"{secrets.token_hex(3)}-"
         self._alert_ids = itertools.count(1)
+        # alerts are produced only when someone listens for them
+        self.on_alert_wanted = on_alert is not None or bool(sinks)
+        self.sinks = Sinks(metrics)
+        self.sinks.add("metrics", MetricsSink(metrics, label=self._label_of))
+        if self.on_alert_wanted:
+            self.sinks.add("alert_log", AlertLogSink())
+        for name, sink in (sinks or {}).items():
+            self.sinks.add(name, sink)
+        for name, kind, cb in (("caption", CaptionEvent, on_caption), ("status", StatusEvent, on_status),
+                               ("alert", AlertEvent, on_alert), ("progress", ProgressEvent, on_progress)):
+            if cb is not None:
+                self.sinks.add(name, callback_sink(kind, cb))
         acfg = config.alerts
-        self.health_limits: HealthLimits | None = None
-        if on_alert is not None and acfg.health.enabled:
-            self.health_limits = HealthLimits(**acfg.health.model_dump(exclude={"enabled"}))
-        self.caption_alerts: CaptionAlerts | None = None
-        if on_alert is not None and acfg.rules:
-            rules = [r.to_rule(acfg.semantic_threshold) for r in acfg.rules]
-            if any(r.description for r in rules) and similarity is None:
+        self._rules: list[Rule] = []
+        if self.on_alert_wanted and acfg.rules:
+            self._rules = [r.to_rule(acfg.semantic_threshold) for r in acfg.rules]
+            if any(r.description for r in self._rules) and similarity is None:
                 raise StreamcapError("alert rules with a description need the text embedder", code="bad_config")
-            self.caption_alerts = CaptionAlerts(rules, self.new_alert_id, similarity)
-        self._warm_texts = warm_texts
-        self.engine = engine
-        self.metrics = metrics
-        self.on_caption = on_caption
-        self.on_status = on_status
-        self.clock = clock
-        self.collect_finals = collect_finals
-        self.on_progress = on_progress
-        self.queue = WindowQueue(config.engine.queue_size, self._drop_window)
+        self.workers: dict[str, EngineWorker] = {"default": EngineWorker(self, "default", engine)}
         self.runners: dict[str, StreamRunner] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-engine")
         self._tg: asyncio.TaskGroup | None = None
-        self.batches = 0
-        self._decode_options = decode_options_from_config(config.engine)
-        self._cache_seen: dict[str, int] = {}
         self._epochs = itertools.count()
         self._clip_ids = itertools.count(1)
-        self._busy = False
-        self._idle = asyncio.Event()
+        self.failure: str | None = None
+
+    # ---------------------------------------------------------------- helpers
 
     def new_alert_id(self) -> str:
         return f"{self._alert_prefix}{next(self._alert_ids)}"
 
-    def _drop_window(self, window: Window, reason: str) -> None:
-        self.metrics.windows_dropped_total.labels(stream=window.stream, reason=reason).inc()
-        runner = self.runners.get(window.stream)
-        if runner is not None:
-            runner.window_settled()
-            runner.count_drop(reason)
+    def rules_for(self, stream_id: str) -> list[Rule]:
+        return [r for r in self._rules if r.applies_to(stream_id)]
+
+    def _label_of(self, stream_id: str) -> str:
+        runner = self.runners.get(stream_id)
+        return JOB_LABEL if runner is not None and runner.hidden else stream_id
+
+    def metric_label(self, runner: StreamRunner) -> str:
+        return JOB_LABEL if runner.hidden else runner.id
+
+    def worker_for(self, runner: StreamRunner, track: str) -> EngineWorker:
+        return self.workers[runner.processor.track(track).engine]
+
+    @property
+    def queue(self) -> WindowQueue:
+        """The default engine's queue."""
+        return self.workers["default"].queue
+
+    @property
+    def batches(self) -> int:
+        return sum(w.batches for w in self.workers.values())
+
+    def dispatch(self, runner: StreamRunner, events: list[Event]) -> None:
+        if events:
+            self.sinks.dispatch(events, only=_ALL_STREAM_SINKS if runner.hidden else None)
 
     # ---------------------------------------------------------------- streams
 
@@ -522,11 +459,13 @@ class Pipeline:
 
     async def remove_stream(self, stream_id: str) -> None:
         """Stop a stream and forget it: its task is cancelled (the source closed), its waiting
-        windows are dropped (reason ``stream_removed``) and results still in flight are ignored.
-        Raises KeyError for an unknown id."""
-        runner = self.runners.pop(stream_id)
-        for w in self.queue.discard_stream(stream_id):
-            self.metrics.windows_dropped_total.labels(stream=stream_id, reason="stream_removed").inc()
+        windows are dropped (reason ``stream_removed``), results still in flight are ignored and
+        its metric series are removed. Raises KeyError for an unknown id."""
+        runner = self.runners[stream_id]
+        for worker in self.workers.values():
+            for w in worker.queue.discard_stream(stream_id):
+                runner.on_window_dropped(w, DropReason.STREAM_REMOVED)
+        del self.runners[stream_id]
         if runner.task is not None and not runner.task.done():
             runner.task.cancel()
             try:
@@ -536,9 +475,10 @@ class Pipeline:
                     raise
         elif runner.source is not None:
             await runner.source.aclose()
-        runner.close_alerts()
+        self.sinks.dispatch(runner.processor.close("stream removed", "stream_removed", self.clock()),
+                            only=_ALL_STREAM_SINKS if runner.hidden else None)
         if not runner.hidden:
-            self.on_status(Status(stream_id, StreamState.ENDED, "stream removed", "stream_removed"))
+            self.metrics.forget_stream(stream_id)
         log.info("stream %s: removed", stream_id)
 
     def push_source(self, stream_id: str, *, create: bool = True) -> PushSource:
@@ -550,14 +490,14 @@ class Pipeline:
             if not create:
                 raise KeyError(stream_id)
             runner = self.add_stream(stream_id, "push:")
-        if parse_source_url(runner.url).kind is not SourceKind.PUSH:
+        if runner.spec is None or runner.spec.kind is not SourceKind.PUSH:
             raise ValueError(f"stream {stream_id!r} reads from {runner.safe_url}, not from publishers")
         source = runner.open_source()
         assert isinstance(source, PushSource)
         return source
 
     def set_stream_decoding(self, stream_id: str, **overrides: object) -> None:
-        """Per-stream decoding overrides (e.g. ``max_new_tokens``) for the stream's next windows."""
+        """Decoding overrides (e.g. ``max_new_tokens``) for the stream's next windows."""
         self.runners[stream_id].decode.update(overrides)
 
     async def caption_clip(self, path: str, *, decode: dict | None = None) -> list[Caption]:
@@ -573,23 +513,29 @@ class Pipeline:
         finally:
             if stream_id in self.runners:
                 await self.remove_stream(stream_id)
-        if runner.health.state is StreamState.ERROR:
-            raise SourceError(runner.health.detail or "could not read the video")
-        return list(runner.finals)
+        status = runner.processor.status.current
+        if status.state is StreamState.ERROR:
+            raise SourceError(status.detail or "could not read the video")
+        return runner.finals
 
-    def live_subtitles(self, stream_id: str) -> LiveVttSegmenter | None:
+    def live_subtitles(self, stream_id: str, track: str = VIDEO_TRACK) -> LiveVttSegmenter | None:
         runner = self.runners.get(stream_id)
-        return None if runner is None else runner.live_vtt
+        return None if runner is None else runner.processor.live_vtt(track)
 
-    def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]:
+    def chapters(self, stream_id: str, since_s: float = 0.0, track: str = VIDEO_TRACK) -> list[Chapter]:
         """The stream's chapters so far (closed finals kept in its history, then the open final)
         still going on at or after ``since_s``. KeyError: unknown stream."""
-        runner = self.runners[stream_id]
-        finals = list(runner.history)
-        current = runner.stabilizer.current_final
+        p = self.runners[stream_id].processor
+        finals = p.history(track)
+        current = p.current_final(track)
         if current is not None:
             finals.append(current)
         return chapters_since(chapters_from_finals(finals), since_s)
+
+    def status_of(self, stream_id: str) -> Status | None:
+        """The stream's status of record (its processor's state machine)."""
+        runner = self.runners.get(stream_id)
+        return None if runner is None or runner.hidden else runner.processor.status.current
 
     def health(self) -> dict:
         now = self.clock()
@@ -597,14 +543,16 @@ class Pipeline:
         for sid, r in self.runners.items():
             if r.hidden:
                 continue
-            h = r.health
+            p = r.processor
+            c = p.counters
+            status = p.status.current
             out[sid] = {
-                "state": h.state.value, "detail": h.detail, "url": h.url,
-                "frames_in": h.frames_in, "windows_captioned": h.windows_captioned,
-                "last_frame_age_s": None if h.last_frame_ns is None else round((now - h.last_frame_ns) / 1e9, 3),
-                "last_caption_age_s": None if h.last_caption_ns is None else round((now - h.last_caption_ns) / 1e9, 3),
-                "last_final": h.last_final,
-                "media_s": h.media_s, "last_window_end_s": h.last_window_end_s,
+                "state": status.state.value, "detail": status.detail, "url": r.safe_url,
+                "frames_in": c.frames_in, "windows_captioned": c.windows_captioned,
+                "last_frame_age_s": None if c.last_frame_ns is None else round((now - c.last_frame_ns) / 1e9, 3),
+                "last_caption_age_s": None if c.last_caption_ns is None else round((now - c.last_caption_ns) / 1e9, 3),
+                "last_final": c.last_final,
+                "media_s": c.media_s, "last_window_end_s": c.last_window_end_s,
             }
         return out
 
@@ -617,87 +565,32 @@ class Pipeline:
                 for r in self.runners.values():
                     if r.task is None:
                         r.task = tg.create_task(r.run(), name=f"stream-{r.id}")
-                engine_task = tg.create_task(self._engine_loop(), name="engine")
-                ticker = tg.create_task(self._health_ticks(), name="health") if self.health_limits else None
+                workers = [tg.create_task(w.run(), name=f"engine-{w.name}") for w in self.workers.values()]
+                ticker = tg.create_task(self._health_ticks(), name="health")
                 if stop_when_idle:
                     await asyncio.gather(*(r.task for r in self.runners.values() if r.task))
-                    await self._drain()
-                    engine_task.cancel()
-                    if ticker is not None:
-                        ticker.cancel()
+                    for w in self.workers.values():
+                        await w.drain()
+                    for t in (*workers, ticker):
+                        t.cancel()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.failure = f"pipeline stopped: {type(exc).__name__}: {exc}"
+            raise
         finally:
             self._tg = None
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            for w in self.workers.values():
+                w.shutdown()
 
     async def _health_ticks(self) -> None:
-        """Periodic stream-health checks (a stall is the absence of frames: nothing else calls)."""
+        """Periodic time limits (a stall is the absence of frames: nothing else calls)."""
+        period_s = self.config.pipeline.health_tick_s
         while True:
-            await asyncio.sleep(HEALTH_TICK_S)
+            await asyncio.sleep(period_s)
             now = self.clock()
             for runner in list(self.runners.values()):
-                if runner.monitor is not None and runner.health.state not in (StreamState.ENDED, StreamState.ERROR):
-                    runner.publish_alerts(runner.monitor.tick(now))
+                runner.dispatch(runner.processor.tick(now))
 
-    async def _drain(self) -> None:
-        while len(self.queue) or self._busy:
-            self._idle.clear()
-            await self._idle.wait()
 
-    def _caption(self, batch: list[Window]) -> list[CaptionResult]:
-        """Engine thread: caption a batch; frames are named (stream, runner epoch, seq) for the
-        frame cache, so a re-added stream never reuses an old stream's features."""
-        groups: dict[tuple, list[int]] = {}  # windows with the same decoding options run together
-        keys = []
-        for i, w in enumerate(batch):
-            runner = self.runners.get(w.stream)
-            epoch = runner.epoch if runner is not None else ("", -1)
-            keys.append([(w.stream, epoch, f.seq) for f in w.frames])
-            overrides = runner.decode if runner is not None else {}
-            groups.setdefault(tuple(sorted(overrides.items())), []).append(i)
-        results: list[CaptionResult | None] = [None] * len(batch)
-        for overrides, idx in groups.items():
-            out = self.engine.caption_batch([[f.image for f in batch[i].frames] for i in idx],
-                                            keys=[keys[i] for i in idx], **{**self._decode_options, **dict(overrides)})
-            for i, r in zip(idx, out):
-                results[i] = r
-        if self._warm_texts is not None:  # embed new caption texts here, off the event loop
-            try:
-                self._warm_texts([r.text for r in results if r is not None and r.text])
-            except Exception:  # boundary: alerts must never cost a caption
-                log.exception("text embedder failed")
-        cache = getattr(self.engine, "cache", None)
-        if cache is not None:
-            m = self.metrics
-            for name, value in (("hit", cache.hits), ("miss", cache.misses), ("evicted", cache.evictions)):
-                delta = value - self._cache_seen.get(name, 0)
-                if delta:
-                    m.frame_cache_total.labels(result=name).inc(delta)
-                self._cache_seen[name] = value
-        return results
-
-    async def _engine_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self.queue.get_batch(self.config.engine.max_batch,
-                                               self.config.engine.max_wait_ms / 1000.0)
-            self._busy = True
-            owners = [self.runners.get(w.stream) for w in batch]  # a stream removed meanwhile gets nothing
-            try:
-                t0 = time.perf_counter()
-                try:
-                    results = await loop.run_in_executor(self._executor, self._caption, batch)
-                except Exception as e:  # boundary: a failed batch becomes counted drops + a log line
-                    log.error("engine %s failed on %d window(s): %s", self.engine.name, len(batch), e)
-                    for w in batch:
-                        self._drop_window(w, "engine_error")
-                    continue
-                self.metrics.engine_latency_seconds.observe(time.perf_counter() - t0)
-                self.batches += 1
-                now = self.clock()
-                for w, res, owner in zip(batch, results, owners):
-                    if owner is not None and self.runners.get(w.stream) is owner:
-                        owner.on_result(w, res, now)
-            finally:
-                self._busy = False
-                self._idle.set()
-
+__all__ = ["ConfigError", "EngineWorker", "Pipeline", "StreamRunner", "WindowQueue"]

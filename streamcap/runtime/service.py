@@ -15,6 +15,7 @@ from streamcap.runtime.config import DEMO_SOURCE_URL, Config
 from streamcap.engine.base import CaptionEngine, load_engine_from_config
 from streamcap.runtime.metrics import Metrics
 from streamcap.runtime.pipeline import Pipeline
+from streamcap.runtime.sinks import HubSink
 from streamcap.core.errors import ConfigError
 from streamcap.server.routes.api import ApiRoutes
 from streamcap.server.app import Server, tls_context
@@ -68,9 +69,8 @@ class Service:
             # the descriptions once, off the loop; captions are embedded in the engine thread
             await asyncio.to_thread(self.embedder.embed, [r.description for r in cfg.alerts.rules if r.description])
             similarity, warm = self.embedder.similarity, self.embedder.embed
-        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics,
-                                 on_caption=self.hub.publish_caption, on_status=self.hub.publish_status,
-                                 on_alert=self.hub.publish_alert, similarity=similarity, warm_texts=warm)
+        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks={"hub": HubSink(self.hub)},
+                                 similarity=similarity, warm_texts=warm)
         sources = cfg.sources or []
         if not sources:
             self.pipeline.add_stream("demo", DEMO_SOURCE_URL)
@@ -85,7 +85,8 @@ class Service:
                                   f"{cfg.server.tls_key}: {exc}") from exc
         max_body = cfg.server.max_body_kb * 1024
         server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
-                        health=self.pipeline.health, streams=self.pipeline.stream_ids,
+                        health=self.pipeline.health, streams=self.pipeline.stream_ids, failure=self.failure,
+                        ping_interval_s=cfg.server.heartbeat_s, close_timeout_s=cfg.server.close_timeout_s,
                         access=access_policy(cfg.auth), ssl_context=ssl_context, max_body_bytes=max_body)
         fps = cfg.windows.max_ingest_fps
         server.extensions += [
@@ -99,6 +100,16 @@ class Service:
         self._task.add_done_callback(self._pipeline_done)
         log.info("streamcap serving on %s (streams: %s)", self.server.url("/"),
                  ", ".join(self.pipeline.stream_ids()))
+
+    def failure(self) -> str | None:
+        """Why the pipeline is not running any more (None while it runs): ``/healthz`` answers
+        503 with it and ``streamcap run`` exits non-zero."""
+        if self._task is None or not self._task.done() or self._task.cancelled():
+            return None
+        exc = self._task.exception()
+        if self.pipeline is not None and self.pipeline.failure:
+            return self.pipeline.failure
+        return f"pipeline stopped: {type(exc).__name__}: {exc}" if exc is not None else "pipeline stopped"
 
     @staticmethod
     def _pipeline_done(task: asyncio.Task) -> None:

@@ -33,7 +33,7 @@ CAPTIONS = [
     Caption(
         "cam1", 12, CaptionState.FINAL, "a blue square stays still", 12.3004, 15.3, -0.0123456, 7
     ),
-    Caption("ünï-cødé", 3, CaptionState.FINAL, 'quotes " and \\ and \n newline', 1.0, 1.0),
+    Caption("cam_2.b-c", 3, CaptionState.FINAL, 'quotes " and \\ and \n newline', 1.0, 1.0),
 ]
 STATUSES = [
     Status("cam1", StreamState.LIVE),
@@ -193,11 +193,11 @@ def test_malformed_client_message_is_bad_message(
 
 
 def test_oversized_limit_counts_utf8_bytes_not_characters() -> None:
-    def subscribe(n_ids: int) -> str:  # each id: 100 characters 'é', 200 bytes
-        return '{"type":"subscribe","streams":[' + ",".join(['"' + "é" * 100 + '"'] * n_ids) + "]}"
+    def subscribe(n_ids: int, char: str) -> str:  # each id: 60 characters (ASCII: 60 bytes; 'é': 120)
+        return '{"type":"subscribe","streams":[' + ",".join(['"' + char * 60 + '"'] * n_ids) + "]}"
 
-    assert isinstance(wire.decode_client_message(subscribe(150)), wire.SubscribeMsg)
-    too_big = subscribe(330)
+    assert isinstance(wire.decode_client_message(subscribe(250, "c")), wire.SubscribeMsg)
+    too_big = subscribe(700, "é")  # under the limit in characters, over it in bytes
     assert len(too_big) < wire.MAX_CLIENT_MESSAGE_BYTES < len(too_big.encode())
     with pytest.raises(ProtocolError, match="exceeds"):
         wire.decode_client_message(too_big)

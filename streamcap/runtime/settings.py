@@ -1,0 +1,49 @@
+"""From the config to the pure classes' settings: the only place defaults reach the core.
+
+:func:`processor_settings` builds a stream's :class:`~streamcap.core.processor.ProcessorSettings`
+from the :class:`~streamcap.runtime.config.Config` (global sections merged with the stream's own
+``[[sources]]`` overrides) and the engine that captions its video track. Nothing here has a
+default of its own.
+"""
+
+from __future__ import annotations
+
+from streamcap.alerts.health import HealthLimits
+from streamcap.core.processor import LiveVttSettings, ProcessorSettings, StabilizerSettings, TrackSettings
+from streamcap.core.types import VIDEO_TRACK
+from streamcap.runtime.config import Config, StreamConfig
+
+
+def health_limits(cfg: Config) -> HealthLimits | None:
+    """The ``[alerts.health]`` limits, or None when health alerts are off."""
+    h = cfg.alerts.health
+    return HealthLimits(**h.model_dump(exclude={"enabled"})) if h.enabled else None
+
+
+def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidden: bool = False,
+                       collect_finals: bool = False, stream_cfg: StreamConfig | None = None,
+                       health: bool = True) -> ProcessorSettings:
+    """The processor settings of ``stream_id`` whose video track ``engine`` captions.
+
+    ``hidden`` streams (caption jobs) get no health alerts and no live WebVTT; ``health=False``
+    turns health alerts off (nothing listens for alerts)."""
+    sc = stream_cfg if stream_cfg is not None else cfg.stream_config(stream_id)
+    windows, stab = sc.windows, sc.stabilizer
+    window_s = windows.window_s or engine.window_s
+    live_cfg = cfg.subtitles.live
+    live_vtt = None
+    if live_cfg.enabled and not hidden:
+        settle_s = live_cfg.settle_s if live_cfg.settle_s is not None else window_s + stab.agree * windows.stride_s
+        live_vtt = LiveVttSettings(live_cfg.segment_s, live_cfg.window_segments, cfg.subtitles.rules(), settle_s)
+    video = TrackSettings(
+        name=VIDEO_TRACK, window_s=window_s, stride_s=windows.stride_s,
+        frames_per_window=engine.frames_per_window,
+        stabilizer=StabilizerSettings(stab.agree, stab.fresh_agree or None),
+        decoding=tuple(sorted(sc.decoding.options().items())), live_vtt=live_vtt)
+    s = engine.preprocessing.image_size
+    return ProcessorSettings(
+        stream=stream_id, live=live, frame_shape=(s, s, 3), ring_capacity=cfg.pipeline.ring_capacity,
+        max_ingest_fps=windows.max_ingest_fps, max_backlog=windows.max_backlog if live else None,
+        cut_diff=stab.cut_diff, tracks=(video,),
+        health=health_limits(cfg) if health and not hidden else None,
+        finals_history=cfg.pipeline.finals_history, collect_finals=collect_finals)
