@@ -140,7 +140,13 @@ async def _run(config: Config) -> int:
     stop_task = asyncio.ensure_future(stop.wait())
     await asyncio.wait({pipeline_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
     stop_task.cancel()
+    failure = svc.failure() if pipeline_task.done() else None
+    if pipeline_task.done() and failure is None and not stop.is_set():
+        failure = "pipeline stopped"
     await svc.stop()
+    if failure is not None:  # the captioning died under a server that still answered: say so, exit non-zero
+        print(f"streamcap: {failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -71,6 +71,16 @@ JOB_LABEL = "job"
 _ALL_STREAM_SINKS = ("metrics",)
 
 
+def describe_failure(exc: BaseException) -> str:
+    """``Type: message`` of what killed a task, looking inside exception groups (a TaskGroup
+    wraps the real cause)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_failure(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
 class WindowQueue:
     """Bounded FIFO of windows waiting for one engine.
 
@@ -576,7 +586,7 @@ class Pipeline:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self.failure = f"pipeline stopped: {type(exc).__name__}: {exc}"
+            self.failure = f"pipeline stopped: {describe_failure(exc)}"
             raise
         finally:
             self._tg = None

@@ -14,7 +14,7 @@ from streamcap.server.auth import AccessPolicy, Scope
 from streamcap.runtime.config import DEMO_SOURCE_URL, Config
 from streamcap.engine.base import CaptionEngine, load_engine_from_config
 from streamcap.runtime.metrics import Metrics
-from streamcap.runtime.pipeline import Pipeline
+from streamcap.runtime.pipeline import Pipeline, describe_failure
 from streamcap.runtime.sinks import HubSink
 from streamcap.core.errors import ConfigError
 from streamcap.server.routes.api import ApiRoutes
@@ -109,7 +109,7 @@ class Service:
         exc = self._task.exception()
         if self.pipeline is not None and self.pipeline.failure:
             return self.pipeline.failure
-        return f"pipeline stopped: {type(exc).__name__}: {exc}" if exc is not None else "pipeline stopped"
+        return f"pipeline stopped: {describe_failure(exc)}" if exc is not None else "pipeline stopped"
 
     @staticmethod
     def _pipeline_done(task: asyncio.Task) -> None:
@@ -118,13 +118,17 @@ class Service:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # already logged by _pipeline_done
-                log.debug("pipeline ended with an error during stop", exc_info=True)
+            if self._task.done():  # it died on its own: _pipeline_done logged why
+                if not self._task.cancelled():
+                    self._task.exception()  # retrieved, so asyncio does not report it again
+            else:
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # already logged by _pipeline_done
+                    log.debug("pipeline ended with an error during stop", exc_info=True)
             self._task = None
         if self.server is not None:
             await self.server.stop()
