@@ -3,16 +3,18 @@
 
 Synthetic storylines (``streamcap.demo.synthetic.Storyline``: a new scene every ``scene_s`` seconds,
 ground-truth captions known) are rendered to H.264 files with ``tools.media.render_storyline_file``
-and captioned by the real :class:`~streamcap.runtime.pipeline.Pipeline` — source, ring, windows, the demo
-engine (``engines/shapes-git``) in ONNX Runtime, stabiliser — from two kinds of source:
+and captioned by the demo engine (``engines/shapes-git``) in ONNX Runtime, from two kinds of source:
 
-  file   the mp4 itself (decoded faster than real time; ``engine.max_batch = 1`` as in
-         ``streamcap caption``, so a file always gives the same captions)
+  file   the mp4 itself, replayed through the pure per-stream core on simulated time
+         (:mod:`streamcap.runtime.replay`: the live pipeline's own decoder, ring, windows,
+         cuts and stabiliser; one window per engine call, deterministic, no event loop)
   rtsp   the same kind of file served by the loopback GStreamer RTSP server of
-         ``tests/helpers/rtsp.py`` (real time: keep it short), with the live defaults
+         ``tools/rtsp.py`` (real time: keep it short) through the real live
+         :class:`~streamcap.runtime.pipeline.Pipeline`, with the live defaults
 
-The engine is wrapped from the outside to record every window's raw text, so the stabiliser's
-finals can be compared with showing raw per-window captions. Scores (definitions in
+Both record the processor's events (a sink for the live run): each window's raw text comes with
+its progress event, so the stabiliser's finals can be compared with showing raw per-window
+captions. Scores (definitions in
 docs/stability.md): ``final_accuracy``, ``spurious_per_min``, ``change_delay_s_p95`` (and
 median), ``raw_spurious_per_min``, per run, per source and overall; PASS/FAIL against the targets.
 
@@ -39,9 +41,7 @@ import os
 import platform
 import shutil
 import sys
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,112 +110,120 @@ class Capture:
     wall_s: float = 0.0
 
 
-class RecordingEngine:
-    """Wraps a ``CaptionEngine``: delegates everything, and records each window's raw text in the
-    order the engine captioned them. One per pipeline; the lock (shared by the wrappers of one
-    engine) keeps a call still running in a cancelled pipeline's executor from overlapping the
-    next pipeline's calls."""
+def replay_run(engine, config: Config, path: str, stream: str, *, progress_total_s: float,
+               show_progress: bool, desc: str) -> Capture:
+    """Caption a file through a :class:`~streamcap.core.processor.StreamProcessor` on simulated time
+    (:mod:`streamcap.runtime.replay`): deterministic, no event loop, as fast as the engine goes."""
+    from streamcap.core.processor import StreamProcessor
+    from streamcap.runtime.replay import file_frames, replay
+    from streamcap.runtime.settings import processor_settings
 
-    def __init__(self, inner, lock: threading.Lock) -> None:
-        self._inner = inner
-        self._lock = lock
-        self.texts: deque[str] = deque()
+    processor = StreamProcessor(processor_settings(config, stream, engine, live=False, collect_finals=True,
+                                                   health=False))
+    bar = _bar(progress_total_s, desc) if show_progress else None
 
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
+    def frames():
+        for frame in file_frames(path, stream, engine.preprocessing):
+            if bar is not None:
+                bar.update(max(0.0, min(frame.pts_s, progress_total_s) - bar.n))
+            yield frame
 
-    def caption_batch(self, windows, *, keys=None, **options):
-        with self._lock:
-            results = self._inner.caption_batch(windows, keys=keys, **options)
-        self.texts.extend(r.text for r in results)
-        return results
-
-
-def _dropped_windows(metrics, stream: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for metric in metrics.registry.collect():
-        for sample in metric.samples:
-            if (sample.name.endswith("windows_dropped_total") and sample.labels.get("stream") == stream
-                    and sample.value):
-                out[sample.labels["reason"]] = out.get(sample.labels["reason"], 0) + int(sample.value)
-    return out
+    try:
+        run = replay(frames(), processor, engine)
+    finally:
+        if bar is not None:
+            bar.close()
+    cap = Capture(stream)
+    _record(cap, run.events, lags=None)
+    _close_spans(cap, processor)
+    cap.wall_s = run.wall_s
+    return cap
 
 
-async def capture_run(engine, lock: threading.Lock, config: Config, url: str, stream: str, *,
-                      until_s: float | None, timeout_s: float | None, progress_total_s: float,
-                      show_progress: bool, desc: str) -> Capture:
-    """Caption ``url`` through a fresh Pipeline and record raw window texts and published finals.
+def _bar(total_s: float, desc: str):
+    from tqdm import tqdm
 
-    A finite source (``until_s`` None) runs to its end. A live one runs until a window ending at
-    or after ``until_s`` has been captioned (or the stream fails, or ``timeout_s`` passes), then
-    the pipeline is cancelled; the final still open then keeps the span it has reached."""
+    return tqdm(total=round(total_s, 1), unit="s", desc=desc, file=sys.stderr, leave=False,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} media s [{elapsed}<{remaining}]")
+
+
+def _record(cap: Capture, events, lags: dict[int, float] | None) -> None:
+    """Raw windows, published finals, drops, errors and interruptions from processor events."""
+    from streamcap.core.events import CaptionEvent, DropEvent, ProgressEvent, StatusEvent
+
+    for e in events:
+        if isinstance(e, ProgressEvent):
+            cap.raw.append(RawWindow(e.start_s, e.media_s, e.text))
+        elif isinstance(e, CaptionEvent) and e.caption.state is CaptionState.FINAL:
+            c = e.caption
+            lag = 0.0 if lags is None else lags.get(c.seq, 0.0)
+            cap.finals.append(PublishedFinal(c.seq, c.text, c.end_s, c.start_s, c.end_s, lag))
+        elif isinstance(e, DropEvent) and e.unit == "window":
+            cap.windows_dropped[e.reason.value] = cap.windows_dropped.get(e.reason.value, 0) + e.count
+        elif isinstance(e, StatusEvent):
+            s = e.status
+            if s.state is StreamState.ERROR:
+                cap.errors.append(s.detail)
+            elif s.state in (StreamState.STALLED, StreamState.RECONNECTING):
+                # a new connection restarts the served file while media time keeps counting: the
+                # ground truth no longer lines up, so the run is reported as interrupted
+                cap.interruptions.append(f"{s.state.value}: {s.detail}")
+
+
+def _close_spans(cap: Capture, processor) -> None:
+    """Each published final's full span, once closed (or as far as it got, if still open)."""
+    spans = {c.seq: c for c in processor.finals()}
+    open_final = processor.current_final()
+    if open_final is not None:
+        spans[open_final.seq] = open_final
+    cap.finals = [PublishedFinal(f.seq, f.text, f.publish_s, spans.get(f.seq, f).start_s,
+                                 spans.get(f.seq, f).end_s, f.lag_s) for f in cap.finals]
+
+
+async def live_run(engine, config: Config, url: str, stream: str, *, until_s: float, timeout_s: float,
+                   progress_total_s: float, show_progress: bool, desc: str) -> Capture:
+    """Caption a live URL through the real :class:`~streamcap.runtime.pipeline.Pipeline` until a
+    window ending at or after ``until_s`` has been captioned (or the stream fails, or ``timeout_s``
+    passes); events are recorded by a sink. The final still open keeps the span it reached."""
+    from streamcap.core.events import CaptionEvent, ProgressEvent, StatusEvent
     from streamcap.runtime.metrics import Metrics
     from streamcap.runtime.pipeline import Pipeline
 
-    rec = RecordingEngine(engine, lock)
     cap = Capture(stream)
-    published: list[Caption] = []
+    events: list = []
     lags: dict[int, float] = {}
     done = asyncio.Event()
-    window_s = config.windows.window_s or engine.window_s
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
+    bar = _bar(progress_total_s, desc) if show_progress else None
 
-        bar = tqdm(total=round(progress_total_s, 1), unit="s", desc=desc, file=sys.stderr, leave=False,
-                   bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} media s [{elapsed}<{remaining}]")
-
-    def on_caption(c: Caption) -> None:
-        if c.state is CaptionState.FINAL:
-            published.append(c)
-            lags[c.seq] = max(0.0, (time.monotonic_ns() - c.capture_ns) / 1e9)
-
-    def on_status(s) -> None:
-        if s.state is StreamState.ERROR:
-            cap.errors.append(s.detail)
+    def record(e) -> None:
+        events.append(e)
+        if isinstance(e, CaptionEvent) and e.caption.state is CaptionState.FINAL:
+            lags[e.caption.seq] = max(0.0, (time.monotonic_ns() - e.caption.capture_ns) / 1e9)
+        elif isinstance(e, StatusEvent) and e.status.state in (StreamState.ERROR, StreamState.ENDED):
             done.set()
-        elif s.state is StreamState.ENDED:
-            done.set()
-        elif s.state in (StreamState.STALLED, StreamState.RECONNECTING):
-            # a new connection restarts the served file while media time keeps counting: the
-            # ground truth no longer lines up, so the run is reported as interrupted
-            cap.interruptions.append(f"{s.state.value}: {s.detail}")
+        elif isinstance(e, ProgressEvent):
+            if bar is not None:
+                bar.update(max(0.0, min(e.media_s, progress_total_s) - bar.n))
+            if e.media_s >= until_s - EPS:
+                done.set()
 
-    def on_progress(_sid: str, end_s: float) -> None:
-        # one call per captioned window, in the order the engine captioned them (one stream)
-        cap.raw.append(RawWindow(end_s - window_s, end_s, rec.texts.popleft()))
-        if bar is not None:
-            bar.update(max(0.0, min(end_s, progress_total_s) - bar.n))
-        if until_s is not None and end_s >= until_s - EPS:
-            done.set()
-
-    pipeline = Pipeline(config, rec, metrics=Metrics(), on_caption=on_caption, on_status=on_status,
-                        collect_finals=True, on_progress=on_progress)
+    pipeline = Pipeline(config, engine, metrics=Metrics(), sinks={"stability": record}, collect_finals=True)
     runner = pipeline.add_stream(stream, url)
     t0 = time.perf_counter()
     try:
-        if until_s is None:
-            await pipeline.run(stop_when_idle=True)
-        else:
-            task = asyncio.create_task(pipeline.run(), name=f"pipeline-{stream}")
-            waiter = asyncio.create_task(done.wait())
-            await asyncio.wait({task, waiter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task = asyncio.create_task(pipeline.run(), name=f"pipeline-{stream}")
+        waiter = asyncio.create_task(done.wait())
+        await asyncio.wait({task, waiter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     finally:
         if bar is not None:
             bar.close()
     cap.wall_s = time.perf_counter() - t0
-    spans = {c.seq: c for c in runner.finals}
-    open_final = runner.stabilizer.current_final
-    if open_final is not None:
-        spans[open_final.seq] = open_final
-    for c in published:
-        span = spans.get(c.seq, c)
-        cap.finals.append(PublishedFinal(c.seq, c.text, c.end_s, span.start_s, span.end_s, lags[c.seq]))
-    cap.windows_dropped = _dropped_windows(pipeline.metrics, stream)
+    _record(cap, events, lags)
+    _close_spans(cap, runner.processor)
     return cap
 
 
@@ -403,7 +411,7 @@ def check_prerequisites(sources: list[str], engine_path: str) -> None:
     if not (Path(engine_path) / "engine.json").is_file():
         raise PrerequisiteError(f"no engine at {engine_path} (engine.json missing)")
     if "rtsp" in sources:
-        from tests.helpers.rtsp import rtsp_server_available
+        from tools.rtsp import rtsp_server_available
 
         why = rtsp_server_available()
         if why is not None:
@@ -445,8 +453,7 @@ def storyline_file(cache: Path, seed: int, duration_s: float, scene_s: float) ->
     return path, story, True
 
 
-def run_one(source: str, seed: int, duration_s: float, args: argparse.Namespace, engine,
-            lock: threading.Lock, run_no: int) -> dict:
+def run_one(source: str, seed: int, duration_s: float, args: argparse.Namespace, engine, run_no: int) -> dict:
     cfg = build_config(args.engine, stride_s=args.stride_s, agree=args.agree, file=source == "file",
                        beams=args.beams)
     window_s = cfg.windows.window_s or engine.window_s
@@ -460,10 +467,9 @@ def run_one(source: str, seed: int, duration_s: float, args: argparse.Namespace,
         f"({'in real time' if source == 'rtsp' else 'as fast as the engine goes'}) ...")
     common = {"progress_total_s": duration_s, "show_progress": args.progress, "desc": stream}
     if source == "file":
-        cap = asyncio.run(capture_run(engine, lock, cfg, str(media_path), stream, until_s=None,
-                                      timeout_s=None, **common))
+        cap = replay_run(engine, cfg, str(media_path), stream, **common)
     else:
-        from tests.helpers.rtsp import RtspServer, RtspServerError
+        from tools.rtsp import RtspServer, RtspServerError
 
         server = RtspServer({"story": media_path})
         try:
@@ -471,8 +477,8 @@ def run_one(source: str, seed: int, duration_s: float, args: argparse.Namespace,
                 server.start()
             except RtspServerError as e:
                 raise PrerequisiteError(str(e)) from e
-            cap = asyncio.run(capture_run(engine, lock, cfg, server.url("story"), stream, until_s=duration_s,
-                                          timeout_s=duration_s + RTSP_SLACK_S, **common))
+            cap = asyncio.run(live_run(engine, cfg, server.url("story"), stream, until_s=duration_s,
+                                       timeout_s=duration_s + RTSP_SLACK_S, **common))
         finally:
             server.close()
     if cap.errors:
@@ -613,7 +619,6 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = load_engine_from_config(build_config(a.engine, stride_s=a.stride_s, agree=a.agree, file=True,
                                                   beams=a.beams).engine)
-    lock = threading.Lock()
     plan = [("file", seed, a.duration_s) for seed in a.seed_list if "file" in a.sources]
     if "rtsp" in a.sources:
         plan.append(("rtsp", a.seed_list[0], a.rtsp_duration_s))
@@ -622,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a.cache.mkdir(parents=True, exist_ok=True)
         for n, (source, seed, duration) in enumerate(plan):
-            runs.append(run_one(source, seed, duration, a, engine, lock, n))
+            runs.append(run_one(source, seed, duration, a, engine, n))
     except (PrerequisiteError, RuntimeError, OSError) as e:
         log(f"stability: error: {e}")
         return 2

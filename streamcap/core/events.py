@@ -49,11 +49,14 @@ class DropEvent:
 
 @dataclass(frozen=True, slots=True)
 class ProgressEvent:
-    """A track's windows have been captioned up to ``media_s`` (progress bars)."""
+    """A window of a track was captioned: it ended at ``media_s`` (progress bars) and started at
+    ``start_s``; ``text`` is the engine's raw text for it, before stabilising."""
 
     stream: str
     media_s: float
     track: str = VIDEO_TRACK
+    start_s: float = 0.0
+    text: str = ""
 
 
 Event = CaptionEvent | AlertEvent | StatusEvent | DropEvent | ProgressEvent

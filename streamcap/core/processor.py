@@ -348,7 +348,7 @@ class StreamProcessor:
         if final is not None and t.alerts is not None:
             self._alerts(t.alerts.observe(self.stream, final.seq, final.text, final.start_s, final.end_s))
         self._collect_closed(t)
-        self._events.append(ProgressEvent(self.stream, window.end_s, window.track))
+        self._events.append(ProgressEvent(self.stream, window.end_s, window.track, window.start_s, result.text))
         return self.take_events()
 
     def _publish(self, caption: Caption, latency_s: float | None, now_ns: int) -> None:
