@@ -102,3 +102,20 @@ async def test_streamcap_run_exits_non_zero_when_the_pipeline_dies(monkeypatch, 
     rc = await asyncio.wait_for(cli._run(_config(LIVE)), TIMEOUT_S)
     assert rc == 1
     assert "pipeline stopped" in capsys.readouterr().err
+
+
+async def test_jobs_share_one_metric_label_and_a_removed_stream_leaves_no_series():
+    metrics = Metrics()
+    pipeline = Pipeline(_config(), FakeEngine(frames_per_window=4, image_size=64), metrics=metrics,
+                        sinks={"none": lambda e: None})
+    pipeline.add_stream("clip-7", FILE_LIKE, hidden=True)
+    pipeline.add_stream("cam", FILE_LIKE)
+    await asyncio.wait_for(pipeline.run(stop_when_idle=True), TIMEOUT_S)
+
+    def streams_labelled() -> set[str]:
+        return {s.labels["stream"] for m in metrics.registry.collect() for s in m.samples if "stream" in s.labels}
+
+    assert _metric(metrics, "streamcap_windows_captioned_total", stream="job") >= 10
+    assert streams_labelled() == {"job", "cam"}
+    await pipeline.remove_stream("cam")
+    assert streams_labelled() == {"job"}
