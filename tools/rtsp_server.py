@@ -3,7 +3,7 @@
 Run with the SYSTEM interpreter (``/usr/bin/python3``): GStreamer's RTSP server bindings
 (``python3-gi``, ``gir1.2-gst-rtsp-server-1.0``) live there, not in the project's venv::
 
-    /usr/bin/python3 tests/helpers/rtsp_server.py --port 0 --serve vtest=/path/vtest.avi
+    /usr/bin/python3 tools/rtsp_server.py --port 0 --serve vtest=/path/vtest.avi
 
 Each file is decoded and re-encoded to H.264 (zero-latency x264, a key frame every 15 frames)
 and shared between clients. A file does not loop: serve a long one. ``--port 0`` picks a free

@@ -2,7 +2,7 @@
 
 The processor returns these from every ``feed_*``/``tick``/``finish`` call; the async shell
 (:mod:`streamcap.runtime.pipeline`) hands them to the sinks (hub, alert log, metrics) through
-:func:`streamcap.runtime.sinks.dispatch`. Pure values: no behaviour, no I/O.
+:meth:`streamcap.runtime.sinks.Sinks.dispatch`. Pure values: no behaviour, no I/O.
 """
 
 from __future__ import annotations
