@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -28,7 +29,7 @@ from typing import Any
 
 from streamcap.core.errors import ProtocolError
 from streamcap.core.ids import STREAM_ID_MAX_CHARS, STREAM_ID_RULE, is_valid_stream_id
-from streamcap.core.types import Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
+from streamcap.core.types import VIDEO_TRACK, Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
 
 WIRE_VERSION = 1
 SERVER_NAME = "streamcap"
@@ -90,6 +91,7 @@ class CaptionMsg:
     end: float
     score: float
     window: int  # window index behind the caption, -1 when unknown
+    track: str = VIDEO_TRACK  # the stream's caption track ("video" when the field is absent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,20 +199,21 @@ def encode_hello(
 
 
 def encode_caption(c: Caption) -> str:
-    """A caption; start/end are media seconds rounded to the millisecond."""
-    return _dumps(
-        _header(MessageType.CAPTION)
-        | {
-            "stream": c.stream,
-            "seq": c.seq,
-            "state": CaptionState(c.state).value,
-            "text": c.text,
-            "start": round(c.start_s, 3),
-            "end": round(c.end_s, 3),
-            "score": round(c.score, 4),
-            "window": c.window_index,
-        }
-    )
+    """A caption; start/end are media seconds rounded to the millisecond. ``track`` is sent only
+    for a track other than ``video``, so clients written before tracks see no new field."""
+    msg = _header(MessageType.CAPTION) | {
+        "stream": c.stream,
+        "seq": c.seq,
+        "state": CaptionState(c.state).value,
+        "text": c.text,
+        "start": round(c.start_s, 3),
+        "end": round(c.end_s, 3),
+        "score": round(c.score, 4),
+        "window": c.window_index,
+    }
+    if c.track != VIDEO_TRACK:
+        msg["track"] = c.track
+    return _dumps(msg)
 
 
 def encode_status(s: Status) -> str:
@@ -403,6 +406,15 @@ def _stream_list(nullable: bool) -> _Check:
     return check
 
 
+_TRACK_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _track(name: str, value: Any) -> str:
+    if type(value) is not str or not _TRACK_RE.fullmatch(value):
+        raise ProtocolError(f"'{name}' must be a track name (1-32 of a-z, 0-9, '_', '-', starting with a letter)")
+    return value
+
+
 def _optional_string(name: str, value: Any) -> str | None:
     return None if value is None else _string(name, value)
 
@@ -467,7 +479,7 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
             "score": _number(),
             "window": _integer(-1),
         },
-        {},
+        {"track": _track},
     ),
     MessageType.STATUS: (
         StatusMsg,

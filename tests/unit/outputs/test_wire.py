@@ -34,6 +34,7 @@ CAPTIONS = [
         "cam1", 12, CaptionState.FINAL, "a blue square stays still", 12.3004, 15.3, -0.0123456, 7
     ),
     Caption("cam_2.b-c", 3, CaptionState.FINAL, 'quotes " and \\ and \n newline', 1.0, 1.0),
+    Caption("cam1", 13, CaptionState.FINAL, "hello everyone", 2.0, 4.5, -0.1, 3, track="speech"),
 ]
 STATUSES = [
     Status("cam1", StreamState.LIVE),
@@ -104,8 +105,22 @@ def test_caption_round_trips(caption: Caption) -> None:
         end=round(caption.end_s, 3),
         score=round(caption.score, 4),
         window=caption.window_index,
+        track=caption.track,
     )
     assert isinstance(msg.state, CaptionState)
+
+
+def test_video_track_is_not_on_the_wire_so_old_clients_see_no_new_field() -> None:
+    video = json.loads(wire.encode_caption(CAPTIONS[0]))
+    speech = json.loads(wire.encode_caption(CAPTIONS[-1]))
+    assert "track" not in video and speech["track"] == "speech"
+    assert wire.decode_server_message(json.dumps(video)).track == "video"
+
+
+def test_a_bad_track_name_is_refused() -> None:
+    bad = json.loads(wire.encode_caption(CAPTIONS[-1])) | {"track": "Speech Track"}
+    with pytest.raises(ProtocolError, match="track"):
+        wire.decode_server_message(json.dumps(bad))
 
 
 @pytest.mark.parametrize("status", STATUSES)
