@@ -1,4 +1,4 @@
-"""Drive the loopback RTSP server (tests and tools/stability.py) (``rtsp_server.py``) from tests.
+"""Drive the loopback RTSP server (``rtsp_server.py``) from tests and from tools/stability.py.
 
 ``RtspServer`` runs the server script under the system interpreter (GStreamer's Python bindings
 are not in the venv) and gives the tests the failures they need to provoke: ``kill()``
