@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from streamcap.runtime.config import Config, load_config
 from streamcap.core.stabilizer import normalize_text
 from streamcap.demo.synthetic import Storyline
-from streamcap.core.types import Caption, CaptionState, StreamState
+from streamcap.core.types import CaptionState, StreamState
 
 SOURCES = ("file", "rtsp")
 DEFAULT_SEEDS = "11,12,13,14,15,16"

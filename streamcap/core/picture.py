@@ -46,9 +46,13 @@ def _block_edges(n: int, blocks: int) -> np.ndarray:
 def area_thumbnail(image: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
     """``size``×``size`` grey thumbnail (float32) of an RGB uint8 image: per-channel block means
     rounded to grey levels, then the mean of the channels."""
-    h, w = image.shape[:2]
+    h, w, c = image.shape
     if h % size == 0 and w % size == 0:
-        blocks = image.reshape(size, h // size, size, w // size, image.shape[2]).mean(axis=(1, 3))
+        bh, bw = h // size, w // size
+        # sum each band of bh rows (contiguous), then each run of bw columns: 2-3x faster than one
+        # reshape over both strided axes
+        rows = image.reshape(size, bh, w * c).sum(axis=1, dtype=np.uint32)
+        blocks = rows.reshape(size, size, bw, c).sum(axis=2) / (bh * bw)
     else:  # uneven blocks: sum over each block's rows and columns, divide by its area
         rows, cols = _block_edges(h, size), _block_edges(w, size)
         sums = np.add.reduceat(np.add.reduceat(image.astype(np.float64), rows, axis=0), cols, axis=1)

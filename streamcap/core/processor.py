@@ -1,4 +1,4 @@
-"""The per-stream core: frames and engine results in, windows and events out. Pure.
+"""The per-stream core: frames and engine results in, windows and events out. Pure (it only logs).
 
 One :class:`StreamProcessor` per stream owns every per-stream rule: ingest sub-sampling, the
 frame ring, one window planner per caption track, one picture-statistics step per kept frame
@@ -31,6 +31,7 @@ Not thread-safe: one owner (the stream's task) calls every method.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -53,7 +54,6 @@ from streamcap.core.types import (
     DropPolicy,
     DropReason,
     Frame,
-    Status,
     StreamState,
     Window,
 )
@@ -62,6 +62,7 @@ from streamcap.outputs.livevtt import LiveVttSegmenter
 from streamcap.outputs.subtitles import SubtitleRules
 
 _NS = 1_000_000_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,6 @@ class StreamProcessor:
         self._last_kept_pts: float | None = None
         self._in_flight = 0
         self._events: list[Event] = []
-        self.live_vtt_errors = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -379,8 +379,8 @@ class StreamProcessor:
                 vtt.end(media_s)
             elif media_s is not None:
                 vtt.advance(max(0.0, media_s - t.settings.live_vtt.settle_s))
-        except (ValueError, RuntimeError):  # boundary: subtitles must never cost a caption
-            self.live_vtt_errors += 1
+        except (ValueError, RuntimeError) as exc:  # boundary: subtitles must never cost a caption
+            log.warning("stream %s: live WebVTT: %s", self.stream, exc)
 
     # ------------------------------------------------------------------ time and the end
 
@@ -400,6 +400,3 @@ class StreamProcessor:
             self._live_subtitles(t, None, self.counters.last_window_end_s, ended=True)
         self._set_status(StreamState.ENDED, "end of stream", None, now_ns)
         return self.take_events()
-
-    def status_record(self) -> Status:
-        return self.status.current

@@ -37,7 +37,6 @@ class StreamStatus:
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self._status = Status(stream, StreamState.STARTING, "")
-        self.changes = 0
 
     @property
     def current(self) -> Status:
@@ -57,16 +56,15 @@ class StreamStatus:
         is refused (illegal) or no change. ``force``: the stream is going away — publish this
         terminal status even over another terminal one."""
         old = self._status.state
-        if not force:
-            if state is old:
-                if state is StreamState.STARTING and detail and detail != self._status.detail:
-                    pass  # a more precise "starting" detail is worth publishing
-                else:
-                    return None
-            elif not can_transition(old, state):
+        if force:
+            if state not in TERMINAL:
+                raise ValueError("only a terminal state can be forced")
+        elif state is old:
+            # a repeat is no change, except the source's own first "starting" detail (the machine
+            # starts in STARTING with none, before the source has said what it is doing)
+            if not (state is StreamState.STARTING and detail and not self._status.detail):
                 return None
-        elif state not in TERMINAL:
-            raise ValueError("only a terminal state can be forced")
+        elif not can_transition(old, state):
+            return None
         self._status = Status(self.stream, state, detail, code, dict(extra or {}))
-        self.changes += 1
         return self._status

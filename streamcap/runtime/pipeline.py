@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from streamcap.alerts.rules import Rule, Similarity
-from streamcap.core.errors import BadSourceURL, ConfigError, SourceEnded, SourceError, StreamcapError
+from streamcap.core.errors import BadSourceURL, SourceEnded, SourceError, StreamcapError
 from streamcap.core.events import AlertEvent, CaptionEvent, Event, ProgressEvent, StatusEvent
 from streamcap.core.processor import StreamProcessor
 from streamcap.core.types import (
@@ -153,6 +153,7 @@ class StreamRunner:
         self.url = url
         # hidden: a job stream (an HTTP caption request), not broadcast and not listed
         self.hidden = hidden
+        self.metric_label = JOB_LABEL if hidden else stream_id  # jobs never add a series each
         self.safe_url = sanitize_url(url)
         self.decode = dict(decode or {})  # decoding overrides set at run time (e.g. max_new_tokens)
         self.epoch: tuple[str, int] = ("", 0)  # tells apart streams re-added under one id (frame cache)
@@ -208,22 +209,16 @@ class StreamRunner:
             raise self._bad_url or BadSourceURL(f"bad source URL {self.safe_url}")
         cfg = self.p.config
         pre = self.p.engine.preprocessing
+        # one set of options for every kind: open_source gives each source the ones it takes
         kwargs: dict = {
             "on_status": self._on_status,
             "on_drop": self._on_drop,
             "frame_transform": lambda img: resize_frame(img, pre),
             "clock": self.p.clock,
+            **source_options(cfg),
         }
         if self.spec.kind is SourceKind.PUSH:
             kwargs["max_queued_frames"] = cfg.ingest.max_queued_frames
-        elif self.spec.kind is not SourceKind.SYNTHETIC and self.live:
-            kwargs.update(source_options(cfg))
-        elif self.spec.kind is SourceKind.SYNTHETIC:
-            kwargs["handoff_size"] = cfg.network.handoff_size
-        else:  # a file: no stall watchdog, the network timeouts still bound a slow open
-            opts = source_options(cfg)
-            opts.pop("stall_timeout_s", None)
-            kwargs.update(opts)
         self.source = open_source(self.id, self.spec, **kwargs)
         return self.source
 
@@ -255,7 +250,7 @@ class StreamRunner:
                 frame = await source.recv()
             except SourceEnded:
                 break
-            self.p.metrics.frames_in_total.labels(stream=self.p.metric_label(self)).inc()
+            self.p.metrics.frames_in_total.labels(stream=self.metric_label).inc()
             if frame.image.shape != shape:
                 frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s, resize_frame(frame.image, pre))
             windows = self.processor.feed_frame(frame, self.p.clock())
@@ -427,10 +422,7 @@ class Pipeline:
 
     def _label_of(self, stream_id: str) -> str:
         runner = self.runners.get(stream_id)
-        return JOB_LABEL if runner is not None and runner.hidden else stream_id
-
-    def metric_label(self, runner: StreamRunner) -> str:
-        return JOB_LABEL if runner.hidden else runner.id
+        return stream_id if runner is None else runner.metric_label
 
     def worker_for(self, runner: StreamRunner, track: str) -> EngineWorker:
         return self.workers[runner.processor.track(track).engine]
@@ -542,11 +534,6 @@ class Pipeline:
             finals.append(current)
         return chapters_since(chapters_from_finals(finals), since_s)
 
-    def status_of(self, stream_id: str) -> Status | None:
-        """The stream's status of record (its processor's state machine)."""
-        runner = self.runners.get(stream_id)
-        return None if runner is None or runner.hidden else runner.processor.status.current
-
     def health(self) -> dict:
         now = self.clock()
         out = {}
@@ -603,4 +590,4 @@ class Pipeline:
                 runner.dispatch(runner.processor.tick(now))
 
 
-__all__ = ["ConfigError", "EngineWorker", "Pipeline", "StreamRunner", "WindowQueue"]
+__all__ = ["EngineWorker", "Pipeline", "StreamRunner", "WindowQueue", "describe_failure"]

@@ -51,11 +51,13 @@ class Sinks:
                     sink(event)
                 except Exception:  # boundary: one sink's failure must not cost the others or the stream
                     log.exception("sink %s failed on %s of stream %s", name, type(event).__name__,
-                                  getattr(event, "stream", None) or _stream_of(event))
+                                  _stream_of(event))
                     self._metrics.sink_errors_total.labels(sink=name).inc()
 
 
 def _stream_of(event: Event) -> str | None:
+    if isinstance(event, (DropEvent, ProgressEvent)):
+        return event.stream
     for attr in ("caption", "status", "alert"):
         inner = getattr(event, attr, None)
         if inner is not None:
@@ -113,12 +115,10 @@ class HubSink:
             self._hub.publish_alert(event.alert)
 
 
-def callback_sink(kind: type, callback: Callable, *, unwrap: Callable[[Event], tuple] | None = None) -> EventSink:
+def callback_sink(kind: type, callback: Callable) -> EventSink:
     """A sink that calls ``callback`` with the payload of events of type ``kind`` (the caption,
     status or alert; ``(stream, media_s)`` for progress)."""
     def payload(event):
-        if unwrap is not None:
-            return unwrap(event)
         if isinstance(event, CaptionEvent):
             return (event.caption,)
         if isinstance(event, StatusEvent):

@@ -108,3 +108,15 @@ class FrameCollector:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def health_limits(**overrides):
+    """The config's default health limits (``runtime.settings.health_limits``) with ``overrides``."""
+    from dataclasses import replace
+
+    from streamcap.runtime.config import Config
+    from streamcap.runtime.settings import health_limits as from_config
+
+    limits = from_config(Config())
+    assert limits is not None  # health alerts are on by default
+    return replace(limits, **overrides)

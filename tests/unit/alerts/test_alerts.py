@@ -9,16 +9,13 @@ import itertools
 import pytest
 
 from streamcap.alerts.rules import AlertTracker, CaptionAlerts, Rule, words
-from streamcap.runtime.config import HealthAlertConfig
-from streamcap.alerts.health import BEHIND, BLACK, FROZEN, RECONNECTS, STALLED, HealthLimits, HealthMonitor
+from tests.helpers import health_limits as limits
+from streamcap.alerts.health import BEHIND, BLACK, FROZEN, RECONNECTS, STALLED, HealthMonitor
 from streamcap.core.types import AlertPhase, Severity, StreamState
 
 NS = 1_000_000_000
 
 
-def limits(**overrides) -> HealthLimits:
-    """Health limits: the config's defaults with ``overrides``."""
-    return HealthLimits(**{**HealthAlertConfig().model_dump(exclude={"enabled"}), **overrides})
 
 
 def ids():

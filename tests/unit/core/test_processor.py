@@ -16,15 +16,13 @@ from streamcap.core.events import AlertEvent, CaptionEvent, DropEvent, ProgressE
 from streamcap.core.processor import ProcessorSettings, StabilizerSettings, StreamProcessor, TrackSettings
 from streamcap.core.types import AlertPhase, CaptionState, DropReason, Frame, StreamState
 from streamcap.engine.fake import COLOURS, FakeEngine
-from streamcap.runtime.config import HealthAlertConfig
+from tests.helpers import health_limits as limits
 
 NS = 1_000_000_000
 SIZE = 16
 FPS = 10
 
 
-def limits(**overrides) -> HealthLimits:
-    return HealthLimits(**{**HealthAlertConfig().model_dump(exclude={"enabled"}), **overrides})
 
 
 def settings(*, live: bool = True, health: HealthLimits | None = None, tracks=None, ring: int = 64,
