@@ -45,6 +45,8 @@ class DropReason(str, Enum):
     BEHIND_LIVE = "behind_live"  # overdue live windows skipped so captions never lag
     ENGINE_ERROR = "engine_error"  # the engine failed on the window's batch
     STREAM_REMOVED = "stream_removed"  # the stream went away with windows still queued
+    MEDIA_GAP = "media_gap"  # windows that fell wholly inside a gap between two frames (no picture)
+    BAD_PTS = "bad_pts"  # a frame whose media time is not finite or beyond MAX_MEDIA_S
 
 
 #: drop reasons that mean the machine is not keeping up (they feed ``health:behind``)
