@@ -57,7 +57,7 @@ from streamcap.core.types import (
     StreamState,
     Window,
 )
-from streamcap.core.windowing import WindowPlanner, build_window, min_ring_capacity, pick_frames
+from streamcap.core.windowing import MAX_MEDIA_S, WindowPlanner, build_window, min_ring_capacity, pick_frames
 from streamcap.outputs.livevtt import LiveVttSegmenter
 from streamcap.outputs.subtitles import SubtitleRules
 
@@ -296,6 +296,9 @@ class StreamProcessor:
         c = self.counters
         c.frames_in += 1
         c.last_frame_ns = frame.capture_ns
+        if not (math.isfinite(frame.pts_s) and abs(frame.pts_s) <= MAX_MEDIA_S):
+            self._drop(DropReason.BAD_PTS, now_ns, unit="frame", count=1)
+            return []
         c.media_s = frame.pts_s
         if self._last_kept_pts is not None and frame.pts_s - self._last_kept_pts < self._min_gap_s:
             return []  # ingest sub-sampling: not a drop, the windows never need that many frames
@@ -321,6 +324,9 @@ class StreamProcessor:
             for spec in planner.due(frame.pts_s):
                 frames = pick_frames(self.ring, planner.sample_targets(spec))
                 windows.append(build_window(self.stream, spec, frames, t.settings.name))
+            if planner.last_gap_skipped:
+                self._drop(DropReason.MEDIA_GAP, now_ns, unit="window", count=planner.last_gap_skipped,
+                           track=t.settings.name)
             if planner.last_skipped:
                 self._drop(DropReason.BEHIND_LIVE, now_ns, unit="window", count=planner.last_skipped,
                            track=t.settings.name)

@@ -6,6 +6,12 @@ first frame the planner sees. Starts and ends are computed from ``t0`` and ``i``
 summing strides), so a stream that runs for days does not drift. A window is due once a frame
 with pts >= its end has arrived; each window is handed out once, in order.
 
+A frame that arrives long after the previous one (a gap wider than a window: a container
+timestamp jump, a stall) leaves windows wholly inside the gap with no frame to show. Those are
+skipped in one step (counted: :attr:`WindowPlanner.last_gap_skipped`) instead of being captioned
+from a stale picture, so the work per frame stays bounded whatever the jump. Media times beyond
+:data:`MAX_MEDIA_S` are refused.
+
 Live sources set ``max_backlog``: when more windows are due at once (a burst after a stall, an
 engine that fell behind) the older ones are skipped and counted, so a live stream never falls
 further behind. Files leave it at None and every window is captioned.
@@ -29,6 +35,10 @@ from streamcap.core.types import VIDEO_TRACK, Frame, Window
 # Tolerance for "a frame at pts >= window end": pts derived from frame counters (n / fps) may
 # land a few ulps below the nominal end and must still close the window.
 PTS_EPSILON_S = 1e-6
+
+#: the largest media time (seconds) a planner accepts: ~317 years, far beyond any real stream and
+#: still small enough that window starts stay exact to well under a microsecond
+MAX_MEDIA_S = 1e10
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,9 @@ class WindowPlanner:
         self._next_index = 0
         self._skipped_total = 0
         self._last_skipped = 0
+        self._gap_skipped_total = 0
+        self._last_gap_skipped = 0
+        self._last_pts_s: float | None = None
 
     @property
     def window_s(self) -> float:
@@ -102,6 +115,16 @@ class WindowPlanner:
         """Windows skipped by the latest :meth:`due` call."""
         return self._last_skipped
 
+    @property
+    def gap_skipped_total(self) -> int:
+        """Windows skipped because they fell wholly inside a gap between frames."""
+        return self._gap_skipped_total
+
+    @property
+    def last_gap_skipped(self) -> int:
+        """Windows skipped as inside a gap by the latest :meth:`due` call."""
+        return self._last_gap_skipped
+
     def spec(self, index: int) -> WindowSpec:
         if self._t0_s is None:
             raise ValueError("the planner has not seen a frame yet")
@@ -110,24 +133,37 @@ class WindowPlanner:
 
     def due(self, latest_pts_s: float) -> list[WindowSpec]:
         """Windows that ended at or before ``latest_pts_s`` and were not handed out yet, oldest
-        first. Call it after every stored frame; the first call fixes ``t0``. With
-        ``max_backlog`` set, only the newest ``max_backlog`` of them are returned and the older
-        ones are skipped for good (see :attr:`last_skipped`)."""
-        if not math.isfinite(latest_pts_s):
-            raise ValueError(f"latest_pts_s must be finite, got {latest_pts_s!r}")
+        first. Call it after every stored frame; the first call fixes ``t0``. Windows wholly
+        inside the gap since the previous call are skipped (see :attr:`last_gap_skipped`).
+        With ``max_backlog`` set, only the newest ``max_backlog`` of the rest are returned and
+        the older ones are skipped for good (see :attr:`last_skipped`)."""
+        if not (math.isfinite(latest_pts_s) and abs(latest_pts_s) <= MAX_MEDIA_S):
+            raise ValueError(f"latest_pts_s must be finite and within ±{MAX_MEDIA_S:g} s, "
+                             f"got {latest_pts_s!r}")
         if self._t0_s is None:
             self._t0_s = float(latest_pts_s)
+        previous_s, self._last_pts_s = self._last_pts_s, float(latest_pts_s)
         end_count = self._windows_ended_by(latest_pts_s)
         first = self._next_index
         self._last_skipped = 0
+        self._last_gap_skipped = 0
         if end_count <= first:
             return []
-        if self._max_backlog is not None and end_count - first > self._max_backlog:
-            self._last_skipped = end_count - first - self._max_backlog
+        indices: list[int] | range = range(first, end_count)
+        if previous_s is not None and latest_pts_s - previous_s > self._window_s:
+            # windows starting after the previous frame and ending before this one saw nothing
+            gap_lo = max(first, self._first_start_after(previous_s))
+            gap_hi = min(end_count, self._windows_ended_by(latest_pts_s - 2 * PTS_EPSILON_S))
+            if gap_hi > gap_lo:
+                self._last_gap_skipped = gap_hi - gap_lo
+                self._gap_skipped_total += self._last_gap_skipped
+                indices = [*range(first, gap_lo), *range(gap_hi, end_count)]
+        if self._max_backlog is not None and len(indices) > self._max_backlog:
+            self._last_skipped = len(indices) - self._max_backlog
             self._skipped_total += self._last_skipped
-            first = end_count - self._max_backlog
+            indices = indices[-self._max_backlog:]
         self._next_index = end_count
-        return [self.spec(i) for i in range(first, end_count)]
+        return [self.spec(i) for i in indices]
 
     def sample_targets(self, spec: WindowSpec) -> list[float]:
         """K times evenly spaced over ``[start_s, end_s]``, both ends included."""
@@ -141,6 +177,17 @@ class WindowPlanner:
         if self._t0_s is None:
             return -math.inf
         return self._t0_s + self._next_index * self._stride_s
+
+    def _first_start_after(self, pts_s: float) -> int:
+        """Index of the first window whose start is later than ``pts_s`` (beyond ``PTS_EPSILON_S``)."""
+        assert self._t0_s is not None
+        limit = pts_s + PTS_EPSILON_S
+        i = max(math.floor((limit - self._t0_s) / self._stride_s), 0)
+        while i > 0 and self.spec(i - 1).start_s > limit:
+            i -= 1
+        while self.spec(i).start_s <= limit:
+            i += 1
+        return i
 
     def _windows_ended_by(self, pts_s: float) -> int:
         """How many windows (0, 1, ...) have ``end <= pts_s`` (within ``PTS_EPSILON_S``)."""

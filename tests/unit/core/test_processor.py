@@ -6,6 +6,8 @@ time; every window handed out is captioned at once, as an idle engine would.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -146,13 +148,17 @@ def test_drops_are_events_with_their_reason():
     d = Driver(StreamProcessor(settings(health=limits(max_drops_per_min=3))))
     d.frames(2, "red", noise=10)
     assert d.frame(picture("red"), pts_s=0.5) == []  # pts went backwards: not kept, no window
-    windows = d.frame(picture("red", 10, 5), pts_s=10.0, caption=False)  # a burst after a gap: backlog
+    windows = d.frame(picture("red", 10, 5), pts_s=10.0, caption=False)  # after a gap: no picture
     assert len(windows) == 2 and d.p.windows_in_flight == 2
     d.events += d.p.window_dropped(windows[0], DropReason.ENGINE_BUSY, 10 * NS)
     d.events += d.p.feed_drop("handoff_full", 10 * NS)
+    d.events += d.p.feed_drop("ingest_full", 10 * NS)
     assert d.p.windows_in_flight == 1
+    assert d.p.feed_frame(Frame("cam", 99, 10 * NS, math.inf, picture("red")), 10 * NS) == []
+    d.events += d.p.take_events()
     drops = {(e.unit, e.reason): e.count for e in d.of(DropEvent)}
-    assert drops[("window", DropReason.BEHIND_LIVE)] >= 10
+    assert drops[("window", DropReason.MEDIA_GAP)] >= 10
+    assert drops[("frame", DropReason.BAD_PTS)] == 1
     assert drops[("window", DropReason.ENGINE_BUSY)] == 1
     assert drops[("frame", DropReason.HANDOFF_FULL)] == 1
     # behind_live, engine_busy and handoff_full mean the machine is not keeping up

@@ -28,7 +28,8 @@ def test_first_window_is_due_once_a_frame_reaches_its_end():
 
 def test_windows_are_handed_out_in_order_and_once():
     planner = WindowPlanner(3.0, 1.0, 6)
-    planner.due(0.0)
+    for pts in (0.0, 1.0, 2.0):
+        assert planner.due(pts) == []
     due = planner.due(5.5)
     assert [w.index for w in due] == [0, 1, 2]
     assert [(w.start_s, w.end_s) for w in due] == [(0.0, 3.0), (1.0, 4.0), (2.0, 5.0)]
@@ -64,20 +65,54 @@ def test_live_backlog_skips_older_windows_and_counts_them():
     planner = WindowPlanner(3.0, 1.0, 6, max_backlog=1)
     planner.due(0.0)
     assert [w.index for w in planner.due(3.0)] == [0]
-    due = planner.due(8.0)  # windows 1..5 due at once after a stall
+    assert [w.index for w in planner.due(4.0)] == [1]
+    due = planner.due(8.0)  # windows 2..5 due at once (each holds the frame at 4 s or at 8 s)
     assert [w.index for w in due] == [5]
-    assert planner.last_skipped == 4
-    assert planner.skipped_total == 4
+    assert planner.last_skipped == 3
+    assert planner.skipped_total == 3
+    assert planner.last_gap_skipped == 0
     assert [w.index for w in planner.due(9.0)] == [6]
     assert planner.last_skipped == 0
-    assert planner.skipped_total == 4
+    assert planner.skipped_total == 3
 
 
 def test_file_planner_never_skips():
     planner = WindowPlanner(3.0, 1.0, 6, max_backlog=None)
-    planner.due(0.0)
-    assert [w.index for w in planner.due(50.0)] == list(range(48))
+    handed = [w.index for pts in range(51) for w in planner.due(float(pts))]
+    assert handed == list(range(48))
     assert planner.skipped_total == 0
+
+
+def test_windows_wholly_inside_a_gap_between_frames_are_skipped_and_counted():
+    planner = WindowPlanner(3.0, 1.0, 6)
+    for pts in (0.0, 1.0, 2.0, 3.0):
+        planner.due(pts)
+    assert planner.next_index == 1
+    due = planner.due(10.0)  # nothing between 3 s and 10 s
+    # windows 1..3 hold the frame at 3 s, window 7 ends on the frame at 10 s; 4..6 saw nothing
+    assert [w.index for w in due] == [1, 2, 3, 7]
+    assert planner.last_gap_skipped == 3 and planner.gap_skipped_total == 3
+    assert planner.last_skipped == 0
+    assert planner.release_pts() == 8.0
+
+
+def test_a_huge_timestamp_jump_costs_a_bounded_number_of_windows():
+    planner = WindowPlanner(2.0, 0.5, 6)
+    for i in range(20):
+        planner.due(i * 0.1)
+    due = planner.due(1e9)
+    assert len(due) <= 2.0 / 0.5 + 2
+    assert planner.last_gap_skipped > 1e9
+    assert due[-1].end_s == pytest.approx(1e9, abs=1e-6)
+    assert [w.index for w in planner.due(1e9 + 0.5)] == [due[-1].index + 1]
+
+
+@pytest.mark.parametrize("pts", [math.inf, -math.inf, math.nan, 1e300, -2e10])
+def test_media_times_that_are_not_finite_or_absurd_are_refused(pts):
+    planner = WindowPlanner(2.0, 0.5, 6)
+    planner.due(0.0)
+    with pytest.raises(ValueError, match="finite and within"):
+        planner.due(pts)
 
 
 def test_sample_targets_are_evenly_spaced_including_both_ends():
