@@ -39,6 +39,11 @@ class DropReason(str, Enum):
 
     RING_FULL = "ring_full"  # a live stream's ring overwrote its oldest frame
     PTS_REGRESSION = "pts_regression"  # a frame's pts went backwards
+    # discontinuities of a source's container time (core.mediaclock): the frames are kept on a
+    # re-based media time, but each discontinuity is counted here, once, so it shows in /metrics
+    PTS_JUMP = "pts_jump"  # the container's time leapt forward beyond what was received
+    PTS_REWIND = "pts_rewind"  # the container's time went back (e.g. a restarted encoder)
+    DECODE_ERROR = "decode_error"  # a packet the decoder could not decode (corrupt data)
     HANDOFF_FULL = "handoff_full"  # the decoder thread's handoff to the loop was full (live)
     INGEST_FULL = "ingest_full"  # a pushed stream's frame queue was full
     ENGINE_BUSY = "engine_busy"  # a live window replaced in the engine's full queue

@@ -237,21 +237,24 @@ def parse_source_url(url: str) -> SourceSpec:
     return SourceSpec(SourceKind.FILE, url)  # a relative path that happens to contain ':'
 
 
-#: options of network sources that do not apply to synthetic ones
+#: options of decoding sources (:class:`~streamcap.sources.reader.ReaderSource`) that do not
+#: apply to synthetic or push ones
 NETWORK_TUNING = frozenset({"stall_timeout_s", "open_timeout_s", "read_timeout_s", "backoff", "rng",
-                            "max_failures"})
+                            "max_failures", "end_on_eof"})
 
 
 def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
     """Open the source for ``url`` (not started yet: it starts on the first ``recv()``).
 
-    ``kwargs`` go to the source class: the hooks of :class:`~streamcap.sources.base.Source`
-    (``on_status``, ``on_drop``, ``on_reconnect``, ``clock``, ``frame_transform``),
-    ``handoff_size``, and the network tuning of
-    :class:`~streamcap.sources.opencv.OpenCVSource` (``stall_timeout_s``, ``open_timeout_s``,
-    ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``), which a synthetic source, having
-    no network, ignores, and a push source ignores along with ``handoff_size`` — so one set of
-    options, ``streamcap.runtime.config.source_options(config)``, can be passed for every stream.
+    Files, RTSP(S) and HTTP(S) are read by :class:`~streamcap.sources.pyav.PyAVSource`, webcams
+    by :class:`~streamcap.sources.opencv.OpenCVSource`. ``kwargs`` go to the source class: the
+    hooks of :class:`~streamcap.sources.base.Source` (``on_status``, ``on_drop``,
+    ``on_reconnect``, ``clock``, ``frame_transform``), ``handoff_size``, and the tuning of
+    :class:`~streamcap.sources.reader.ReaderSource` (``stall_timeout_s``, ``open_timeout_s``,
+    ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``, ``end_on_eof``), which a
+    synthetic source, having no decoder, ignores, and a push source ignores along with
+    ``handoff_size`` — so one set of options, ``streamcap.runtime.config.source_options(config)``,
+    can be passed for every stream.
     """
     spec = url if isinstance(url, SourceSpec) else parse_source_url(url)
     if spec.kind is SourceKind.SYNTHETIC:
@@ -265,6 +268,10 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
         # no decoder handoff either: publishers push into the source's own bounded queue
         own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING and k != "handoff_size"}
         return PushSource(stream_id, **own)
-    from streamcap.sources.opencv import OpenCVSource
+    if spec.kind is SourceKind.WEBCAM:
+        from streamcap.sources.opencv import OpenCVSource
 
-    return OpenCVSource(stream_id, spec, **kwargs)
+        return OpenCVSource(stream_id, spec, **kwargs)
+    from streamcap.sources.pyav import PyAVSource
+
+    return PyAVSource(stream_id, spec, **kwargs)

@@ -1,44 +1,65 @@
-"""OpenCV's FFmpeg capture options: set when a capture is about to be opened, never at import,
-and never over a value the user set."""
+"""Which decoder reads which source, and what importing or first use changes in the process:
+OpenCV only for webcams (no FFmpeg capture options any more), PyAV for files, RTSP and HTTP,
+its interrupt check installed on first use, never at import."""
 
-import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from streamcap.core.errors import SourceError
-from streamcap.sources import opencv
+from streamcap.sources import open_source
+from streamcap.sources.opencv import OpenCVSource
+from streamcap.sources.pyav import PyAVSource, install_interrupt_check
+from streamcap.sources.reader import ReaderThread
 from streamcap.sources.url import parse_source_url
 
-ENV = opencv.FFMPEG_CAPTURE_OPTIONS_ENV
+
+def test_importing_the_sources_changes_neither_pyav_nor_the_environment():
+    code = ("import os, time, av.container.core as core, streamcap.sources.pyav, "
+            "streamcap.sources.opencv; "
+            "print(core.time is time, 'OPENCV_FFMPEG_CAPTURE_OPTIONS' in os.environ)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
 
 
-def test_importing_the_module_leaves_the_environment_alone():
-    code = f"import os, streamcap.sources.opencv; print({ENV!r} in os.environ)"
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+@pytest.mark.parametrize(("url", "cls"), [
+    ("/tmp/clip.mp4", PyAVSource), ("file:///tmp/clip.mp4", PyAVSource),
+    ("rtsp://cam.local/stream", PyAVSource), ("rtsps://cam.local/stream", PyAVSource),
+    ("http://cam.local/video.mjpg", PyAVSource), ("webcam:0", OpenCVSource),
+])
+def test_open_source_routes_webcams_to_opencv_and_everything_else_to_pyav(url, cls):
+    assert type(open_source("s", url)) is cls
 
 
-def test_capture_options_are_set_when_missing(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    opencv.ensure_capture_options()
-    assert os.environ[ENV] == opencv.FFMPEG_CAPTURE_OPTIONS
+def test_each_reader_refuses_the_kinds_it_does_not_read():
+    with pytest.raises(ValueError, match="does not read file"):
+        OpenCVSource("s", parse_source_url("/tmp/clip.mp4"))
+    with pytest.raises(ValueError, match="does not read webcam"):
+        PyAVSource("s", parse_source_url("webcam:0"))
 
 
-def test_a_users_capture_options_win(monkeypatch):
-    monkeypatch.setenv(ENV, "rtsp_transport;udp")
-    opencv.ensure_capture_options()
-    assert os.environ[ENV] == "rtsp_transport;udp"
+def test_interrupt_check_gives_real_time_except_to_an_abandoned_reader():
+    import av.container.core as core
 
+    assert install_interrupt_check() and install_interrupt_check()  # idempotent
+    seen: dict[str, float] = {}
 
-async def test_opening_a_capture_sets_the_options_first(monkeypatch, tmp_path):
-    monkeypatch.delenv(ENV, raising=False)
-    source = opencv.OpenCVSource("cam1", parse_source_url(str(tmp_path / "missing.mp4")))
-    try:
-        with pytest.raises(SourceError, match="no such file"):
-            await source.recv()
-    finally:
-        await source.aclose()
-    assert os.environ[ENV] == opencv.FFMPEG_CAPTURE_OPTIONS
+    def read_clock(key: str) -> None:
+        seen[key] = core.time.monotonic()
+
+    before = time.monotonic()
+    read_clock("loop")
+    live = ReaderThread(target=read_clock, args=("live",))
+    abandoned = ReaderThread(target=read_clock, args=("abandoned",))
+    abandoned.abort_io = True
+    plain = threading.Thread(target=read_clock, args=("plain",))
+    for t in (live, abandoned, plain):
+        t.start()
+        t.join(5)
+    after = time.monotonic()
+    assert before <= seen["loop"] <= after
+    assert before <= seen["live"] <= after and before <= seen["plain"] <= after
+    assert seen["abandoned"] > after + 1e6  # every FFmpeg timeout has passed for it
+    assert core.time.sleep is time.sleep  # the rest of the module is the real one

@@ -1,0 +1,325 @@
+"""Files, RTSP(S) and HTTP(S) through PyAV (FFmpeg's libraries, no OpenCV, no process-wide lock).
+
+:class:`PyAVSource` is a :class:`~streamcap.sources.reader.ReaderSource` (reader thread per
+connection, supervisor on the loop, bounded handoff, statuses, backoff, media clock: read that
+module's docstring for the contract); this module is its reader thread.
+
+One demuxer
+-----------
+A connection opens the input once (``av.open``) and demuxes it; today only the video stream's
+packets are asked for, and :meth:`PyAVSource._route` hands each packet to its stream's handler,
+so an audio track is one more ``demux`` argument and one more handler, on the same connection
+and the same timestamps. Only frames that are kept are converted to RGB
+(``frame.to_ndarray(format="rgb24")``); :meth:`PyAVSource._keep` is where sampling will decide,
+and the stream's codec context (``skip_frame``) is at hand in the same place to skip decoding
+of frames nobody wants.
+
+Timeouts and interruption
+-------------------------
+``av.open(url, options=..., timeout=(open_timeout_s, read_timeout_s))``: PyAV installs an FFmpeg
+interrupt callback that fails an open or a read taking longer than its limit. No lock is shared
+between sources: any number of connections open or hang at once without blocking each other.
+The callback measures time by calling ``time.monotonic()`` from ``av.container.core``'s module
+namespace; :func:`install_interrupt_check` (run once, on first use, never at import) replaces
+that name with a stand-in that returns the real time on every thread except an abandoned
+reader's (:attr:`~streamcap.sources.reader.ReaderThread.abort_io`), for which it returns a time
+far in the future. So abandoning a connection — a stall, a reconnect, :meth:`aclose` — makes its
+blocking FFmpeg call return within FFmpeg's polling interval (~0.1 s), and a stopped server never
+leaves a thread inside FFmpeg at exit. Should a PyAV release rename that module name, the
+stand-in is not installed (a warning is logged) and an abandoned reader exits within its own
+read timeout instead.
+
+FFmpeg options
+--------------
+RTSP: over TCP (no UDP loss, works through NAT), probing cut to 0.1 s / 64 KiB (:data:`RTSP_OPTIONS`;
+opening a loopback stream takes ~0.2 s). HTTP and files: FFmpeg's defaults.
+
+Errors
+------
+Files get a distinct message per way of being unreadable (:func:`file_problem`): no such file,
+empty file, not a media file (no container format recognised), truncated/corrupt (a container
+was recognised but could not be read, or no frame could be decoded), no video stream (audio
+only). Messages never carry a URL's credentials (FFmpeg's own error texts name the URL, so only
+their ``strerror`` part is used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import av
+
+from streamcap.sources.reader import Decoded, Dropped, Event, Kind, ReaderSource, ReaderThread
+from streamcap.sources.url import SourceKind
+
+log = logging.getLogger(__name__)
+
+#: demuxer options for RTSP(S): TCP transport, short probing
+RTSP_OPTIONS: Mapping[str, str] = {"rtsp_transport": "tcp", "analyzeduration": "100000",
+                                   "probesize": "65536"}
+_FAR_S = 1e9  # what an abandoned reader's clock adds: any timeout has passed
+
+# --------------------------------------------------------------------------- interruption
+
+_install_lock = threading.Lock()
+_installed = False
+
+
+class _AbortingTime:
+    """Stands in for the ``time`` module inside ``av.container.core`` (see the module docstring):
+    everything is the real module except ``monotonic()`` on an abandoned reader thread."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def monotonic(self) -> float:
+        now = self._real.monotonic()
+        thread = threading.current_thread()
+        if isinstance(thread, ReaderThread) and thread.abort_io:
+            return now + _FAR_S
+        return now
+
+
+def install_interrupt_check() -> bool:
+    """Make PyAV's interrupt callback also stop abandoned readers; idempotent. Returns whether
+    the check is in place."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return True
+        import av.container.core as core
+
+        current = getattr(core, "time", None)
+        if isinstance(current, _AbortingTime):
+            _installed = True
+        elif current is time:
+            core.time = _AbortingTime(time)
+            _installed = True
+        else:
+            log.warning("PyAV's container module has no 'time' to hook: abandoned readers exit "
+                        "within their read timeout instead of at once")
+        return _installed
+
+
+# --------------------------------------------------------------------------- file problems
+
+# first bytes of containers FFmpeg reads (offset, magic): a file that starts like one of them
+# but cannot be opened is damaged, not "not a media file"
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftyp", "MP4/QuickTime"), (4, b"moov", "MP4/QuickTime"), (4, b"mdat", "MP4/QuickTime"),
+    (4, b"free", "MP4/QuickTime"), (4, b"wide", "MP4/QuickTime"), (4, b"styp", "MP4/QuickTime"),
+    (4, b"moof", "MP4/QuickTime"), (4, b"skip", "MP4/QuickTime"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"), (0, b"RIFF", "RIFF (AVI/WAV)"), (0, b"OggS", "Ogg"),
+    (0, b"FLV", "FLV"), (0, b"\x00\x00\x01\xba", "MPEG-PS"), (0, b"\x00\x00\x01\xb3", "MPEG video"),
+    (0, b"\x30\x26\xb2\x75", "ASF/WMV"),
+)
+
+
+def _recognised_container(head: bytes) -> str | None:
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    if len(head) >= 377 and head[0] == head[188] == 0x47:  # MPEG-TS sync bytes
+        return "MPEG-TS"
+    return None
+
+
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot even be tried as a video file (missing, not a file, empty), or None."""
+    if not os.path.exists(path):
+        return f"cannot open {path}: no such file"
+    if not os.path.isfile(path):
+        return f"cannot open {path}: not a file"
+    if os.path.getsize(path) == 0:
+        return f"cannot open {path}: empty file (0 bytes)"
+    return None
+
+
+def _unopenable_file_detail(path: str, exc: BaseException) -> str:
+    problem = file_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as read_exc:
+        return f"cannot open {path}: {read_exc.strerror or read_exc}"
+    container = _recognised_container(head)
+    if container is None:
+        return f"cannot open {path}: not a media file (no container format recognised)"
+    return (f"cannot open {path}: truncated/corrupt {container} file "
+            f"({_ffmpeg_reason(exc)}; e.g. its index is missing)")
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's words for ``exc`` without the file name/URL it carries (credentials)."""
+    text = getattr(exc, "strerror", None)
+    return str(text) if text else type(exc).__name__
+
+
+def probe_video(path: str, *, timeout_s: float = 10.0) -> str | None:
+    """Blocking: None when ``path`` holds a video stream with at least one decodable frame, else
+    a clear description of what is wrong (the same words the source's ERROR status uses)."""
+    problem = file_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        container = av.open(path, timeout=(timeout_s, timeout_s))
+    except (av.FFmpegError, OSError) as exc:
+        return _unopenable_file_detail(path, exc)
+    try:
+        if not container.streams.video:
+            return _no_video_detail(path, container)
+        try:
+            for _ in container.decode(video=0):
+                return None
+        except (av.FFmpegError, OSError) as exc:
+            return f"cannot read {path}: truncated/corrupt: {_ffmpeg_reason(exc)}"
+        return f"cannot read {path}: truncated/corrupt: no frame could be decoded"
+    finally:
+        container.close()
+
+
+def _no_video_detail(what: str, container: Any) -> str:
+    if container.streams.audio:
+        return f"cannot read {what}: no video stream (audio only)"
+    return f"cannot read {what}: no video stream"
+
+
+# --------------------------------------------------------------------------- the source
+
+
+class PyAVSource(ReaderSource):
+    """A file, RTSP(S) or HTTP(S) source decoded by PyAV. See the module docstrings (this one and
+    :mod:`streamcap.sources.reader`) for the contract."""
+
+    kinds = frozenset({SourceKind.FILE, SourceKind.RTSP, SourceKind.HTTP})
+    default_max_failures = None  # network streams retry forever; files fail at once anyway
+
+    def _start_reader(self, loop: asyncio.AbstractEventLoop) -> int:
+        install_interrupt_check()  # on the loop thread, before the first reader runs
+        return super()._start_reader(loop)
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _keep(self, frame: av.VideoFrame) -> bool:
+        """Whether a decoded frame becomes a :class:`~streamcap.core.types.Frame` (converted to
+        RGB). Every frame today; sampling will decide here (and set ``skip_frame``)."""
+        return True
+
+    def _open(self) -> Any:
+        options = dict(RTSP_OPTIONS) if self.spec.kind is SourceKind.RTSP else {}
+        return av.open(self.spec.location, options=options,
+                       timeout=(self._open_timeout_s, self._read_timeout_s))
+
+    def _open_failure_detail(self, exc: BaseException, took_s: float) -> str:
+        if self.spec.kind is SourceKind.FILE:
+            return _unopenable_file_detail(self.spec.location, exc)
+        if took_s >= self._open_timeout_s * 0.95:
+            return f"opening {self.safe_url} timed out after {took_s:.1f} s"
+        return (f"cannot open {self.safe_url} ({_ffmpeg_reason(exc)}: unreachable, refused, or "
+                "not a video stream)")
+
+    def _read_loop(self, gen: int, loop: asyncio.AbstractEventLoop) -> None:
+        container = None
+        what = self.spec.location if self.spec.kind is SourceKind.FILE else self.safe_url
+        frames = 0
+        try:
+            if self.spec.kind is SourceKind.FILE:
+                problem = file_problem(self.spec.location)
+                if problem is not None:
+                    self._post(loop, Event(gen, Kind.OPEN_FAILED, problem))
+                    return
+            started = time.monotonic()
+            try:
+                container = self._open()
+            except (av.FFmpegError, OSError) as exc:
+                if not self._abandoned(gen):
+                    detail = self._open_failure_detail(exc, time.monotonic() - started)
+                    self._post(loop, Event(gen, Kind.OPEN_FAILED, detail))
+                return
+            if not container.streams.video:
+                self._post(loop, Event(gen, Kind.OPEN_FAILED, _no_video_detail(what, container)))
+                return
+            video = container.streams.video[0]
+            rate = video.average_rate or video.guessed_rate
+            fps = float(rate) if rate else 0.0
+            if not self._post(loop, Event(gen, Kind.OPENED, fps=fps if 0 < fps < 1000 else 0.0)):
+                return
+            try:
+                # one demuxer for every stream we read; each packet goes to its stream's handler
+                for packet in container.demux(video):
+                    if self._abandoned(gen):
+                        return
+                    kept = self._route(gen, loop, packet, video)
+                    if kept is None:
+                        return
+                    frames += kept
+            except (av.FFmpegError, OSError) as exc:
+                if self._abandoned(gen):
+                    return
+                reason = _ffmpeg_reason(exc)
+                if self.live:
+                    detail = f"read from {self.safe_url} failed ({reason}: stream closed or lost)"
+                elif frames:
+                    detail = f"read from {what} failed after {frames} frames ({reason})"
+                else:
+                    detail = f"cannot read {what}: truncated/corrupt: {reason}"
+                self._post(loop, Event(gen, Kind.READ_FAILED, detail))
+                return
+            if self._abandoned(gen):
+                return
+            if frames:
+                self._post(loop, Event(gen, Kind.END, f"end of {what}"))
+            elif self.live:
+                self._post(loop, Event(gen, Kind.END, f"{self.safe_url} ended before any frame"))
+            else:
+                self._post(loop, Event(gen, Kind.READ_FAILED,
+                                       f"cannot read {what}: truncated/corrupt: no frame could be "
+                                       "decoded"))
+        except Exception as exc:  # boundary: report the reader's failure to the supervisor
+            log.exception("stream %s: reader failed", self.id)
+            self._post(loop, Event(gen, Kind.CRASHED, f"reader failed: {type(exc).__name__}"))
+        finally:
+            if container is not None:
+                container.close()
+
+    def _route(self, gen: int, loop: asyncio.AbstractEventLoop, packet: av.Packet,
+               video: av.VideoStream) -> int | None:
+        """Hand one demuxed packet to its stream's handler; returns the frames it kept, or None
+        when the connection was abandoned meanwhile."""
+        if packet.stream is video:
+            return self._on_video_packet(gen, loop, packet)
+        return 0  # not asked for (the next issue's audio lands here)
+
+    def _on_video_packet(self, gen: int, loop: asyncio.AbstractEventLoop,
+                         packet: av.Packet) -> int | None:
+        try:
+            decoded = packet.decode()
+        except av.InvalidDataError as exc:  # one bad packet: count it, go on with the next
+            self._post(loop, Dropped(gen, "decode_error", _ffmpeg_reason(exc)))
+            return 0
+        kept = 0
+        for frame in decoded:
+            if not self._keep(frame):
+                continue
+            if not self._wait_for_room(gen):
+                return None
+            capture_ns = self._clock()
+            image = self._transform(frame.to_ndarray(format="rgb24"))
+            if not self._post(loop, Decoded(gen, image, capture_ns, frame.time)):
+                return None
+            kept += 1
+        return kept
+
+
+__all__ = ["RTSP_OPTIONS", "PyAVSource", "file_problem", "install_interrupt_check", "probe_video"]
