@@ -12,7 +12,8 @@ Pure: no I/O, no clock, no asyncio. Encoders take value types from :mod:`streamc
 (or plain values) and return compact JSON text; the server encodes each message once and
 fans the same string out to every client. Decoders validate strictly by hand (no extra
 dependency) and return frozen dataclasses, raising :class:`~streamcap.core.errors.ProtocolError`
-(code ``bad_message``) on anything the schema does not allow: malformed JSON, duplicate keys,
+(code ``bad_message``) on anything the schema does not allow: malformed JSON (parsed by
+:func:`streamcap.outputs.jsonsafe.loads`: bounded size, depth and number length), duplicate keys,
 non-finite numbers, an unknown type, a wrong version, a missing, extra or mistyped field.
 Version 1 is closed: adding a field means a new version.
 """
@@ -20,21 +21,24 @@ Version 1 is closed: adding a field means a new version.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from streamcap.core.errors import ProtocolError
+from streamcap.core.errors import ErrorCode, ProtocolError
 from streamcap.core.ids import STREAM_ID_MAX_CHARS, STREAM_ID_RULE, is_valid_stream_id
+from streamcap.outputs import jsonsafe
+from streamcap.outputs.jsonsafe import JsonLimits
 from streamcap.core.types import VIDEO_TRACK, Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
 
 WIRE_VERSION = 1
 SERVER_NAME = "streamcap"
 #: Largest client message accepted, in bytes of UTF-8.
 MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+#: Deepest nesting of arrays/objects in a client message (the schema needs 2).
+MAX_CLIENT_JSON_DEPTH = 8
 #: Longest stream id accepted on the wire: the one rule of :mod:`streamcap.core.ids`.
 MAX_STREAM_ID_CHARS = STREAM_ID_MAX_CHARS
 
@@ -277,44 +281,11 @@ def encode_ping() -> str:
 # --- decoding ---------------------------------------------------------------------------------
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ProtocolError(f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise ProtocolError(f"non-finite number {name} is not allowed")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ProtocolError(f"number {text} is out of range")
-    return value
-
-
 def _load_object(text: str | bytes, *, max_bytes: int | None) -> dict[str, Any]:
     if not isinstance(text, str):
         raise ProtocolError("binary messages are not supported; send JSON text")
-    if max_bytes is not None and len(text) * 4 > max_bytes:  # cheap bound first
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > max_bytes:
-            raise ProtocolError(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
-    try:
-        obj = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ProtocolError("malformed JSON: nested too deeply") from exc
+    obj = jsonsafe.loads(text, JsonLimits(max_bytes=max_bytes, max_depth=MAX_CLIENT_JSON_DEPTH),
+                         code=ErrorCode.BAD_MESSAGE)
     if not isinstance(obj, dict):
         raise ProtocolError(f"expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -183,6 +183,9 @@ MALFORMED_CLIENT = [
     ("duplicate key", '{"type":"ping","type":"ping"}', False),
     ("NaN", '{"type":"ping","v":NaN}', False),
     ("huge float", '{"type":"ping","v":1e400}', False),
+    ("integer over 4300 digits", '{"type":"ping","v":' + "1" * 5000 + "}", False),
+    ("deeply nested", '{"type":"subscribe","streams":' + "[" * 50_000 + "]" * 50_000 + "}", False),
+    ("unclosed deep nesting", "[" * 100_000, False),
     (
         "oversized",
         '{"type":"subscribe","streams":["' + "x" * 200 + '"' + ',"y"' * 17_000 + "]}",
