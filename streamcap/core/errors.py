@@ -12,7 +12,7 @@ serialises as its plain string. The tree (codes in brackets)::
      │    └── SourceEnded [source_ended]
      ├── EngineError [engine_error]
      │    └── EngineLoadError [engine_load_error]
-     ├── ProtocolError [bad_message; also bad_frame, bad_base64, too_large]
+     ├── ProtocolError [bad_message; also bad_json, bad_frame, bad_base64, too_large, too_many_pixels]
      ├── HttpError [any code, plus an HTTP status]
      ├── EmbedderUnavailable [embedder_unavailable]   (streamcap.alerts.embedding)
      └── ExportError [export_failed]                   (streamcap.export.base)
@@ -65,6 +65,10 @@ class ErrorCode(str, Enum):
     # access refusals
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    # over a limit on input (named in the detail; see docs/security.md) or refused by a policy
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_MANY_STREAMS = "too_many_streams"
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
 
     def __str__(self) -> str:  # the plain code in f-strings, logs and metric labels
         return self.value

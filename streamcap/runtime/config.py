@@ -231,6 +231,25 @@ class IngestConfig(_Model):
                                  description="Largest video accepted by POST /v1/captions (413 above it).")
     max_clip_jobs: int = Field(2, ge=1, le=64,
                                description="Clips captioned at once through POST /v1/captions; more wait.")
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64, le=16384 * 16384,
+                            description="Largest picture (width x height) an ingest frame may have; read from "
+                                        "the JPEG/PNG header and refused (too_many_pixels) before decoding. The "
+                                        "default, 4096x4096, takes 4K UHD and DCI.")
+    max_streams_per_token: int = Field(8, ge=1, le=10_000,
+                                       description="Push streams one publish token may have created at once "
+                                                   "(WHIP or /ingest to an unknown id); 429 too_many_streams "
+                                                   "beyond.")
+    max_push_streams: int = Field(64, ge=1, le=10_000,
+                                  description="Push streams publishers may have created at once, all tokens "
+                                              "together (streams from the config file do not count); 503 "
+                                              "too_many_streams beyond.")
+    idle_expiry_s: float = Field(300.0, ge=0.1, le=7 * 86400,
+                                 description="A push stream created by a publisher is removed after this long "
+                                             "without any publisher (counted in "
+                                             "streamcap_push_streams_removed_total{reason=\"idle\"}).")
+    upload_dir: str | None = Field(None, description="Folder for uploads being captioned (POST /v1/captions); "
+                                                     "default: streamcap-<uid>/uploads in the system temp folder. "
+                                                     "Left-overs of dead processes are removed at start-up.")
 
 
 class WebRTCConfig(_Model):
@@ -240,6 +259,27 @@ class WebRTCConfig(_Model):
     loopback_candidates: bool = Field(False, description="Also offer 127.0.0.1 ICE candidates (publishers on "
                                                          "the same machine; aiortc leaves loopback out).")
     max_sessions: int = Field(16, ge=1, le=1024, description="WHIP sessions at once (503 beyond).")
+    max_sessions_per_token: int = Field(4, ge=1, le=1024,
+                                        description="WHIP sessions one publish token may hold at once (429 "
+                                                    "too_many_sessions beyond).")
+    connect_timeout_s: float = Field(10.0, gt=0, le=300,
+                                     description="A WHIP session whose peer connection is not connected this long "
+                                                 "after the answer is closed and its slot freed (a stream it "
+                                                 "created that never got a frame is removed).")
+
+
+class AdmissionConfig(_Model):
+    """What streams added at run time (``POST /v1/streams``) may read. Streams of the config file
+    and the command line are trusted and not checked."""
+
+    allowed_schemes: list[Literal["rtsp", "rtsps", "http", "https", "synthetic", "push", "file", "webcam"]] = Field(
+        default_factory=lambda: ["rtsp", "rtsps", "http", "https", "synthetic", "push"],
+        description="URL schemes an admin may add through the API (`file` covers plain paths too; `webcam` opens "
+                    "a local device). Others are refused with 403 source_not_allowed.")
+    file_roots: list[str] = Field(default_factory=list,
+                                  description="Folders whose files an admin may add through the API (with `file` in "
+                                              "allowed_schemes); empty = no files. Symlinks and `..` are resolved "
+                                              "first; a refusal never says whether a path exists.")
 
 
 class AlertRuleConfig(_Model):
@@ -416,6 +456,7 @@ class Config(_Model):
     network: NetworkConfig = NetworkConfig()
     ingest: IngestConfig = IngestConfig()
     webrtc: WebRTCConfig = WebRTCConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     alerts: AlertsConfig = AlertsConfig()
     subtitles: SubtitlesConfig = SubtitlesConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
@@ -550,12 +591,12 @@ def markdown_reference() -> str:
     for section, model in [("server", ServerConfig), ("engine", EngineConfig), ("windows", WindowConfig),
                            ("stabilizer", StabilizerConfig), ("pipeline", PipelineConfig),
                            ("network", NetworkConfig), ("ingest", IngestConfig),
-                           ("webrtc", WebRTCConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
+                           ("webrtc", WebRTCConfig), ("admission", AdmissionConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
                            ("alerts.health", HealthAlertConfig), ("subtitles", SubtitlesConfig),
                            ("subtitles.live", LiveSubtitlesConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
-            default = f.default
+            default = f.default if f.default_factory is None else f.default_factory()
             if section == "engine" and name == "path":
                 default = "engines/shapes-git (bundled demo)"
             lines.append(f"| `{name}` | `{default}` | {f.description} |")

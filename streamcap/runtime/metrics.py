@@ -177,6 +177,35 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.push_streams_created_total = Counter(
+            "push_streams_created_total",
+            "Push streams created by publishers (WHIP or /ingest to an unknown stream id).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.push_streams_removed_total = Counter(
+            "push_streams_removed_total",
+            "Push streams created by publishers and removed by the server, by reason (idle: no publisher "
+            "for ingest.idle_expiry_s; never_connected: its WHIP session never connected).",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.limit_refusals_total = Counter(
+            "limit_refusals_total",
+            "Requests refused by a named limit (max_streams_per_token, max_push_streams, max_sessions, "
+            "max_sessions_per_token, max_pixels, allowed_schemes, file_roots, ...).",
+            ["limit"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.whip_sessions_closed_total = Counter(
+            "whip_sessions_closed_total",
+            "WHIP sessions closed, by reason (connect_timeout, failed, closed, ended, shutdown).",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
 
     def forget_stream(self, stream: str) -> int:
         """Remove every series labelled ``stream=<stream>`` (the stream was removed, so its series

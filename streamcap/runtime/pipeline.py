@@ -507,7 +507,7 @@ class Pipeline:
         live streams; returns the finals. Raises SourceError when the file cannot be read."""
         if self._tg is None:
             raise RuntimeError("the pipeline is not running")
-        stream_id = f"clip-{next(self._clip_ids)}"
+        stream_id = f"clip:{next(self._clip_ids)}"  # ':' is never in a stream id: no collision with one
         runner = self.add_stream(stream_id, path, hidden=True, collect_finals=True, decode=decode)
         try:
             assert runner.task is not None

@@ -22,6 +22,8 @@ from streamcap.server.app import Server, tls_context
 from streamcap.server.routes.ingest import IngestRoutes
 from streamcap.server.routes.whip import WhipRoutes
 from streamcap.server.hub import Hub
+from streamcap.server.publishers import PushStreams
+from streamcap.server.uploads import UploadFolder
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class Service:
         self.embedder = None
         self.pipeline: Pipeline | None = None
         self.server: Server | None = None
+        self.push_streams: PushStreams | None = None
         self._task: asyncio.Task | None = None
 
     @property
@@ -89,15 +92,21 @@ class Service:
                         ping_interval_s=cfg.server.heartbeat_s, close_timeout_s=cfg.server.close_timeout_s,
                         access=access_policy(cfg.auth), ssl_context=ssl_context, max_body_bytes=max_body)
         fps = cfg.windows.max_ingest_fps
+        # publisher-made push streams: per-token limits and idle expiry, shared by WHIP and /ingest
+        self.push_streams = PushStreams(self.pipeline, cfg.ingest, self.metrics, clock=self.pipeline.clock)
+        uploads = UploadFolder(cfg.ingest.upload_dir)
+        await asyncio.to_thread(uploads.remove_stale)  # left by processes that were killed
         server.extensions += [
-            IngestRoutes(server, self.pipeline, cfg.ingest, default_fps=fps),
-            WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps),
-            ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body, subtitle_rules=cfg.subtitles.rules()),
+            IngestRoutes(server, self.pipeline, cfg.ingest, default_fps=fps, streams=self.push_streams),
+            WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps, streams=self.push_streams),
+            ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body, subtitle_rules=cfg.subtitles.rules(),
+                      admission=cfg.admission, uploads=uploads),
         ]
         self.server = server
         await self.server.start()
         self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._task.add_done_callback(self._pipeline_done)
+        self.push_streams.start()
         log.info("streamcap serving on %s (streams: %s)", self.server.url("/"),
                  ", ".join(self.pipeline.stream_ids()))
 
@@ -117,6 +126,8 @@ class Service:
             log.error("pipeline stopped: %r", task.exception())
 
     async def stop(self) -> None:
+        if self.push_streams is not None:
+            await self.push_streams.aclose()
         if self._task is not None:
             if self._task.done():  # it died on its own: _pipeline_done logged why
                 if not self._task.cancelled():

@@ -3,10 +3,16 @@ document) and the one error body; and the stream-id check the ingest routes shar
 
 No state: each helper makes one ``aiohttp`` response. :func:`error_response` marks its response
 with the code so the server's error middleware can count it in ``streamcap_bad_requests_total``.
+:func:`guarded` is the per-handler boundary: a handler's unexpected failure becomes that one
+request's 500 JSON error (logged with its traceback; the body names no internal detail).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -15,6 +21,8 @@ from aiohttp import web
 from streamcap.core.errors import ErrorCode, HttpError
 from streamcap.outputs import documents
 from streamcap.core.ids import is_valid_stream_id
+
+log = logging.getLogger(__name__)
 
 HTML = "text/html"
 JSON = "application/json"
@@ -47,3 +55,26 @@ def check_stream_id(stream: str) -> None:
     if not is_valid_stream_id(stream):
         raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_STREAM_ID,
                         f"stream id {stream!r} must be 1-64 of letters, digits, '_', '.', '-'")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """``handler`` behind a boundary: :class:`HttpError` and aiohttp's HTTP exceptions pass (the
+    server's error middleware answers them), a dropped connection and cancellation pass, and any
+    other exception is logged and answered 500 ``internal_error`` for this request only."""
+
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (HttpError, web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:  # boundary: one request's bug must not reach other requests or the server
+            log.exception("http %s %s from %s: the handler failed", request.method, request.path, request.remote)
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, ErrorCode.INTERNAL_ERROR,
+                                  "the request failed on the server (the failure is logged); "
+                                  "other requests and the streams are not affected")
+
+    return run

@@ -6,6 +6,10 @@ then :meth:`PushSource.push` on the event loop. Frames wait in a bounded queue
 (``max_queued_frames``); when it is full the oldest frame is dropped and counted with reason
 ``ingest_full`` — a live publisher must never wait on the engine.
 
+Idle time: :attr:`PushSource.idle_since_ns` is when the source last had no publisher (its
+creation, or the last publisher leaving), None while one is connected; the server expires push
+streams that stay idle too long (``ingest.idle_expiry_s``).
+
 Status: STARTING ("waiting for a publisher") → LIVE on the first frame → STALLED when the last
 publisher leaves → LIVE when one comes back. ``aclose()`` ends it (ENDED).
 
@@ -42,6 +46,7 @@ class PushSource(Source):
         self._last_pts_s = -1.0
         self._seq = 0
         self.frames_pushed = 0
+        self._idle_since_ns: int | None = self._clock()
         self._set_state(StreamState.STARTING, "waiting for a publisher")
 
     # ------------------------------------------------------------------ publisher side
@@ -54,11 +59,21 @@ class PushSource(Source):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def idle_since_ns(self) -> int | None:
+        """Clock time since which no publisher has been connected; None while one is."""
+        return self._idle_since_ns
+
     def publisher_joined(self, name: str) -> None:
         self._publishers.add(name)
+        self._idle_since_ns = None
 
     def publisher_left(self, name: str) -> None:
+        if name not in self._publishers:
+            return
         self._publishers.discard(name)
+        if not self._publishers:
+            self._idle_since_ns = self._clock()
         if not self._publishers and self._state is StreamState.LIVE:
             self._set_state(StreamState.STALLED, f"publisher {name} left; waiting for a publisher")
 

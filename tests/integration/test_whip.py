@@ -159,3 +159,63 @@ async def test_bad_offers_and_missing_tokens_are_refused_and_the_server_keeps_go
     async with WireClient(_ws(svc, "demo")) as viewer:
         await viewer.wait_for(lambda: svc.pipeline.health()["demo"]["windows_captioned"] > 0, TIMEOUT_S,
                               "the demo stream to be captioned")
+
+
+async def _metrics(svc: Service, http) -> str:
+    async with http.get(svc.url("/metrics"), headers={"Authorization": f"Bearer {VIEW}"}) as r:
+        assert r.status == 200
+        return await r.text()
+
+
+async def test_offers_that_never_connect_free_their_slots_and_streams_after_the_deadline(http):
+    other = "publish-secret-456"
+    cfg = load_config(None, environ={}, overrides={
+        "server": {"port": 0}, "auth": {"tokens": [*TOKENS, {"scope": "publish", "token": other}]},
+        "webrtc": {"loopback_candidates": True, "max_sessions": 2, "max_sessions_per_token": 1,
+                   "connect_timeout_s": 1.0}})
+    peers = [RTCPeerConnection() for _ in range(4)]
+    try:
+        async with Service(cfg) as svc:
+            whip = svc.server.extensions[1]
+
+            async def offer(stream: str, token: str, pc) -> tuple[int, dict | str]:
+                pc.addTrack(VideoStreamTrack())
+                async with http.post(svc.url(f"/whip/{stream}"), data=(await _offer(pc)).encode(),
+                                     headers={"Content-Type": SDP, "Authorization": f"Bearer {token}"}) as r:
+                    return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
+
+            # answered, but the publishers never apply the answer: nothing ever connects
+            assert (await offer("ghost1", PUBLISH, peers[0]))[0] == 201
+            status, doc = await offer("ghost2", PUBLISH, peers[1])
+            assert status == 429 and doc["error"]["code"] == "too_many_sessions"
+            assert "webrtc.max_sessions_per_token" in doc["error"]["detail"]
+            assert (await offer("ghost3", other, peers[2]))[0] == 201
+            status, doc = await offer("ghost4", other, peers[3])
+            assert status == 503 and doc["error"]["code"] == "too_many_sessions"
+            assert set(svc.pipeline.stream_ids()) == {"demo", "ghost1", "ghost3"}
+            async with WireClient(_ws(svc, "demo")) as viewer:
+                await viewer.wait_for(lambda: not whip.sessions, 15, "the unconnected sessions to be closed")
+                await viewer.wait_for(lambda: svc.pipeline.stream_ids() == ["demo"], 10,
+                                      "their streams to be removed")
+            metrics = await _metrics(svc, http)
+            assert 'streamcap_whip_sessions_closed_total{reason="connect_timeout"} 2.0' in metrics
+            assert 'streamcap_push_streams_removed_total{reason="never_connected"} 2.0' in metrics
+            assert 'streamcap_limit_refusals_total{limit="max_sessions_per_token"} 1.0' in metrics
+            assert 'streamcap_limit_refusals_total{limit="max_sessions"} 1.0' in metrics
+            # the slots are free again: a real publisher connects and is captioned
+            pc = RTCPeerConnection()
+            peers.append(pc)
+            story = Storyline(seed=9, scene_s=1000.0, aspect=16 / 9)
+            pc.addTrack(StorylineTrack(story, switch_after=10**9, sizes=[(320, 180), (320, 180)]))
+            async with WireClient(_ws(svc, "cam")) as viewer:
+                async with http.post(svc.url("/whip/cam"), data=(await _offer(pc)).encode(),
+                                     headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
+                    assert r.status == 201, await r.text()
+                    answer = await r.text()
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                await viewer.wait_for(lambda: viewer.of(wire.CaptionMsg, "cam"), TIMEOUT_S, "a caption of cam")
+                session = next(iter(whip.sessions.values()))
+                assert session.connected and not session.closed  # the deadline left a connected session alone
+    finally:
+        for pc in peers:
+            await pc.close()

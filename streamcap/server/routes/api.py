@@ -3,29 +3,33 @@ and alerts. The scope each route needs is its row in :data:`streamcap.server.acc
 (checked before a handler runs); the JSON bodies come from :mod:`streamcap.outputs.documents`.
 
 * ``GET /v1/streams`` (view): every stream with its health.
-* ``POST /v1/streams`` (admin): ``{"id": "cam2", "url": "rtsp://..."}`` adds a stream → 201.
+* ``POST /v1/streams`` (admin): ``{"id": "cam2", "url": "rtsp://..."}`` adds a stream → 201, when
+  the ``[admission]`` policy allows its URL scheme and, for a file, its folder (403
+  ``source_not_allowed`` otherwise, saying nothing about whether a path exists).
 * ``DELETE /v1/streams/{id}`` (admin): stops and removes it → 204.
 * ``POST /v1/captions`` (publish): a whole video, as JSON ``{"video": "<base64>", "max_length": 30}``
   or a multipart upload (a ``video`` file field, optional ``max_length`` field) → timed captions:
   JSON by default, ``?format=vtt|srt|jsonl`` for subtitle files. The clip runs through the live
   pipeline as a hidden file stream (sharing the engine, losing nothing), at most
-  ``ingest.max_clip_jobs`` at once.
+  ``ingest.max_clip_jobs`` at once. The upload is stored in the streamcap upload folder
+  (:mod:`streamcap.server.uploads`); no answer ever names that file.
 * ``GET /v1/streams/{id}/chapters?since=S`` (view): the stream's chapters from media second S.
 * ``GET /v1/streams/{id}/subtitles.m3u8`` and ``.../subtitles/{n}.vtt`` (view): live WebVTT (HLS).
 * ``GET /v1/alerts`` (view): recent alerts; ``POST /v1/alerts/{id}/ack`` (view) acknowledges one.
 
-Errors are ``{"error": {"code": ..., "detail": ...}}`` with a 4xx status: 400 bad JSON, bad
-base64 or a bad field, 409 a stream id in use, 413 too large, 415 an unknown content type,
-422 a body that is not a decodable video.
+Errors are ``{"error": {"code": ..., "detail": ...}}`` with a 4xx status: 400 bad JSON (parsed by
+:func:`streamcap.outputs.jsonsafe.loads`: bounded depth and number length), a malformed multipart
+body, bad base64 or a bad field, 403 a source the admission policy refuses, 409 a stream id in
+use, 413 too large, 415 an unknown content type, 422 a body that is not a decodable video. Each
+handler runs inside :func:`~streamcap.server.responses.guarded`: an unexpected failure is a 500
+for that request only, logged, with no internal detail in the body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import tempfile
 import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
@@ -35,20 +39,24 @@ from aiohttp import web
 
 from streamcap.core.errors import BadSourceURL, ErrorCode, HttpError, ProtocolError, SourceError
 from streamcap.core.types import Caption
-from streamcap.outputs import documents
+from streamcap.outputs import documents, jsonsafe
 from streamcap.outputs.chapters import Chapter
 from streamcap.outputs.livevtt import LiveVttSegmenter
 from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
-from streamcap.runtime.config import IngestConfig, is_valid_stream_id
+from streamcap.runtime.config import AdmissionConfig, IngestConfig, is_valid_stream_id
 from streamcap.server.app import Server
-from streamcap.server.responses import error_response, json_response, response
+from streamcap.server.responses import error_response, guarded, json_response, response
+from streamcap.server.uploads import UploadFolder
 from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
-from streamcap.sources.url import SourceKind, parse_source_url
+from streamcap.sources.url import SourceKind, SourceSpec, parse_source_url
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"json": "application/json", "vtt": "text/vtt", "srt": "application/x-subrip", "jsonl": "application/x-ndjson"}
 _CHUNK = 1 << 16
+#: request bodies are flat objects: a little nesting room, no more
+API_JSON_LIMITS = jsonsafe.JsonLimits(max_depth=8, max_number_chars=64)
+UPLOADED = "the uploaded file"
 
 
 class StreamControl(Protocol):
@@ -71,8 +79,11 @@ class StreamControl(Protocol):
 
 class ApiRoutes:
     def __init__(self, server: Server, control: StreamControl, config: IngestConfig, *, max_body_bytes: int,
-                 subtitle_rules=None) -> None:
+                 subtitle_rules=None, admission: AdmissionConfig | None = None,
+                 uploads: UploadFolder | None = None) -> None:
         self.subtitle_rules = subtitle_rules
+        self.admission = admission or AdmissionConfig()
+        self.uploads = uploads or UploadFolder(config.upload_dir)
         self.server = server
         self.control = control
         self.config = config
@@ -81,15 +92,17 @@ class ApiRoutes:
         self._jobs = asyncio.Semaphore(config.max_clip_jobs)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/v1/streams", self.list_streams), web.post("/v1/streams", self.add_stream),
-                web.delete("/v1/streams/{stream}", self.remove_stream), web.post("/v1/captions", self.captions),
-                web.get("/v1/streams/{stream}/chapters", self.chapters),
-                web.get("/v1/streams/{stream}/subtitles.m3u8", self.live_playlist),
-                web.get("/v1/streams/{stream}/subtitles/{n:\\d+}.vtt", self.live_segment),
-                web.get("/v1/alerts", self.list_alerts), web.post("/v1/alerts/{alert}/ack", self.ack_alert)]
+        return [web.get("/v1/streams", guarded(self.list_streams)), web.post("/v1/streams", guarded(self.add_stream)),
+                web.delete("/v1/streams/{stream}", guarded(self.remove_stream)),
+                web.post("/v1/captions", guarded(self.captions)),
+                web.get("/v1/streams/{stream}/chapters", guarded(self.chapters)),
+                web.get("/v1/streams/{stream}/subtitles.m3u8", guarded(self.live_playlist)),
+                web.get("/v1/streams/{stream}/subtitles/{n:\\d+}.vtt", guarded(self.live_segment)),
+                web.get("/v1/alerts", guarded(self.list_alerts)),
+                web.post("/v1/alerts/{alert}/ack", guarded(self.ack_alert))]
 
     async def aclose(self) -> None:
-        pass
+        await asyncio.to_thread(self.uploads.remove_own)
 
     # ------------------------------------------------------------------ streams
 
@@ -112,8 +125,14 @@ class ApiRoutes:
             spec = parse_source_url(url)
         except BadSourceURL as exc:
             raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
-        if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
-            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SOURCE_URL, f"no such file on the server: {url}")
+        refusal = admission_refusal(spec, self.admission)
+        if refusal is not None:
+            limit, detail = refusal
+            self.server.metrics.limit_refusals_total.labels(limit=limit).inc()
+            raise HttpError(HTTPStatus.FORBIDDEN, ErrorCode.SOURCE_NOT_ALLOWED, detail)
+        if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():  # under an allowed root
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SOURCE_URL,
+                            "no such file in the folders of admission.file_roots")
         if sid in self.control.stream_ids():
             raise HttpError(HTTPStatus.CONFLICT, ErrorCode.STREAM_EXISTS, f"stream {sid!r} already exists")
         self.control.add_stream(sid, url)
@@ -193,8 +212,7 @@ class ApiRoutes:
         if fmt not in FORMATS:
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_FORMAT,
                                   f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        fd, path = tempfile.mkstemp(prefix="streamcap-clip-", suffix=".video")
-        os.close(fd)
+        path = str(await asyncio.to_thread(self.uploads.new_file))
         try:
             max_length = await self._receive_video(request, path)
             await asyncio.to_thread(_check_video, path)
@@ -204,10 +222,14 @@ class ApiRoutes:
                     finals = await self.control.caption_clip(path, decode=decode)
                 except SourceError as exc:
                     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO,
-                                          f"the video could not be read: {exc.detail}")
+                                          f"the video could not be read: {self._without_paths(exc.detail, path)}")
         finally:
-            Path(path).unlink(missing_ok=True)
+            await asyncio.to_thread(Path(path).unlink, missing_ok=True)
         return _render(finals, fmt, self.subtitle_rules)
+
+    def _without_paths(self, detail: str, path: str) -> str:
+        """``detail`` with the upload's file name (and folder) replaced by words."""
+        return detail.replace(path, UPLOADED).replace(str(self.uploads.path), "the upload folder")
 
     async def _receive_video(self, request: web.Request, path: str) -> int | None:
         """Store the request's video in ``path``; returns ``max_length`` when given."""
@@ -242,6 +264,13 @@ class ApiRoutes:
             else self.max_upload_bytes + 65536
 
     async def _multipart(self, request: web.Request, path: str) -> int | None:
+        try:
+            return await self._read_multipart(request, path)
+        except ValueError as exc:  # aiohttp's word for a malformed body: no boundary, a bad part header
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
+                            f"the multipart body is malformed: {exc}"[:300]) from exc
+
+    async def _read_multipart(self, request: web.Request, path: str) -> int | None:
         reader = await request.multipart()
         max_length = None
         got_video = False
@@ -283,9 +312,9 @@ class ApiRoutes:
                 raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, ErrorCode.TOO_LARGE,
                                f"the body is over the {limit}-byte limit")
         try:
-            doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_JSON, f"malformed JSON: {exc}") from exc
+            doc = jsonsafe.loads(body, API_JSON_LIMITS, code=ErrorCode.BAD_JSON)
+        except ProtocolError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from exc
         if not isinstance(doc, dict):
             raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_JSON, "expected a JSON object")
         return doc
@@ -297,6 +326,26 @@ def _max_length(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LENGTH_LIMIT:
         raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"max_length must be an integer from 1 to {MAX_LENGTH_LIMIT}")
     return value
+
+
+def admission_refusal(spec: SourceSpec, policy: AdmissionConfig) -> tuple[str, str] | None:
+    """Why a stream added at run time may not read ``spec`` under ``policy``: ``(limit, detail)``,
+    or None when it may. The detail never depends on whether a file exists."""
+    if spec.kind in (SourceKind.RTSP, SourceKind.HTTP):
+        scheme = urllib.parse.urlsplit(spec.location).scheme.lower()
+    else:
+        scheme = spec.kind.value
+    allowed = policy.allowed_schemes
+    if scheme not in allowed:
+        return ("allowed_schemes", f"{scheme} sources may not be added through the API "
+                                   f"(admission.allowed_schemes: {', '.join(allowed) or 'none'})")
+    if spec.kind is SourceKind.FILE:
+        real = os.path.realpath(spec.location)  # symlinks and '..' resolved: where it really is
+        roots = [os.path.realpath(root) for root in policy.file_roots]
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+            return ("file_roots", "files added through the API must be in a folder of admission.file_roots"
+                                  if roots else "no files may be added through the API (admission.file_roots is empty)")
+    return None
 
 
 def _check_video(path: str) -> None:

@@ -3,10 +3,13 @@ checks it, and the stream id, before :meth:`IngestRoutes.ingest` runs).
 
 Simple clients push frames (binary JPEG/PNG, or JSON with base64 frames — :mod:`streamcap.sources.ingest`)
 into the stream's :class:`~streamcap.sources.push.PushSource`; an unknown stream id becomes a new
-``push:`` stream. The same connection receives what a viewer of that stream would: ``hello``,
+``push:`` stream, within the per-token and total limits of :class:`~streamcap.server.publishers.PushStreams`
+(a refusal is the HTTP answer to the upgrade: 429/503 ``too_many_streams``). The same connection receives what a viewer of that stream would: ``hello``,
 then its captions and status, plus an ``ingested`` acknowledgement per message and an ``error``
-(codes ``bad_message``, ``bad_frame``, ``too_large``) for a message it could not use — after
-which the connection stays usable.
+(codes ``bad_message``, ``bad_frame``, ``too_large``, ``too_many_pixels``) for a message it could
+not use — after which the connection stays usable. Frames are checked against ``ingest.max_pixels``
+from their header before they are decoded. Any other failure on one message is logged, answered
+with ``internal_error`` and counted; the connection goes on.
 
 Messages are handled one at a time, so a client that sends faster than frames decode is slowed
 by TCP rather than queued in memory; decoded frames then wait in the push source's bounded queue.
@@ -18,7 +21,6 @@ import asyncio
 import itertools
 import logging
 from http import HTTPStatus
-from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -28,6 +30,7 @@ from streamcap.runtime.config import IngestConfig
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response
 from streamcap.server.hub import ClientHandle
+from streamcap.server.publishers import PushControl, PushStreams, publisher_key
 from streamcap.sources.ingest import check_frame, decode_image, parse_text_message
 from streamcap.sources.push import PushSource
 
@@ -36,19 +39,16 @@ log = logging.getLogger(__name__)
 INGEST_PATH = "/ingest/{stream}"
 
 
-class PushControl(Protocol):
-    """What ingest needs from the pipeline."""
-
-    def push_source(self, stream_id: str, *, create: bool = True) -> PushSource: ...
-
-    def set_stream_decoding(self, stream_id: str, **overrides: object) -> None: ...
+__all__ = ["INGEST_PATH", "IngestRoutes", "PushControl"]
 
 
 class IngestRoutes:
-    def __init__(self, server: Server, control: PushControl, config: IngestConfig, *, default_fps: float) -> None:
+    def __init__(self, server: Server, control: PushControl, config: IngestConfig, *, default_fps: float,
+                 streams: PushStreams | None = None) -> None:
         self.server = server
         self.control = control
         self.config = config
+        self.streams = streams or PushStreams(control, config, server.metrics)
         self.default_fps = default_fps
         self._ids = itertools.count(1)
 
@@ -67,7 +67,7 @@ class IngestRoutes:
             return error_response(HTTPStatus.UPGRADE_REQUIRED, ErrorCode.UPGRADE_REQUIRED,
                                   "this path needs a websocket upgrade")
         try:
-            source = self.control.push_source(stream)
+            source = self.streams.source_for(stream, publisher_key(request))
         except ValueError as exc:
             return error_response(HTTPStatus.CONFLICT, ErrorCode.NOT_A_PUSH_STREAM, str(exc))
         await ws.prepare(request)
@@ -88,25 +88,24 @@ class IngestRoutes:
                        publisher: str) -> None:
         hub = self.server.hub
         total = 0
-        max_frame = self.config.max_frame_kb * 1024
         async for msg in ws:
+            if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
+                return  # close or error: the connection is over
             try:
-                if msg.type is WSMsgType.BINARY:
-                    images = [await asyncio.to_thread(self._decode, check_frame(msg.data, max_frame), source, "frame")]
-                    spacing = 0.0
-                elif msg.type is WSMsgType.TEXT:
-                    batch = parse_text_message(msg.data, max_frames=self.config.max_frames_per_message,
-                                               max_frame_bytes=max_frame)
-                    images = await asyncio.to_thread(self._decode_all, batch.frames, source)
-                    spacing = 1.0 / (batch.fps or self.default_fps)
-                    if batch.max_length is not None:
-                        self.control.set_stream_decoding(stream, max_new_tokens=batch.max_length)
-                else:
-                    return  # close or error: the connection is over
+                images, spacing = await self._frames_of(msg, source, stream)
             except ProtocolError as exc:
                 log.info("stream %s: %s: %s", stream, publisher, exc.detail)
                 self.server.metrics.bad_requests_total.labels(code=exc.code).inc()
+                if exc.code == ErrorCode.TOO_MANY_PIXELS:
+                    self.server.metrics.limit_refusals_total.labels(limit="max_pixels").inc()
                 hub.send_to(client, wire.encode_error(exc.code, exc.detail))
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # boundary: one message's unexpected failure is that message's error
+                log.exception("stream %s: %s: a message failed", stream, publisher)
+                self.server.metrics.bad_requests_total.labels(code=ErrorCode.INTERNAL_ERROR).inc()
+                hub.send_to(client, wire.encode_error(ErrorCode.INTERNAL_ERROR, "the message could not be handled"))
                 continue
             for image in images:
                 if not source.push(image, source.next_pts_s(spacing) if spacing else None, publisher):
@@ -114,9 +113,25 @@ class IngestRoutes:
             total += len(images)
             hub.send_to(client, wire.encode_ingested(stream, len(images), total))
 
-    @staticmethod
-    def _decode(data: bytes, source: PushSource, where: str):
-        return source.prepare(decode_image(data, where))
+    async def _frames_of(self, msg, source: PushSource, stream: str) -> tuple[list, float]:
+        """The decoded, prepared frames of one message and their spacing in media seconds (0: arrival
+        time). Raises ProtocolError."""
+        max_frame = self.config.max_frame_kb * 1024
+        max_pixels = self.config.max_pixels
+        if msg.type is WSMsgType.BINARY:
+            data = check_frame(msg.data, max_frame, max_pixels=max_pixels)
+            return [await asyncio.to_thread(self._decode, data, source, "frame", max_pixels)], 0.0
+        # parsing (base64 of up to max_message_mb) and decoding are CPU work: off the event loop
+        batch = await asyncio.to_thread(parse_text_message, msg.data, max_frames=self.config.max_frames_per_message,
+                                        max_frame_bytes=max_frame, max_pixels=max_pixels)
+        images = await asyncio.to_thread(self._decode_all, batch.frames, source, max_pixels)
+        if batch.max_length is not None:
+            self.control.set_stream_decoding(stream, max_new_tokens=batch.max_length)
+        return images, 1.0 / (batch.fps or self.default_fps)
 
-    def _decode_all(self, frames: tuple[bytes, ...], source: PushSource) -> list:
-        return [self._decode(f, source, f"frames[{i}]") for i, f in enumerate(frames)]
+    @staticmethod
+    def _decode(data: bytes, source: PushSource, where: str, max_pixels: int):
+        return source.prepare(decode_image(data, where, max_pixels=max_pixels))
+
+    def _decode_all(self, frames: tuple[bytes, ...], source: PushSource, max_pixels: int) -> list:
+        return [self._decode(f, source, f"frames[{i}]", max_pixels) for i, f in enumerate(frames)]

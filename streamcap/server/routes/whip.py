@@ -10,6 +10,13 @@ same path as websocket ingest: frames beyond ``windows.max_ingest_fps`` are skip
 conversion, each kept frame is converted to RGB and resized off the event loop, so resolution
 changes mid-stream need nothing special. No STUN/TURN server is contacted unless
 ``webrtc.ice_servers`` lists one.
+
+Limits: ``webrtc.max_sessions`` sessions at once (503) and ``webrtc.max_sessions_per_token`` per
+publish token (429), both ``too_many_sessions``; a new stream only within the limits of
+:class:`~streamcap.server.publishers.PushStreams`. A session whose peer connection has not
+connected ``webrtc.connect_timeout_s`` after the answer is closed (its slot freed, reason
+``connect_timeout``) and a stream it created that never got a frame is removed. Closed sessions
+are counted in ``streamcap_whip_sessions_closed_total{reason}``.
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from streamcap.core.errors import ErrorCode
+from streamcap.core.errors import ErrorCode, HttpError
 from streamcap.runtime.config import WebRTCConfig
 from streamcap.server.app import Server
-from streamcap.server.responses import error_response
-from streamcap.server.routes.ingest import PushControl
+from streamcap.server.responses import error_response, guarded
+from streamcap.server.publishers import PushControl, PushStreams, publisher_key
 from streamcap.sources.push import PushSource
 
 log = logging.getLogger(__name__)
@@ -63,17 +70,22 @@ class WhipSession:
     stream: str
     publisher: str
     pc: object  # RTCPeerConnection
+    key: str = ""  # who publishes (publisher_key): per-token limits
     source: PushSource | None = None  # set once the offer is accepted, before any media flows
     tasks: set[asyncio.Task] = field(default_factory=set)
     frames: int = 0
     sizes: set[tuple[int, int]] = field(default_factory=set)  # picture sizes received (they may change)
+    connected: bool = False  # the peer connection reached "connected" once
+    deadline: asyncio.Task | None = None  # closes the session unless it connects in time
     closed: bool = False
 
 
 class WhipRoutes:
-    def __init__(self, server: Server, control: PushControl, config: WebRTCConfig, *, max_ingest_fps: float) -> None:
+    def __init__(self, server: Server, control: PushControl, config: WebRTCConfig, *, max_ingest_fps: float,
+                 streams: PushStreams) -> None:
         self.server = server
         self.control = control
+        self.streams = streams
         self.config = config
         self.min_gap_s = 1.0 / max_ingest_fps - 1e-3
         self.sessions: dict[str, WhipSession] = {}
@@ -82,11 +94,11 @@ class WhipRoutes:
             allow_loopback_candidates()
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post(WHIP_PATH, self.offer), web.delete(SESSION_PATH, self.end),
-                web.patch(SESSION_PATH, self.patch), web.options(WHIP_PATH, self.options)]
+        return [web.post(WHIP_PATH, guarded(self.offer)), web.delete(SESSION_PATH, guarded(self.end)),
+                web.patch(SESSION_PATH, guarded(self.patch)), web.options(WHIP_PATH, guarded(self.options))]
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(self._close(s, "server shutting down") for s in list(self.sessions.values())))
+        await asyncio.gather(*(self._close(s, "server shutting down", "shutdown") for s in list(self.sessions.values())))
 
     # ------------------------------------------------------------------ HTTP
 
@@ -110,8 +122,15 @@ class WhipRoutes:
             return error_response(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, ErrorCode.BAD_CONTENT_TYPE,
                                   f"a WHIP offer is {SDP}, not {request.content_type or 'nothing'}")
         if len(self.sessions) >= self.config.max_sessions:
+            self.server.metrics.limit_refusals_total.labels(limit="max_sessions").inc()
             return error_response(HTTPStatus.SERVICE_UNAVAILABLE, ErrorCode.TOO_MANY_SESSIONS,
                                   f"{len(self.sessions)} WHIP sessions already (webrtc.max_sessions)")
+        key = publisher_key(request)
+        mine = sum(1 for s in self.sessions.values() if s.key == key)
+        if mine >= self.config.max_sessions_per_token:
+            self.server.metrics.limit_refusals_total.labels(limit="max_sessions_per_token").inc()
+            return error_response(HTTPStatus.TOO_MANY_REQUESTS, ErrorCode.TOO_MANY_SESSIONS,
+                                  f"this publisher already has {mine} WHIP sessions (webrtc.max_sessions_per_token)")
         try:
             sdp = (await request.read()).decode("utf-8")
         except UnicodeDecodeError:
@@ -120,7 +139,7 @@ class WhipRoutes:
         if problem:
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP, problem)
         try:  # a new stream is made only once the offer is good
-            source: PushSource | None = self.control.push_source(stream, create=False)
+            source: PushSource | None = self.streams.source_for(stream, key, create=False)
         except KeyError:
             source = None
         except ValueError as exc:
@@ -128,7 +147,7 @@ class WhipRoutes:
 
         ice = [RTCIceServer(urls=u) for u in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        session = WhipSession(secrets.token_urlsafe(12), stream, f"whip-{next(self._ids)} {request.remote}", pc)
+        session = WhipSession(secrets.token_urlsafe(12), stream, f"whip-{next(self._ids)} {request.remote}", pc, key)
 
         @pc.on("track")
         def on_track(track) -> None:
@@ -140,8 +159,10 @@ class WhipRoutes:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             log.info("stream %s: %s: connection %s", stream, session.publisher, pc.connectionState)
+            if pc.connectionState == "connected":
+                session.connected = True
             if pc.connectionState in ("failed", "closed"):
-                await self._close(session, f"connection {pc.connectionState}")
+                await self._close(session, f"connection {pc.connectionState}", pc.connectionState)
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -153,10 +174,18 @@ class WhipRoutes:
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP,
                                   f"could not use the SDP offer: {type(exc).__name__}: {exc}")
         if source is None:
-            source = self.control.push_source(stream)
+            try:
+                source = self.streams.source_for(stream, key)
+            except HttpError:  # over a limit on streams: no session then
+                await pc.close()
+                raise
+            except ValueError as exc:  # made meanwhile, reading from a URL
+                await pc.close()
+                return error_response(HTTPStatus.CONFLICT, ErrorCode.NOT_A_PUSH_STREAM, str(exc))
         session.source = source
         self.sessions[session.id] = session
         source.publisher_joined(session.publisher)
+        session.deadline = asyncio.create_task(self._connect_deadline(session), name=f"whip-{session.id}-deadline")
         location = f"/whip/{stream}/{session.id}"
         log.info("stream %s: %s started WHIP session %s", stream, session.publisher, session.id)
         return web.Response(status=201, text=pc.localDescription.sdp, content_type=SDP,
@@ -166,8 +195,18 @@ class WhipRoutes:
         session = self.sessions.get(request.match_info["session"])
         if session is None or session.stream != request.match_info["stream"]:
             return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, "no such WHIP session")
-        await self._close(session, "ended by the publisher")
+        await self._close(session, "ended by the publisher", "ended")
         return web.Response(status=200)
+
+    async def _connect_deadline(self, session: WhipSession) -> None:
+        """Close the session unless its peer connection connects within ``webrtc.connect_timeout_s``
+        (a publisher that sent an offer and went away must not hold a slot)."""
+        await asyncio.sleep(self.config.connect_timeout_s)
+        if session.connected or session.closed:
+            return
+        log.info("stream %s: %s: WHIP session %s not connected after %.1f s; closing it", session.stream,
+                 session.publisher, session.id, self.config.connect_timeout_s)
+        await self._close(session, "never connected", "connect_timeout")
 
     # ------------------------------------------------------------------ media
 
@@ -193,18 +232,25 @@ class WhipRoutes:
         finally:
             log.info("stream %s: %s: video ended after %d frames", session.stream, session.publisher, session.frames)
 
-    async def _close(self, session: WhipSession, why: str) -> None:
+    async def _close(self, session: WhipSession, why: str, reason: str) -> None:
+        """End a session (idempotent): free its slot, leave its stream, stop its tasks and peer
+        connection; a stream it created that never got a frame is removed."""
         if session.closed:
             return
         session.closed = True
         self.sessions.pop(session.id, None)
+        self.server.metrics.whip_sessions_closed_total.labels(reason=reason).inc()
         if session.source is not None:
             session.source.publisher_left(session.publisher)
-        for task in list(session.tasks):
+        tasks = [*session.tasks, *([session.deadline] if session.deadline is not None else [])]
+        tasks = [t for t in tasks if t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*session.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await session.pc.close()
         log.info("stream %s: WHIP session %s closed (%s)", session.stream, session.id, why)
+        if reason != "shutdown" and not session.connected:
+            await self.streams.release_unused(session.stream)
 
 
 def _to_rgb(frame, source: PushSource):

@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 
 from streamcap.core.errors import ProtocolError, SourceEnded
-from streamcap.sources.ingest import b64decode, check_frame, decode_image, parse_text_message
+from streamcap.sources.ingest import (
+    MAX_FPS,
+    MIN_FPS,
+    b64decode,
+    check_frame,
+    decode_image,
+    image_size,
+    parse_text_message,
+)
 from streamcap.sources.push import PushSource
 from streamcap.sources.url import SourceKind, parse_source_url
 from streamcap.core.types import StreamState
-from tests.helpers.publish import encode
+from tests.helpers.publish import encode, huge_png
 
 JPEG = encode(np.full((24, 32, 3), 200, np.uint8))
 PNG = encode(np.zeros((8, 8, 3), np.uint8), ".png")
@@ -54,6 +62,83 @@ def test_bad_json_batches_say_what_is_wrong(text, code, words):
     with pytest.raises(ProtocolError) as err:
         parse_text_message(text, max_frames=4, max_frame_bytes=2048)
     assert err.value.code == code and words in err.value.detail
+
+
+@pytest.mark.parametrize("fps", [1e-300, 5e-324, 0.05, 0, -1, 121, 1e300, 10 ** 40])
+def test_an_fps_outside_a_meaningful_range_is_a_bad_message(fps):
+    with pytest.raises(ProtocolError) as err:
+        parse_text_message(_msg(frames=[_b64(JPEG)], fps=fps), max_frames=4, max_frame_bytes=1 << 20)
+    assert err.value.code == "bad_message"
+    assert f"'fps' must be a number from {MIN_FPS:g} to {MAX_FPS:g}" in err.value.detail
+
+
+@pytest.mark.parametrize("fps", [MIN_FPS, 1, 29.97, MAX_FPS])
+def test_an_fps_in_range_is_taken(fps):
+    assert parse_text_message(_msg(frames=[_b64(JPEG)], fps=fps), max_frames=4,
+                              max_frame_bytes=1 << 20).fps == float(fps)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"frames": ["a"], "fps": ' + "1" * 5000 + "}", "characters; the limit is"),
+    ('{"frames": ' + "[" * 10_000 + "]" * 10_000 + "}", "nested more than"),
+    ('{"frames": ["a"], "fps": NaN}', "non-finite"),
+    ('{"frames": ["a"], "frames": ["b"]}', "duplicate key"),
+])
+def test_hostile_json_is_a_bad_message_not_a_crash(text, words):
+    with pytest.raises(ProtocolError) as err:
+        parse_text_message(text, max_frames=4, max_frame_bytes=1 << 20)
+    assert err.value.code == "bad_message" and words in err.value.detail
+
+
+def test_image_size_reads_png_and_jpeg_headers_without_decoding():
+    import cv2
+
+    picture = np.zeros((37, 53, 3), np.uint8)
+    assert image_size(encode(picture, ".png")) == (53, 37)
+    assert image_size(encode(picture, ".jpg")) == (53, 37)
+    ok, progressive = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok and image_size(progressive.tobytes()) == (53, 37)
+    assert image_size(huge_png(20000, 20000)) == (20000, 20000)
+    for damaged in [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff" + b"\x00" * 100, b"\xff\xd8\xff\xd9", b"GIF89a"]:
+        assert image_size(damaged) is None
+
+
+def test_a_picture_over_max_pixels_is_refused_from_its_header():
+    huge = huge_png(20000, 20000)
+    with pytest.raises(ProtocolError) as err:
+        check_frame(huge, 1 << 20, max_pixels=4096 * 4096)
+    assert err.value.code == "too_many_pixels" and "20000x20000" in err.value.detail
+    with pytest.raises(ProtocolError) as err:
+        parse_text_message(_msg(frames=[_b64(JPEG), _b64(huge)]), max_frames=4, max_frame_bytes=1 << 20,
+                           max_pixels=4096 * 4096)
+    assert err.value.code == "too_many_pixels" and err.value.detail.startswith("frames[1]")
+    with pytest.raises(ProtocolError) as err:  # decode_image checks the header itself too
+        decode_image(huge, max_pixels=4096 * 4096)
+    assert err.value.code == "too_many_pixels"
+    with pytest.raises(ProtocolError) as err:
+        check_frame(b"\xff\xd8\xff" + b"\x00" * 100, 1 << 20, max_pixels=100)
+    assert err.value.code == "bad_frame" and "header" in err.value.detail
+    assert check_frame(JPEG, 1 << 20, max_pixels=32 * 24) == JPEG  # exactly at the limit
+    with pytest.raises(ProtocolError):
+        check_frame(JPEG, 1 << 20, max_pixels=32 * 24 - 1)
+
+
+def test_a_push_source_knows_since_when_it_has_no_publisher():
+    clock = Clock()
+    src = PushSource("cam", clock=clock)
+    assert src.idle_since_ns == clock.ns  # idle from its creation
+    src.publisher_joined("a")
+    src.publisher_joined("b")
+    assert src.idle_since_ns is None
+    clock.ns += 5
+    src.publisher_left("a")
+    assert src.idle_since_ns is None  # b is still there
+    clock.ns += 5
+    src.publisher_left("b")
+    assert src.idle_since_ns == clock.ns
+    clock.ns += 5
+    src.publisher_left("b")  # leaving twice does not move it
+    assert src.idle_since_ns == clock.ns - 5
 
 
 def test_binary_frames_are_checked_and_decoded_to_rgb():
