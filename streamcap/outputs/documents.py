@@ -1,11 +1,15 @@
 """The HTTP JSON documents, version 1: every JSON body the server sends is built here.
 
-``/healthz`` (:func:`health`, :func:`health_error`), ``/v1/streams`` (:func:`stream_list`,
+``/healthz`` (:func:`health`, :func:`health_error`, :func:`health_summary`), ``/v1/streams`` (:func:`stream_list`,
 :func:`stream`), ``/v1/alerts`` (:func:`alert_list`, :func:`alert` — also the ack answer),
 ``POST /v1/captions`` as JSON (:func:`caption_list`), ``/v1/streams/{id}/chapters``
 (:func:`chapters`), and the one error body (:func:`error`, :func:`refusal`).
 ``docs/schema/http-v1.json`` is the matching JSON Schema (a unit test keeps the two in step);
 the websocket messages live in :mod:`streamcap.outputs.wire`.
+
+A stream's health goes out with its ``url`` through :func:`streamcap.core.secrets.sanitize_url`
+and its ``detail`` through :func:`~streamcap.core.secrets.redact_text` (whoever built it), so no
+document shows a credential.
 
 Pure: no I/O, no clock, no asyncio or aiohttp. Builders take value types (or plain values) and
 return plain ``dict``s in the key order they are sent; :func:`dumps` is the one serialiser
@@ -21,6 +25,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from streamcap.core.errors import ErrorCode
+from streamcap.core.secrets import redact_text, sanitize_url
 from streamcap.core.types import Alert, Caption
 from streamcap.outputs.chapters import Chapter
 
@@ -51,9 +56,29 @@ def _plain(code: str) -> str:
 # --- /healthz ----------------------------------------------------------------------------------
 
 
+def _safe_health(health: Mapping[str, Any]) -> dict[str, Any]:
+    """One stream's health with its URL sanitised and any URL or token in its detail hidden."""
+    doc = dict(health)
+    if isinstance(doc.get("url"), str):
+        doc["url"] = sanitize_url(doc["url"])
+    if isinstance(doc.get("detail"), str):
+        doc["detail"] = redact_text(doc["detail"])
+    return doc
+
+
+def _safe_streams(streams: Mapping[str, Any]) -> dict[str, Any]:
+    return {sid: _safe_health(h) if isinstance(h, Mapping) else h for sid, h in streams.items()}
+
+
 def health(version: str, streams: Mapping[str, Any]) -> dict[str, Any]:
     """``/healthz`` when all is well (200): the health of every stream by id."""
-    return {"status": "ok", "version": version, "streams": dict(streams)}
+    return {"status": "ok", "version": version, "streams": _safe_streams(streams)}
+
+
+def health_summary(ok: bool) -> dict[str, Any]:
+    """``/healthz`` for a caller without ``view`` (and ``auth.public_status`` off): whether all is
+    well, nothing else (no version, no stream, no reason); the status code says the same."""
+    return {"status": "ok" if ok else "error"}
 
 
 def health_error(detail: str, *, version: str | None = None,
@@ -64,7 +89,7 @@ def health_error(detail: str, *, version: str | None = None,
     if version is not None:
         doc["version"] = version
     if streams is not None:
-        doc["streams"] = dict(streams)
+        doc["streams"] = _safe_streams(streams)
     return doc
 
 
@@ -73,7 +98,7 @@ def health_error(detail: str, *, version: str | None = None,
 
 def stream(stream_id: str, health: Mapping[str, Any]) -> dict[str, Any]:
     """One stream: its id, then its health fields (``POST /v1/streams`` answers this)."""
-    return {"id": stream_id, **health}
+    return {"id": stream_id, **_safe_health(health)}
 
 
 def stream_list(stream_ids: Iterable[str], health: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

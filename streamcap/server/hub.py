@@ -9,6 +9,9 @@ publisher nor delay the other clients. The server's per-client sender task drain
 :meth:`ClientHandle.wait_closed`, so it closes the connection when the handle says so even
 while a send is stuck on a peer that does not read.
 
+A status's detail goes out through :func:`streamcap.core.secrets.redact_text`: whatever a source
+put there (an error message quoting its URL), no viewer sees a credential.
+
 The hub also keeps, per stream, the last status and the most recent finals, and the most recent
 alerts (the latest step of each, with who acknowledged it); a client that joins (or widens its
 subscription) gets those first (replay).
@@ -22,6 +25,7 @@ running loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from collections import OrderedDict, deque
@@ -29,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from streamcap.core.secrets import redact_text
 from streamcap.outputs import wire
 from streamcap.runtime.metrics import Metrics
 from streamcap.core.types import (
@@ -233,6 +238,9 @@ class Hub:
 
     def publish_status(self, status: Status) -> int:
         """Send a status to its stream's subscribers and remember it as the stream's latest."""
+        detail = redact_text(status.detail)  # a source's error text may quote its URL
+        if detail != status.detail:
+            status = dataclasses.replace(status, detail=detail)
         text = wire.encode_status(status)
         self._last_status[status.stream] = (status, text)
         up = 1 if StreamState(status.state) is StreamState.LIVE else 0

@@ -8,8 +8,9 @@ Accepted forms::
     webcam:N
     synthetic:shapes[?seed=1&fps=10&size=320x240&scene_s=6&realtime=1&duration_s=60]
 
-Parsing and sanitising are pure. :func:`sanitize_url` is what every log line and status detail
-shows instead of the URL itself: it never raises and hides credentials.
+Parsing is pure. :func:`sanitize_url` (from :mod:`streamcap.core.secrets`, re-exported) is what
+every log line, status detail and error message shows instead of the URL itself: it never raises
+and hides credentials; no error raised here quotes any part of a URL unsanitised.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from streamcap.core.errors import BadSourceURL
+from streamcap.core.secrets import sanitize_url as _sanitize_url
 
 if TYPE_CHECKING:
     from streamcap.sources.base import Source
@@ -63,35 +65,8 @@ class SourceSpec:
 
 # --------------------------------------------------------------------------- sanitising
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.DOTALL)
-_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred", re.IGNORECASE)
-_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
-
-
-def sanitize_url(url: str) -> str:
-    """``url`` with credentials hidden: ``user:pass@`` becomes ``***@`` and the values of
-    password-like query parameters (``password``, ``token``, ``key``, …) become ``***``.
-
-    Errs on the side of hiding: everything up to the last ``@`` of the part before the query
-    is treated as user info (passwords may contain ``/`` or ``@`` unencoded). Never raises.
-    """
-    text = str(url)
-    match = _SCHEME.match(text)
-    if match is None:
-        return text
-    scheme, rest = match.groups()
-    cut = len(rest)
-    for sep in "?#":
-        i = rest.find(sep)
-        if i != -1:
-            cut = min(cut, i)
-    head, tail = rest[:cut], rest[cut:]
-    at = head.rfind("@")
-    if at != -1:
-        head = "***" + head[at:]
-    tail = _QUERY_PAIR.sub(
-        lambda m: f"{m[1]}{m[2]}=***" if _SECRET_PARAM.search(m[2]) else m[0], tail)
-    return scheme + head + tail
+# the one sanitiser lives in streamcap.core.secrets; re-exported here for existing callers
+sanitize_url = _sanitize_url
 
 
 # --------------------------------------------------------------------------- parsing
@@ -187,8 +162,8 @@ def _parse_network(url: str, scheme: str) -> SourceSpec:
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise _bad(url, f"invalid host or port ({exc})") from None
+    except ValueError:  # its message quotes the netloc, credentials included: not shown
+        raise _bad(url, "invalid host or port") from None
     if not parts.hostname:
         raise _bad(url, "no host")
     del port
@@ -198,7 +173,7 @@ def _parse_network(url: str, scheme: str) -> SourceSpec:
 def _parse_file_url(url: str) -> SourceSpec:
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise _bad(url, f"file URLs must be local (file:///path), got host {parts.netloc!r}")
+        raise _bad(url, "file URLs must be local (file:///path), not name a host")
     path = unquote(parts.path)
     if not path:
         raise _bad(url, "no path")
