@@ -17,6 +17,7 @@ from pathlib import Path
 from streamcap import __version__
 from streamcap.runtime.config import Config, load_config
 from streamcap.core.errors import StreamcapError
+from streamcap.core.secrets import sanitize_url
 
 log = logging.getLogger("streamcap")
 
@@ -24,15 +25,40 @@ log = logging.getLogger("streamcap")
 def _source_flag(value: str) -> dict:
     sid, sep, url = value.partition("=")
     if not sep or not sid or not url:
-        raise argparse.ArgumentTypeError(f"expected ID=URL, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected ID=URL, got {sanitize_url(value)!r}")
+    return {"id": sid, "url": url}
+
+
+def _source_file_flag(value: str) -> dict:
+    """``ID=PATH``: the stream's URL is the first line of the file (kept out of ``ps``)."""
+    sid, sep, path = value.partition("=")
+    if not sep or not sid or not path:
+        raise argparse.ArgumentTypeError(f"expected ID=PATH, got {value!r}")
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"cannot read the URL of {sid!r} from {path}: "
+                                         f"{getattr(e, 'strerror', None) or e}") from None
+    url = lines[0].strip() if lines else ""
+    if not url:
+        raise argparse.ArgumentTypeError(f"{path} is empty (expected the URL of {sid!r} on its first line)")
     return {"id": sid, "url": url}
 
 
 def _token_flag(value: str) -> dict:
     scope, sep, token = value.partition("=")
-    if not sep or scope not in ("view", "publish", "admin") or not token:
-        raise argparse.ArgumentTypeError(f"expected SCOPE=TOKEN with SCOPE view, publish or admin, got {value!r}")
+    if not sep or scope not in ("view", "publish", "admin") or not token:  # never quote the token
+        raise argparse.ArgumentTypeError(f"expected SCOPE=TOKEN with SCOPE view, publish or admin, got "
+                                         f"{scope if sep else 'no SCOPE='!r}")
     return {"scope": scope, "token": token}
+
+
+def _token_file_flag(value: str) -> dict:
+    """``SCOPE=PATH``: the token is the first line of the file (read with the config)."""
+    scope, sep, path = value.partition("=")
+    if not sep or scope not in ("view", "publish", "admin") or not path:
+        raise argparse.ArgumentTypeError(f"expected SCOPE=PATH with SCOPE view, publish or admin, got {value!r}")
+    return {"scope": scope, "token_file": path}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -55,8 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", action="append", type=_source_flag, default=[], metavar="ID=URL",
                      help="a stream to caption (repeatable): file, rtsp://, http(s)://, webcam:N, "
                           "synthetic:shapes")
+    run.add_argument("--source-file", action="append", type=_source_file_flag, default=[], metavar="ID=PATH",
+                     help="a stream whose URL is the first line of PATH (repeatable): keeps a camera "
+                          "password out of `ps` (so does [[sources]] in --config)")
     run.add_argument("--token", action="append", type=_token_flag, default=[], metavar="SCOPE=TOKEN",
-                     help="a bearer token (repeatable); SCOPE is view, publish or admin")
+                     help="a bearer token (repeatable); SCOPE is view, publish or admin. Visible in `ps`: "
+                          "prefer --token-file or [[auth.tokens]] in --config")
+    run.add_argument("--token-file", action="append", type=_token_file_flag, default=[], metavar="SCOPE=PATH",
+                     help="a bearer token read from the first line of PATH (repeatable)")
     run.add_argument("--host", help="bind address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
     run.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate chain (with --tls-key)")
@@ -105,10 +137,12 @@ def _overrides(args: argparse.Namespace) -> dict:
         o.setdefault("engine", {})["prompt"] = args.prompt
     if args.stride:
         o.setdefault("windows", {})["stride_s"] = args.stride
-    if getattr(args, "source", None):
-        o["sources"] = args.source
-    if getattr(args, "token", None):
-        o.setdefault("auth", {})["tokens"] = args.token
+    sources = [*(getattr(args, "source", None) or []), *(getattr(args, "source_file", None) or [])]
+    if sources:
+        o["sources"] = sources
+    tokens = [*(getattr(args, "token", None) or []), *(getattr(args, "token_file", None) or [])]
+    if tokens:
+        o.setdefault("auth", {})["tokens"] = tokens
     return o
 
 
@@ -187,6 +221,7 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     pipeline = Pipeline(config, engine, metrics=Metrics(), on_caption=lambda c: None, on_status=on_status,
                         collect_finals=True, on_progress=on_progress)
     runner = pipeline.add_stream("file", input_)
+    cap = cv2.VideoCapture(path)
     await pipeline.run(stop_when_idle=True)
     if bar is not None:
         bar.close()
@@ -221,7 +256,6 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
 def _duration_s(path: str) -> float | None:
     import cv2
 
-    cap = cv2.VideoCapture(path)
     try:
         n, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
         return n / fps if n > 0 and fps > 0 else None

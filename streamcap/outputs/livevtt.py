@@ -175,15 +175,19 @@ class LiveVttSegmenter:
                 return seg.text
         return None
 
-    def playlist(self, segment_url: Callable[[int], str]) -> str:
+    def playlist(self, segment_url: Callable[[int], str] = lambda n: f"subtitles/{n}.vtt") -> str:
         """The HLS media playlist of the window's complete segments; ``segment_url(n)`` gives
-        each segment's URI (relative to the playlist, or absolute)."""
+        each segment's URI (relative to the playlist, or absolute; default ``subtitles/N.vtt``).
+
+        A URI never carries a query: whatever ``segment_url`` appends after ``?`` is cut, so no
+        token given to the playlist request reaches a URL the server generated (players send
+        the token as a header on every request; see docs/security.md)."""
         first = self._segments[0].n if self._segments else self._completed
         lines = ["#EXTM3U", "#EXT-X-VERSION:3",
                  f"#EXT-X-TARGETDURATION:{math.ceil(self._segment_ms / 1000)}",
                  f"#EXT-X-MEDIA-SEQUENCE:{first}"]
         for seg in self._segments:
-            lines += [f"#EXTINF:{seg.duration_ms / 1000:.3f},", segment_url(seg.n)]
+            lines += [f"#EXTINF:{seg.duration_ms / 1000:.3f},", _without_query(segment_url(seg.n))]
         if self._ended:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
@@ -261,6 +265,12 @@ class LiveVttSegmenter:
 
     def _drop_frozen_before(self, t_ms: int) -> None:
         self._frozen = [c for c in self._frozen if c.end_ms > t_ms]
+
+
+def _without_query(uri: str) -> str:
+    """``uri`` without its query or fragment (and on one line)."""
+    cut = min((i for i in (uri.find("?"), uri.find("#")) if i != -1), default=len(uri))
+    return "".join(uri[:cut].split())
 
 
 def _to_ms(t_s: float) -> int:

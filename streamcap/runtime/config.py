@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from streamcap.core.errors import ConfigError
 from streamcap.core.ids import STREAM_ID_RULE, is_valid_stream_id  # is_valid_stream_id: re-exported
+from streamcap.core.secrets import is_sample_token
 from streamcap.sources.backoff import Backoff
 
 DEFAULT_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "shapes-git")
@@ -431,16 +432,54 @@ class StreamConfig(_Model):
 
 
 class TokenConfig(_Model):
+    """One bearer token, given as is (``token``) or read from a file (``token_file``: the file's
+    first line, so the token appears neither in the config nor in ``ps``)."""
+
     scope: Literal["view", "publish", "admin"] = Field(description="view < publish < admin.")
-    token: str = Field(min_length=8, max_length=512, description="The bearer token (at least 8 characters).")
+    token: str = Field(min_length=8, max_length=512,
+                       description="The bearer token (at least 8 characters; a sample such as `change-me-…` is "
+                                   "refused). Give this or token_file.")
+    token_file: str | None = Field(None, description="A file whose first line is the token (read once, at start; "
+                                                     "keep it readable by streamcap only). Give this or token.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_file(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("token_file") is None:
+            return data
+        if data.get("token") is not None:
+            raise ValueError("give token or token_file, not both")
+        path = Path(str(data["token_file"])).expanduser()
+        try:
+            first = path.read_text(encoding="utf-8").splitlines()[:1]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read token_file {str(path)!r}: {getattr(e, 'strerror', None) or e}") from None
+        if not first or not first[0].strip():
+            raise ValueError(f"token_file {str(path)!r} is empty")
+        return {**data, "token": first[0].strip()}
+
+    @field_validator("token")
+    @classmethod
+    def _not_a_sample(cls, v: str) -> str:
+        if is_sample_token(v):  # the message never quotes the token
+            raise ValueError("this is a sample token from an example: replace it with a secret of your own "
+                             "(e.g. `openssl rand -hex 24`)")
+        return v
 
 
 class AuthConfig(_Model):
     tokens: list[TokenConfig] = Field(default_factory=list,
-                                      description="Bearer tokens; clients send `Authorization: Bearer TOKEN` or "
-                                                  "`?token=TOKEN`. Also `streamcap run --token SCOPE=TOKEN`.")
-    public_view: bool | None = Field(None, description="Viewing (/ws, /overlay) without a token: true, false, "
+                                      description="Bearer tokens; clients send `Authorization: Bearer TOKEN` (or "
+                                                  "`?token=TOKEN` where a browser cannot set headers). Also "
+                                                  "`streamcap run --token-file SCOPE=PATH` (or `--token "
+                                                  "SCOPE=TOKEN`, visible in `ps`).")
+    public_view: bool | None = Field(None, description="Viewing (/ws, the pages, /) without a token: true, false, "
                                                        "or unset = public unless a view-capable token is configured.")
+    public_status: bool = Field(False, description="Show every stream's health on /healthz (URLs sanitised, "
+                                                   "details, latest caption) to callers without a view token; "
+                                                   "off: they get only ok or not.")
+    public_metrics: bool = Field(False, description="Serve /metrics to callers without a view token (when viewing "
+                                                    "is not public anyway).")
     anonymous_publish: bool = Field(False, description="Let anyone publish without a token (never the default).")
     allowed_origins: list[str] = Field(default_factory=list,
                                        description="Browser origins allowed besides the server's own ('*' = any).")

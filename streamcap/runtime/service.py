@@ -160,4 +160,5 @@ class Service:
 def access_policy(cfg) -> AccessPolicy:
     """An ``AccessPolicy`` from the ``[auth]`` config section."""
     return AccessPolicy({t.token: Scope(t.scope) for t in cfg.tokens}, public_view=cfg.public_view,
-                        anonymous_publish=cfg.anonymous_publish, allowed_origins=tuple(cfg.allowed_origins))
+                        anonymous_publish=cfg.anonymous_publish, allowed_origins=tuple(cfg.allowed_origins),
+                        public_status=cfg.public_status, public_metrics=cfg.public_metrics)

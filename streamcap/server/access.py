@@ -8,8 +8,12 @@ route cannot go unguarded by omission. Each server reads its own copy
 (:attr:`~streamcap.server.app.Server.route_access`), which a test may extend before starting.
 
 A row says the :class:`~streamcap.server.auth.Scope` needed (``None``: public), how a refusal is
-answered (:class:`Refusal`), and whether the ``{stream}`` path parameter is validated before
-access is checked (the ingest routes answer a malformed stream id with 400 whatever the token).
+answered (:class:`Refusal`), whether the ``{stream}`` path parameter is validated before access is
+checked (the ingest routes answer a malformed stream id with 400 whatever the token), and which
+switch of the :class:`~streamcap.server.auth.AccessPolicy` (``public_status``, ``public_metrics``)
+opens the route to everyone. A request to a guarded route is answered ``Cache-Control: private``
+(never stored by a shared cache). ``docs/security.md`` prints this table
+(:func:`markdown_table`); a unit test keeps the two in step.
 The middleware stores its :class:`~streamcap.server.auth.Decision` under :data:`DECISION_KEY` on
 the request for the handlers that need it.
 
@@ -36,6 +40,7 @@ class Refusal(str, Enum):
     JSON = "json"  # the HTTP status (401/403) and the JSON error body; 401 with WWW-Authenticate
     WEBSOCKET = "websocket"  # an upgrade is accepted, then closed with 4401/4403; else as JSON
     TEXT = "text"  # the HTTP status and the reason as plain text (the HTML pages)
+    SUMMARY = "summary"  # the handler runs and answers a reduced public document (/healthz: ok or not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class RouteAccess:
     scope: Scope | None  # None: public, nothing is checked
     refusal: Refusal = Refusal.JSON
     stream_id_first: bool = False  # validate {stream} before checking access
+    public_when: str | None = None  # the AccessPolicy switch that makes the route public
 
 
 PUBLIC = RouteAccess(None)
@@ -55,9 +61,10 @@ ROUTE_ACCESS: Mapping[tuple[str, str], RouteAccess] = {
     ("GET", "/overlay"): RouteAccess(Scope.VIEW, Refusal.TEXT),
     ("GET", "/dashboard"): RouteAccess(Scope.VIEW, Refusal.TEXT),
     ("GET", "/publish"): RouteAccess(Scope.VIEW, Refusal.TEXT),
-    ("GET", "/healthz"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
-    ("GET", "/"): PUBLIC,
+    # anonymous: 200/503 and ok or not only; the streams' health (URLs, details, captions) needs view
+    ("GET", "/healthz"): RouteAccess(Scope.VIEW, Refusal.SUMMARY, public_when="public_status"),
+    ("GET", "/metrics"): RouteAccess(Scope.VIEW, Refusal.TEXT, public_when="public_metrics"),
+    ("GET", "/"): RouteAccess(Scope.VIEW, Refusal.TEXT),
     # websocket frame ingest (streamcap.server.routes.ingest)
     ("GET", "/ingest/{stream}"): RouteAccess(Scope.PUBLISH, Refusal.WEBSOCKET, stream_id_first=True),
     # WHIP (streamcap.server.routes.whip)
@@ -106,3 +113,16 @@ def unlisted_routes(app: web.Application,
         if key not in table:
             missing.append(f"{key[0]} {key[1]}")
     return missing
+
+
+_WHO = {None: "anyone", Scope.VIEW: "view", Scope.PUBLISH: "publish", Scope.ADMIN: "admin"}
+
+
+def markdown_table(table: Mapping[tuple[str, str], RouteAccess] = ROUTE_ACCESS) -> str:
+    """The route table as Markdown, for docs/security.md (a test compares the two)."""
+    lines = ["| method | path | needs | refused with | public when |", "|---|---|---|---|---|"]
+    for (method, path), row in sorted(table.items(), key=lambda item: (item[0][1], item[0][0])):
+        refusal = "-" if row.scope is None else row.refusal.value
+        switch = f"`auth.{row.public_when}`" if row.public_when else "-"
+        lines.append(f"| {method} | `{path}` | {_WHO[row.scope]} | {refusal} | {switch} |")
+    return "\n".join(lines)

@@ -22,10 +22,20 @@ from it), asks :meth:`Server.authorize`, and answers a refusal before any handle
 websocket upgrade is accepted and closed with 4401/4403 and the reason, plain HTTP gets 401/403
 with the JSON error body (``WWW-Authenticate: Bearer`` on 401), a page the reason as text. Every
 refusal is counted in ``streamcap_requests_refused_total``. The decision is left on the request
-under :data:`~streamcap.server.access.DECISION_KEY`.
+under :data:`~streamcap.server.access.DECISION_KEY`. A route whose row says
+``Refusal.SUMMARY`` (``/healthz``) runs its handler whatever the decision, which answers a reduced
+document to a caller without the scope; a refusal there is counted only when a token was sent.
+Every answer to a guarded route is marked ``Cache-Control: private``.
 
 ``/healthz`` answers 200 with every stream's health, 503 when the ``failure`` callable names a
-reason (the pipeline has stopped), 500 when the health itself cannot be read.
+reason (the pipeline has stopped), 500 when the health itself cannot be read; a caller without
+``view`` (and ``auth.public_status`` off) gets the same status with ``{"status": "ok"}`` or
+``{"status": "error"}`` only.
+
+Logs: :meth:`Server.start` installs :mod:`streamcap.server.logfilter` (tokens and URL credentials
+hidden in every aiohttp and streamcap record; unparseable request lines demoted to one warning
+without the line); every client-supplied value in a log line goes through
+:func:`streamcap.core.secrets.printable`.
 
 Everything runs on the event loop thread that called :meth:`Server.start`; publish to the hub
 from that thread too.
@@ -46,10 +56,12 @@ from aiohttp import WSCloseCode, web
 
 from streamcap import __version__
 from streamcap.core.errors import ErrorCode, HttpError
+from streamcap.core.secrets import printable
 from streamcap.outputs import documents, wire
 from streamcap.runtime.metrics import Metrics
 from streamcap.server.access import DECISION_KEY, ROUTE_ACCESS, Refusal, route_access, unlisted_routes
 from streamcap.server.auth import ALLOW, AccessPolicy, Decision, Scope, bearer_token
+from streamcap.server import logfilter
 from streamcap.server.hub import ClientHandle, DisconnectReason, Hub
 from streamcap.server.responses import check_stream_id, error_response, json_response, response
 from streamcap.server.routes.viewer import WS_PATH, ViewerRoutes, overlay_path
@@ -67,6 +79,17 @@ CLOSE_FOR: dict[DisconnectReason, tuple[int, str]] = {
 
 def _query(request: web.Request) -> dict[str, list[str]]:
     return {k: request.query.getall(k) for k in set(request.query)}
+
+
+def _private(resp: web.StreamResponse) -> web.StreamResponse:
+    """Mark the answer to a guarded request as for this client only: a shared cache (a proxy, a
+    CDN) must not keep it and hand it to someone without the token."""
+    if resp.prepared:  # a websocket or a streamed body: its headers are gone
+        return resp
+    directives = [d.strip() for d in resp.headers.get("Cache-Control", "").split(",") if d.strip()]
+    directives = [d for d in directives if d.lower() not in ("public", "private")]
+    resp.headers["Cache-Control"] = ", ".join(["private", *directives])
+    return resp
 
 
 def tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:
@@ -140,6 +163,7 @@ class Server:
         unlisted = unlisted_routes(app, self.route_access)
         if unlisted:
             raise RuntimeError(f"routes without a row in streamcap.server.access.ROUTE_ACCESS: {', '.join(unlisted)}")
+        logfilter.install()  # before the first request: no token reaches a log line
         app.middlewares.append(self._errors_middleware)  # outermost: also answers the access check's errors
         app.middlewares.append(self._access_middleware)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -196,16 +220,18 @@ class Server:
 
     # --- access -------------------------------------------------------------------------------
 
-    def authorize(self, request: web.Request, need: Scope) -> Decision:
-        """Whether ``request`` may do what needs ``need``; a refusal is counted (and logged). The
-        access middleware calls this for every guarded route; handlers need not."""
+    def authorize(self, request: web.Request, need: Scope, *, count_anonymous: bool = True) -> Decision:
+        """Whether ``request`` may do what needs ``need``; a refusal is counted (and logged),
+        unless ``count_anonymous`` is false and the request carried no token. The access middleware
+        calls this for every guarded route; handlers need not."""
         headers = {k: v for k, v in request.headers.items()}
-        decision = self.access.check(need, bearer_token(headers, _query(request)),
-                                     origin=request.headers.get("Origin"), host=request.headers.get("Host"))
-        if not decision.allowed:
+        token = bearer_token(headers, _query(request))
+        decision = self.access.check(need, token, origin=request.headers.get("Origin"),
+                                     host=request.headers.get("Host"))
+        if not decision.allowed and (token or count_anonymous):
             self.metrics.requests_refused_total.labels(status=str(decision.status.value)).inc()
-            logger.info("http %s %s %s: refused %d (%s)", request.remote, request.method, request.path,
-                        decision.status.value, decision.reason)
+            logger.info("http %s %s %s: refused %d (%s)", request.remote, request.method,
+                        printable(request.path), decision.status.value, printable(decision.reason))
         return decision
 
     async def refuse(self, request: web.Request, decision: Decision) -> web.StreamResponse:
@@ -230,15 +256,15 @@ class Server:
         """Check the scope :data:`~streamcap.server.access.ROUTE_ACCESS` names for the route and
         answer a refusal before the handler runs; a request that matched no route passes (404/405)."""
         row = route_access(request, self.route_access)
-        if row is None or row.scope is None:
+        if row is None or row.scope is None or self.access.is_open(row.public_when):
             request[DECISION_KEY] = ALLOW
             return await handler(request)
         if row.stream_id_first:
             check_stream_id(request.match_info["stream"])
-        decision = self.authorize(request, row.scope)
+        decision = self.authorize(request, row.scope, count_anonymous=row.refusal is not Refusal.SUMMARY)
         request[DECISION_KEY] = decision
-        if decision.allowed:
-            return await handler(request)
+        if decision.allowed or row.refusal is Refusal.SUMMARY:  # a summary handler reads the decision
+            return _private(await handler(request))
         if row.refusal is Refusal.WEBSOCKET:
             return await self.refuse(request, decision)
         if row.refusal is Refusal.TEXT:
@@ -253,8 +279,8 @@ class Server:
         try:
             resp = await handler(request)
         except HttpError as exc:
-            logger.info("http %s %s from %s: %d %s", request.method, request.path, request.remote,
-                        exc.status.value, exc.detail)
+            logger.info("http %s %s from %s: %d %s", request.method, printable(request.path), request.remote,
+                        exc.status.value, printable(exc.detail, 500))
             resp = error_response(exc.status, exc.code, exc.detail)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -270,7 +296,7 @@ class Server:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception as exc:
-            logger.exception("http %s %s failed", request.method, request.path)
+            logger.exception("http %s %s failed", request.method, printable(request.path))
             return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, ErrorCode.INTERNAL_ERROR,
                                   f"{type(exc).__name__}: {exc}")
         code = getattr(resp, "error_code", None)  # set by error_response; access refusals are counted apart

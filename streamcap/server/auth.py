@@ -8,7 +8,10 @@ to send back (401 no or unknown token, 403 token without the scope or origin not
 Scopes are ordered: ``admin`` can do what ``publish`` can, ``publish`` what ``view`` can.
 With no token configured, publishing and admin refuse everyone unless the config explicitly
 allows anonymous publishing; viewing is public unless a view-capable token exists or the config
-says ``public_view = false``.
+says ``public_view = false``. The health details (``/healthz``) and the metrics need what viewing
+needs unless ``public_status`` / ``public_metrics`` open them to everyone. A policy refuses a
+token shorter than 8 characters or a sample placeholder (``change-me…``,
+:func:`streamcap.core.secrets.is_sample_token`); neither message quotes the token.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
 from urllib.parse import urlsplit
+
+from streamcap.core.secrets import is_sample_token
 
 
 class Scope(str, Enum):
@@ -67,11 +72,22 @@ class AccessPolicy:
     public_view: bool | None = None  # None: public unless some token can view
     anonymous_publish: bool = False  # explicit opt-in only
     allowed_origins: tuple[str, ...] = ()  # browser origins besides the server's own; "*" = any
+    public_status: bool = False  # /healthz details (stream URLs, details, captions) for anyone
+    public_metrics: bool = False  # /metrics for anyone
 
     def __post_init__(self) -> None:
         for token in self.tokens:
             if len(token) < 8:
                 raise ValueError("tokens must be at least 8 characters long")
+            if is_sample_token(token):
+                raise ValueError("a configured token is a sample placeholder (change-me…): replace it with "
+                                 "a secret of your own (e.g. openssl rand -hex 24)")
+
+    def is_open(self, switch: str | None) -> bool:
+        """Whether the switch named ``switch`` (``public_status``, ``public_metrics``) is on."""
+        if switch not in ("public_status", "public_metrics"):
+            return False
+        return bool(getattr(self, switch))
 
     def _scope_of(self, token: str | None) -> Scope | None:
         if not token:

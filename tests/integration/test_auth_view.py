@@ -66,8 +66,10 @@ async def test_viewing_needs_a_token_once_tokens_are_configured():
         overlay = svc.url("/overlay?stream=demo")
         assert await asyncio.to_thread(_status, overlay) == 401
         assert await asyncio.to_thread(_status, overlay + f"&token={VIEW}") == 200
-        metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(svc.url("/metrics"), timeout=10).read())
-        assert b'streamcap_requests_refused_total{status="401"} 3.0' in metrics
+        assert await asyncio.to_thread(_status, svc.url("/metrics")) == 401  # metrics need view too
+        req = urllib.request.Request(svc.url("/metrics"), headers={"Authorization": f"Bearer {VIEW}"})
+        metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=10).read())
+        assert b'streamcap_requests_refused_total{status="401"} 4.0' in metrics
         assert b'streamcap_requests_refused_total{status="403"} 1.0' in metrics
 
 

@@ -74,3 +74,28 @@ async def test_a_client_follows_the_live_subtitle_playlist():
             assert r.status == 404
         async with http.get(svc.url("/v1/streams/nope/subtitles.m3u8")) as r:
             assert r.status == 404
+
+
+async def test_with_tokens_the_playlist_carries_no_token_and_segments_are_private():
+    """Issue 11, defect 6: a token given to the playlist request never reaches a URL the server
+    writes, and a token-protected segment is never marked for shared caches."""
+    view = "view-secret-7c2e"
+    cfg = load_config(None, environ={}, overrides={
+        "server": {"port": 0}, "auth": {"tokens": [{"scope": "view", "token": view}]},
+        "subtitles": {"live": {"segment_s": 1.0, "window_segments": 5}}})
+    async with Service(cfg) as svc, aiohttp.ClientSession() as http, \
+            WireClient(svc.server.ws_url(f"/ws?streams=demo&token={view}")) as viewer:
+        await viewer.wait_for(lambda: svc.pipeline.live_subtitles("demo").completed_segments >= 1, 60,
+                              "a complete segment")
+        base = svc.url("/v1/streams/demo/")
+        async with http.get(base + f"subtitles.m3u8?token={view}") as r:
+            assert r.status == 200 and r.headers["Cache-Control"].startswith("private")
+            playlist = await r.text()
+        uris = [x for x in playlist.splitlines() if x and not x.startswith("#")]
+        assert uris and all("?" not in uri and view not in uri for uri in uris)
+        async with http.get(base + uris[0]) as r:
+            assert r.status == 401  # the segment URL alone lets nobody in
+        async with http.get(base + uris[0], headers={"Authorization": f"Bearer {view}"}) as r:
+            assert r.status == 200 and r.content_type == "text/vtt"
+            cache = [d.strip() for d in r.headers["Cache-Control"].split(",")]
+            assert "private" in cache and "public" not in cache

@@ -428,8 +428,9 @@ async def test_the_access_middleware_refuses_before_the_handler_and_hands_it_the
         status, _, body = await http_get(server.port, f"/probe?token={view}")
         assert (status, body) == (200, b"ok")
         assert [d.scope for d in probe.decisions] == [Scope.VIEW]
-        # the pages answer a refusal as text; /healthz stays public
+        # the pages answer a refusal as text; /healthz answers everyone, but anonymously only ok or not
         status, headers, body = await http_get(server.port, "/overlay?stream=a")
         assert status == 401 and headers["content-type"].startswith("text/plain") and b"needs a token" in body
-        assert (await http_get(server.port, "/healthz"))[0] == 200
+        status, _, body = await http_get(server.port, "/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert metrics.registry.get_sample_value("streamcap_requests_refused_total", {"status": "401"}) == 2.0

@@ -3,14 +3,19 @@ the wire protocol), the pages (``/overlay``, ``/dashboard``, ``/publish``), ``/h
 ``/metrics`` and ``/`` (an index).
 
 Access is checked before these handlers run (the rows of
-:data:`streamcap.server.access.ROUTE_ACCESS`: ``/ws`` and the pages need ``view``; ``/healthz``,
-``/metrics`` and ``/`` are public). A ``/ws`` connection is a hub client served by
+:data:`streamcap.server.access.ROUTE_ACCESS`): ``/ws``, the pages and ``/`` need ``view``;
+``/metrics`` needs ``view`` unless ``auth.public_metrics``; ``/healthz`` answers everyone, but only
+a caller with ``view`` (or anyone with ``auth.public_status``) gets the streams' health — the
+others get the status code and ``{"status": "ok"}`` or ``{"status": "error"}``. Every value a
+client sent is logged through :func:`streamcap.core.secrets.printable` (one line, bounded).
+A ``/ws`` connection is a hub client served by
 :meth:`~streamcap.server.app.Server.serve_hub_client`; this module only reads what the client
 sends (``subscribe``, ``ping``, ``ack``), replying through the hub queue so the server's sender
 stays the connection's only writer.
 
 ``/healthz``: 200 with every stream's health; 503 when ``failure()`` names a reason (the pipeline
 has stopped), with the streams while ``health()`` still answers; 500 when ``health()`` fails.
+The summary for callers without ``view`` has the same status code.
 Everything runs on the server's event loop thread; the callables must not block.
 """
 
@@ -27,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from streamcap.core.errors import ErrorCode, ProtocolError
+from streamcap.core.secrets import printable
 from streamcap.outputs import documents, wire
+from streamcap.server.access import DECISION_KEY
 from streamcap.server.hub import ClientHandle
 from streamcap.server.responses import HTML, JSON, json_response, response
 
@@ -91,6 +98,15 @@ class ViewerRoutes:
         version = self.server.version
         failure = self._failure_reason()
         status = HTTPStatus.OK if failure is None else HTTPStatus.SERVICE_UNAVAILABLE
+        decision = request.get(DECISION_KEY)
+        if decision is not None and not decision.allowed:  # no view: ok or not, nothing else
+            if failure is None:
+                try:
+                    self._health()
+                except Exception:  # boundary: a broken health callable is a 500, not a crash
+                    logger.exception("healthz: health callable failed")
+                    status = HTTPStatus.INTERNAL_SERVER_ERROR
+            return json_response(status, documents.health_summary(status is HTTPStatus.OK))
         try:
             streams = self._health()
             body = documents.dumps(documents.health(version, streams) if failure is None
@@ -150,7 +166,8 @@ class ViewerRoutes:
         await ws.prepare(request)
         peer = request.remote
         with self.server.track():
-            logger.info("viewer %s: connected, streams=%s", peer, "all" if streams is None else ",".join(streams))
+            logger.info("viewer %s: connected, streams=%s", peer,
+                        "all" if streams is None else printable(",".join(streams)))
             await self.server.serve_hub_client(request, ws, streams,
                                                lambda client: self._receive(ws, client, peer))
             logger.info("viewer %s: disconnected (code %s)", peer, ws.close_code)
@@ -168,7 +185,7 @@ class ViewerRoutes:
             try:
                 decoded = wire.decode_client_message(raw)
             except ProtocolError as exc:
-                logger.info("client %d %s: bad message: %s", client.id, peer, exc)
+                logger.info("client %d %s: bad message: %s", client.id, peer, printable(exc, 300))
                 hub.send_to(client, wire.encode_error(exc.code, exc.detail))
                 continue
             if isinstance(decoded, wire.PingMsg):
@@ -177,7 +194,7 @@ class ViewerRoutes:
                 self.ack_alert(client, decoded, peer)
             elif isinstance(decoded, wire.SubscribeMsg):
                 logger.info("client %d %s: subscribe streams=%s", client.id, peer,
-                            "all" if decoded.streams is None else ",".join(decoded.streams))
+                            "all" if decoded.streams is None else printable(",".join(decoded.streams)))
                 hub.set_subscription(client, decoded.streams)
 
     def ack_alert(self, client: ClientHandle, msg: wire.AckMsg, peer: str | None) -> None:
@@ -187,4 +204,4 @@ class ViewerRoutes:
         except KeyError:
             self.server.hub.send_to(client, wire.encode_error(ErrorCode.UNKNOWN_ALERT, f"no recent alert {msg.id!r}"))
             return
-        logger.info("alert %s acknowledged by %s", msg.id, by)
+        logger.info("alert %s acknowledged by %s", printable(msg.id, 100), printable(by, 100))

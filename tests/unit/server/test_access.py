@@ -47,8 +47,13 @@ def test_a_route_without_a_row_is_named() -> None:
 def test_scopes_match_the_documented_api() -> None:
     assert ROUTE_ACCESS[("GET", "/ws")] == RouteAccess(Scope.VIEW, Refusal.WEBSOCKET)
     assert ROUTE_ACCESS[("GET", "/overlay")].refusal is Refusal.TEXT
-    for public in [("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/")]:
-        assert ROUTE_ACCESS[public] is PUBLIC
+    # nothing that shows a stream is public once tokens are configured (issue 11, defect 5)
+    assert ROUTE_ACCESS[("GET", "/healthz")] == RouteAccess(Scope.VIEW, Refusal.SUMMARY,
+                                                             public_when="public_status")
+    assert ROUTE_ACCESS[("GET", "/metrics")] == RouteAccess(Scope.VIEW, Refusal.TEXT, public_when="public_metrics")
+    assert ROUTE_ACCESS[("GET", "/")] == RouteAccess(Scope.VIEW, Refusal.TEXT)
+    public = {key for key, row in ROUTE_ACCESS.items() if row == PUBLIC}
+    assert public == {("OPTIONS", "/whip/{stream}"), ("PATCH", "/whip/{stream}/{session}")}
     assert ROUTE_ACCESS[("GET", "/ingest/{stream}")] == RouteAccess(Scope.PUBLISH, Refusal.WEBSOCKET, True)
     assert ROUTE_ACCESS[("POST", "/whip/{stream}")] == RouteAccess(Scope.PUBLISH, Refusal.JSON, True)
     assert ROUTE_ACCESS[("POST", "/v1/streams")].scope is Scope.ADMIN
@@ -61,3 +66,21 @@ def test_http_error_is_in_the_one_tree_and_still_importable_from_the_app() -> No
     assert isinstance(exc, StreamcapError)
     assert exc.status is HTTPStatus.CONFLICT and exc.detail == "stream 'cam1' already exists"
     assert exc.code == "stream_exists" and f"{exc.code}" == "stream_exists"
+
+
+def test_every_public_switch_a_row_names_is_a_policy_switch() -> None:
+    from streamcap.server.auth import AccessPolicy
+
+    for row in ROUTE_ACCESS.values():
+        if row.public_when is not None:
+            assert AccessPolicy({}, **{row.public_when: True}).is_open(row.public_when)
+            assert not AccessPolicy({}).is_open(row.public_when)
+
+
+def test_docs_security_prints_the_route_table() -> None:
+    from pathlib import Path
+
+    from streamcap.server.access import markdown_table
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
+    assert markdown_table() in doc, "docs/security.md: paste streamcap.server.access.markdown_table()"

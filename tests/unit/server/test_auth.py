@@ -89,3 +89,17 @@ def test_cli_token_flag_and_config_section():
     assert not policy.check(Scope.PUBLISH, "abcdefgh1").allowed
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--token", "root=abcdefgh1"])
+
+
+@pytest.mark.parametrize("sample", ["change-me-admin-token", "change-me-publish-token", "CHANGE-ME-anything",
+                                    "changeme-123456"])
+def test_a_sample_token_is_refused_without_quoting_it(sample):
+    with pytest.raises(ValueError) as refused:
+        AccessPolicy({sample: Scope.ADMIN})
+    assert "sample" in str(refused.value) and sample not in str(refused.value)
+
+
+def test_public_switches_are_off_unless_set():
+    assert not AccessPolicy(TOKENS).is_open("public_status")
+    assert AccessPolicy(TOKENS, public_metrics=True).is_open("public_metrics")
+    assert not AccessPolicy(TOKENS, public_metrics=True).is_open("tokens")  # only the two switches
