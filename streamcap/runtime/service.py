@@ -98,7 +98,8 @@ class Service:
         await asyncio.to_thread(uploads.remove_stale)  # left by processes that were killed
         server.extensions += [
             IngestRoutes(server, self.pipeline, cfg.ingest, default_fps=fps, streams=self.push_streams),
-            WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps, streams=self.push_streams),
+            WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps, streams=self.push_streams,
+                       max_pixels=cfg.ingest.max_pixels),
             ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body, subtitle_rules=cfg.subtitles.rules(),
                       admission=cfg.admission, uploads=uploads),
         ]

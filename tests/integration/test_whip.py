@@ -219,3 +219,34 @@ async def test_offers_that_never_connect_free_their_slots_and_streams_after_the_
     finally:
         for pc in peers:
             await pc.close()
+
+
+async def test_whip_frames_over_max_pixels_are_dropped_before_conversion_and_counted(http):
+    cfg = load_config(None, environ={}, overrides={
+        "server": {"port": 0}, "auth": {"tokens": TOKENS}, "ingest": {"max_pixels": 64 * 64},
+        "webrtc": {"loopback_candidates": True}})
+    story = Storyline(seed=9, scene_s=1000.0, aspect=16 / 9)
+    track = StorylineTrack(story, switch_after=90, sizes=[(320, 180), (64, 36)])  # 3 s too big, then small
+    pc = RTCPeerConnection()
+    pc.addTrack(track)
+    try:
+        async with Service(cfg) as svc, WireClient(_ws(svc, "cam")) as viewer:
+            async with http.post(svc.url("/whip/cam"), data=(await _offer(pc)).encode(),
+                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
+                assert r.status == 201, await r.text()
+                answer = await r.text()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            whip = svc.server.extensions[1]
+            session = await viewer.wait_for(lambda: next(iter(whip.sessions.values()), None), 10, "the session")
+
+            def dropped() -> float:
+                return svc.metrics.registry.get_sample_value(
+                    "streamcap_limit_refusals_total", {"limit": "max_pixels"}) or 0.0
+
+            await viewer.wait_for(lambda: dropped() >= 3, TIMEOUT_S, "big frames to be dropped")
+            if session.sizes == {(320, 180)}:  # still before the switch: nothing got through
+                assert session.frames == 0 and svc.pipeline.health()["cam"]["frames_in"] == 0
+            await viewer.wait_for(lambda: session.frames >= 5, TIMEOUT_S, "small frames to be taken")
+            assert (64, 36) in session.sizes and dropped() == session.refused_frames >= 3
+    finally:
+        await pc.close()

@@ -7,7 +7,8 @@ that Location ends it. Candidates are gathered before answering (no trickle ICE:
 
 The session's video track feeds the stream's :class:`~streamcap.sources.push.PushSource`, the
 same path as websocket ingest: frames beyond ``windows.max_ingest_fps`` are skipped before
-conversion, each kept frame is converted to RGB and resized off the event loop, so resolution
+conversion, so are frames over ``ingest.max_pixels`` (counted in
+``streamcap_limit_refusals_total{limit="max_pixels"}``); each kept frame is converted to RGB and resized off the event loop, so resolution
 changes mid-stream need nothing special. No STUN/TURN server is contacted unless
 ``webrtc.ice_servers`` lists one.
 
@@ -74,6 +75,7 @@ class WhipSession:
     source: PushSource | None = None  # set once the offer is accepted, before any media flows
     tasks: set[asyncio.Task] = field(default_factory=set)
     frames: int = 0
+    refused_frames: int = 0  # over ingest.max_pixels
     sizes: set[tuple[int, int]] = field(default_factory=set)  # picture sizes received (they may change)
     connected: bool = False  # the peer connection reached "connected" once
     deadline: asyncio.Task | None = None  # closes the session unless it connects in time
@@ -82,8 +84,9 @@ class WhipSession:
 
 class WhipRoutes:
     def __init__(self, server: Server, control: PushControl, config: WebRTCConfig, *, max_ingest_fps: float,
-                 streams: PushStreams) -> None:
+                 streams: PushStreams, max_pixels: int | None = None) -> None:
         self.server = server
+        self.max_pixels = max_pixels
         self.control = control
         self.streams = streams
         self.config = config
@@ -222,6 +225,11 @@ class WhipRoutes:
                 if t is not None and last_kept is not None and 0 <= t - last_kept < self.min_gap_s:
                     continue  # more frames than the windows need: skip before converting
                 last_kept = t
+                if self.max_pixels is not None and frame.width * frame.height > self.max_pixels:
+                    # never converted; counted once per kept interval
+                    self.server.metrics.limit_refusals_total.labels(limit="max_pixels").inc()
+                    session.refused_frames += 1
+                    continue
                 assert session.source is not None
                 image = await asyncio.to_thread(_to_rgb, frame, session.source)
                 if not session.source.push(image, publisher=session.publisher):
