@@ -128,6 +128,8 @@ async def test_anonymous_healthz_says_only_ok_and_metrics_and_index_need_view():
                 assert "public" not in r.headers["Cache-Control"]
         async with http.get(svc.url("/metrics"), headers=_auth(VIEW)) as r:  # the bad token, /metrics, /
             assert 'streamcap_requests_refused_total{status="401"} 3.0' in await r.text()
+        async with http.get(svc.url(f"/overlay?stream=demo&token={VIEW}")) as r:  # its URL holds the token
+            assert r.status == 200 and r.headers["Referrer-Policy"] == "no-referrer"
 
 
 async def test_public_status_and_public_metrics_switches_open_them_to_everyone():

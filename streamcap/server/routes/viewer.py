@@ -50,6 +50,7 @@ PUBLISH_PATH = "/publish"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 INDEX_PATH = "/"
+NO_REFERRER = {"Referrer-Policy": "no-referrer"}
 PAGES = {OVERLAY_PATH: "overlay.html", DASHBOARD_PATH: "dashboard.html", PUBLISH_PATH: "publish.html"}
 
 
@@ -92,7 +93,8 @@ class ViewerRoutes:
     # --- HTTP ---------------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.Response:
-        return response(HTTPStatus.OK, self._pages[request.path], HTML)
+        # a page opened with ?token= must not hand its URL to anyone as a Referer
+        return response(HTTPStatus.OK, self._pages[request.path], HTML, NO_REFERRER)
 
     async def healthz(self, request: web.Request) -> web.Response:
         version = self.server.version
@@ -133,7 +135,7 @@ class ViewerRoutes:
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def index(self, request: web.Request) -> web.Response:
-        return response(HTTPStatus.OK, self._index_html(), HTML)
+        return response(HTTPStatus.OK, self._index_html(), HTML, NO_REFERRER)
 
     def _index_html(self) -> str:
         items = "\n".join(
