@@ -436,7 +436,7 @@ class TokenConfig(_Model):
     first line, so the token appears neither in the config nor in ``ps``)."""
 
     scope: Literal["view", "publish", "admin"] = Field(description="view < publish < admin.")
-    token: str = Field(min_length=8, max_length=512,
+    token: str = Field(min_length=8, max_length=512, repr=False,  # never in a printed config
                        description="The bearer token (at least 8 characters; a sample such as `change-me-…` is "
                                    "refused). Give this or token_file.")
     token_file: str | None = Field(None, description="A file whose first line is the token (read once, at start; "

@@ -103,3 +103,14 @@ def test_public_switches_are_off_unless_set():
     assert not AccessPolicy(TOKENS).is_open("public_status")
     assert AccessPolicy(TOKENS, public_metrics=True).is_open("public_metrics")
     assert not AccessPolicy(TOKENS, public_metrics=True).is_open("tokens")  # only the two switches
+
+
+def test_a_token_read_from_a_file_works_and_no_token_shows_in_a_printed_config(tmp_path):
+    from streamcap.runtime.config import load_config
+
+    (tmp_path / "admin.token").write_text("file-token-4f2a9\n")
+    cfg = load_config(None, environ={}, overrides={"auth": {"tokens": [
+        {"scope": "admin", "token_file": str(tmp_path / "admin.token")},
+        {"scope": "view", "token": "inline-token-77c1"}]}})
+    assert [t.token for t in cfg.auth.tokens] == ["file-token-4f2a9", "inline-token-77c1"]
+    assert "file-token-4f2a9" not in repr(cfg) and "inline-token-77c1" not in str(cfg)
