@@ -21,6 +21,7 @@ from aiohttp import web
 from streamcap.core.errors import ErrorCode, HttpError
 from streamcap.outputs import documents
 from streamcap.core.ids import is_valid_stream_id
+from streamcap.core.secrets import printable
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def guarded(handler: Handler) -> Handler:
     """``handler`` behind a boundary: :class:`HttpError` and aiohttp's HTTP exceptions pass (the
-    server's error middleware answers them), a dropped connection and cancellation pass, and any
-    other exception is logged and answered 500 ``internal_error`` for this request only."""
+    server's error middleware answers them) and so does cancellation; a connection lost while
+    reading the request is a 400 (logged at INFO: nobody may read it); any other exception is
+    logged with its traceback and answered 500 ``internal_error`` for this request only."""
 
     @functools.wraps(handler)
     async def run(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (HttpError, web.HTTPException, asyncio.CancelledError, ConnectionResetError):
+        except (HttpError, web.HTTPException, asyncio.CancelledError):
             raise
+        except ConnectionResetError:  # the client went away mid-request (e.g. a body shorter than announced)
+            log.info("http %s %s from %s: the connection was lost while reading the request", request.method,
+                     printable(request.path), request.remote)
+            return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
+                                  "the connection was lost before the request was read")
         except Exception:  # boundary: one request's bug must not reach other requests or the server
-            log.exception("http %s %s from %s: the handler failed", request.method, request.path, request.remote)
+            log.exception("http %s %s from %s: the handler failed", request.method, printable(request.path), request.remote)
             return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, ErrorCode.INTERNAL_ERROR,
                                   "the request failed on the server (the failure is logged); "
                                   "other requests and the streams are not affected")

@@ -192,11 +192,16 @@ async def test_hostile_bodies_get_400_and_never_500(svc, http):
     for content_type, body in [("multipart/form-data", b"--x\r\nnothing"),
                                ('multipart/form-data; boundary=""', b"--x\r\n"),
                                ("multipart/form-data; boundary=zz", b"no boundary in here at all"),
-                               ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data\r\n")]:
+                               ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data\r\n"),
+                               ("multipart/form-data; boundary=zz",  # a NUL in a part header
+                                b'--zz\r\nContent-Disposition: form-data; name="video"; filename="x\x00.mp4"\r\n'
+                                b"Content-Type: video/mp4\r\n\r\n\x00\x00\x00\x1cftypisom\r\n--zz--\r\n")]:
         async with http.post(svc.url("/v1/captions"), data=body,
                              headers={**_auth(PUBLISH), "Content-Type": content_type}) as r:
             status, code, detail = await _error_of(r)
             assert status == 400 and code in ("bad_request", "bad_json"), (content_type, body, detail)
+    async with http.get(svc.url("/v1/streams/demo/subtitles/" + "9" * 5000 + ".vtt"), headers=_auth(VIEW)) as r:
+        assert (await _error_of(r))[:2] == (404, "not_found")
     async with http.get(svc.url("/metrics"), headers=_auth(VIEW)) as r:
         metrics = await r.text()
     assert 'code="internal_error"' not in metrics

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from streamcap.core.errors import BadSourceURL, ErrorCode, HttpError, ProtocolError, SourceError
 from streamcap.core.types import Caption
@@ -57,6 +58,8 @@ _CHUNK = 1 << 16
 #: request bodies are flat objects: a little nesting room, no more
 API_JSON_LIMITS = jsonsafe.JsonLimits(max_depth=8, max_number_chars=64)
 UPLOADED = "the uploaded file"
+#: a live WebVTT segment number has at most this many digits (more is no segment)
+MAX_SEGMENT_DIGITS = 18
 
 
 class StreamControl(Protocol):
@@ -177,10 +180,12 @@ class ApiRoutes:
 
     async def live_segment(self, request: web.Request) -> web.Response:
         segmenter = self._live_vtt(request)
-        n = int(request.match_info["n"])
-        text = segmenter.segment(n)
+        digits = request.match_info["n"]
+        n = int(digits) if len(digits) <= MAX_SEGMENT_DIGITS else None  # int() refuses 4,300+ digits
+        text = None if n is None else segmenter.segment(n)
         if text is None:
-            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"segment {n} is not (or no longer) available")
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND,
+                                  f"segment {digits[:MAX_SEGMENT_DIGITS]} is not (or no longer) available")
         # a complete segment never changes
         return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "public, max-age=3600"})
 
@@ -266,9 +271,9 @@ class ApiRoutes:
     async def _multipart(self, request: web.Request, path: str) -> int | None:
         try:
             return await self._read_multipart(request, path)
-        except ValueError as exc:  # aiohttp's word for a malformed body: no boundary, a bad part header
+        except (ValueError, BadHttpMessage) as exc:  # aiohttp's words for a malformed body or part header
             raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
-                            f"the multipart body is malformed: {exc}"[:300]) from exc
+                            "the multipart body is malformed (no or a wrong boundary, or a bad part header)") from exc
 
     async def _read_multipart(self, request: web.Request, path: str) -> int | None:
         reader = await request.multipart()

@@ -25,6 +25,7 @@ from http import HTTPStatus
 from aiohttp import WSMsgType, web
 
 from streamcap.core.errors import ErrorCode, ProtocolError
+from streamcap.core.secrets import printable
 from streamcap.outputs import wire
 from streamcap.runtime.config import IngestConfig
 from streamcap.server.app import Server
@@ -94,7 +95,7 @@ class IngestRoutes:
             try:
                 images, spacing = await self._frames_of(msg, source, stream)
             except ProtocolError as exc:
-                log.info("stream %s: %s: %s", stream, publisher, exc.detail)
+                log.info("stream %s: %s: %s", stream, publisher, printable(exc.detail))
                 self.server.metrics.bad_requests_total.labels(code=exc.code).inc()
                 if exc.code == ErrorCode.TOO_MANY_PIXELS:
                     self.server.metrics.limit_refusals_total.labels(limit="max_pixels").inc()

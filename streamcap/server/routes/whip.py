@@ -32,6 +32,7 @@ from http import HTTPStatus
 from aiohttp import web
 
 from streamcap.core.errors import ErrorCode, HttpError
+from streamcap.core.secrets import printable
 from streamcap.runtime.config import WebRTCConfig
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response, guarded
@@ -173,7 +174,7 @@ class WhipRoutes:
             await pc.setLocalDescription(answer)
         except Exception as exc:  # boundary: aiortc raises many kinds on a bad offer
             await pc.close()
-            log.info("stream %s: refused a WHIP offer: %s", stream, exc)
+            log.info("stream %s: refused a WHIP offer: %s", stream, printable(exc))
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP,
                                   f"could not use the SDP offer: {type(exc).__name__}: {exc}")
         if source is None:
