@@ -53,6 +53,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+from aiohttp.web_protocol import RequestHandler
 
 from streamcap import __version__
 from streamcap.core.errors import ErrorCode, HttpError
@@ -97,6 +98,29 @@ def tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)
     return ctx
+
+
+class _QuietRequestHandler(RequestHandler):
+    """aiohttp's connection handler, except that the answer to a request it cannot parse (request
+    line over 8190 bytes, an unencoded space, not HTTP) no longer echoes the raw line back: that
+    line may carry ``?token=…``. Those answers never reach our middlewares, so this is the one
+    place to change them."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status < 500:
+            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+            message = f"{status} {phrase}: the request could not be parsed"
+        return super().handle_error(request, status, exc, message)
+
+
+class _QuietParseErrorsServer(web.Server):
+    """``web.Server`` making :class:`_QuietRequestHandler` connections (its ``__call__`` is the
+    protocol factory). Assigned as the ``__class__`` of the runner's server after setup, so every
+    argument aiohttp gave the server is kept."""
+
+    def __call__(self) -> RequestHandler:
+        return _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class Server:
@@ -169,6 +193,8 @@ class Server:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=self.close_timeout_s)
         await self._runner.setup()
+        assert self._runner.server is not None
+        self._runner.server.__class__ = _QuietParseErrorsServer  # see the class: same state, one method
         self._site = web.TCPSite(self._runner, self._host, self._requested_port, ssl_context=self._ssl)
         await self._site.start()
         logger.info("server listening on %s", self.url())
@@ -297,8 +323,9 @@ class Server:
             raise
         except Exception as exc:
             logger.exception("http %s %s failed", request.method, printable(request.path))
+            # the exception's text may quote the request (paths, values): it goes to the log only
             return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, ErrorCode.INTERNAL_ERROR,
-                                  f"{type(exc).__name__}: {exc}")
+                                  f"internal error ({type(exc).__name__}); the server log has the details")
         code = getattr(resp, "error_code", None)  # set by error_response; access refusals are counted apart
         if code is not None:
             self.metrics.bad_requests_total.labels(code=code).inc()
