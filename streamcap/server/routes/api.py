@@ -173,9 +173,7 @@ class ApiRoutes:
     async def live_playlist(self, request: web.Request) -> web.Response:
         """The HLS media playlist of the stream's live WebVTT segments (players poll it)."""
         segmenter = self._live_vtt(request)
-        token = request.query.get("token")
-        suffix = f"?token={urllib.parse.quote(token, safe='')}" if token else ""  # relative URLs drop the query
-        text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt{suffix}")
+        text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt")  # never a token: clients send it as a header
         return response(HTTPStatus.OK, text, "application/vnd.apple.mpegurl", {"Cache-Control": "no-cache"})
 
     async def live_segment(self, request: web.Request) -> web.Response:
@@ -187,7 +185,7 @@ class ApiRoutes:
             return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND,
                                   f"segment {digits[:MAX_SEGMENT_DIGITS]} is not (or no longer) available")
         # a complete segment never changes
-        return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "public, max-age=3600"})
+        return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "private, max-age=3600"})
 
     # ------------------------------------------------------------------ alerts
 
