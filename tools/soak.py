@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Soak a real streamcap server: several live streams, many websocket viewers, for minutes; does
-memory grow, are messages lost?
+"""Soak a real streamcap server with several live streams and many websocket viewers.
+
+For minutes: does memory grow, are messages lost?
 
 It starts ``python -m streamcap.cli run`` (the same temporary config as tools/fuzz.py, tokens
 included) with ``--streams`` live streams: ``synthetic:shapes`` with different seeds, one of them
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
