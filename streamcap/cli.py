@@ -186,6 +186,10 @@ async def _run(config: Config) -> int:
 
 async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool,
                    chapters: bool = False) -> int:
+    """Caption ``input_`` (a file, or any source that ends: a finite RTSP stream ends when its
+    server ends it) and write the result. Ctrl-C stops reading: what was read is captioned and
+    written, and the exit status is 130 (a second Ctrl-C stops at once, still writing what is
+    captioned)."""
     from streamcap.engine.base import load_engine_from_config
     from streamcap.runtime.metrics import Metrics
     from streamcap.runtime.pipeline import Pipeline
@@ -194,8 +198,11 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     from streamcap.core.types import StreamState
 
     # one window per engine call: batch composition would depend on timing, and batched float
-    # math can flip a borderline token, so the same file would not always give the same file
-    config = config.model_copy(update={"engine": config.engine.model_copy(update={"max_batch": 1})})
+    # math can flip a borderline token, so the same file would not always give the same file;
+    # a live stream that its server ends is over (streamcap run would reconnect)
+    config = config.model_copy(update={
+        "engine": config.engine.model_copy(update={"max_batch": 1}),
+        "network": config.network.model_copy(update={"end_on_eof": True})})
     spec = parse_source_url(input_)
     if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
         raise StreamcapError(f"no such file: {input_}", code="source_error")
@@ -221,11 +228,35 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     pipeline = Pipeline(config, engine, metrics=Metrics(), on_caption=lambda c: None, on_status=on_status,
                         collect_finals=True, on_progress=on_progress)
     runner = pipeline.add_stream("file", input_)
-    cap = cv2.VideoCapture(path)
-    await pipeline.run(stop_when_idle=True)
-    if bar is not None:
-        bar.close()
-    if errors:
+    run_task = asyncio.ensure_future(pipeline.run(stop_when_idle=True))
+    interrupts: list[asyncio.Future] = []
+
+    def on_interrupt() -> None:
+        if interrupts or runner.source is None:  # again, or nothing opened yet: stop at once
+            run_task.cancel()
+            interrupts.append(run_task)
+            return
+        print("\nstreamcap: interrupted: captioning what was read so far (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+        # the stream ends as a file does: its queued windows are captioned, its last scene closed
+        interrupts.append(asyncio.ensure_future(runner.source.aclose()))
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        pass
+    try:
+        await run_task
+    except asyncio.CancelledError:
+        if not interrupts or (task := asyncio.current_task()) is not None and task.cancelling():
+            raise
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+        if bar is not None:
+            bar.close()
+    if errors and not interrupts:
         raise StreamcapError(f"could not caption {sanitize_url(input_)}: {errors[0]}", code="source_error")
     finals = runner.finals
     if chapters:
@@ -247,20 +278,27 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
         written = f"{len(finals)} caption(s)"
     if output:
         Path(output).write_text(text, encoding="utf-8")
-        print(f"wrote {written} to {output}", file=sys.stderr)
+        print(f"wrote {written} to {output}" + (" (interrupted)" if interrupts else ""), file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 0
+        sys.stdout.flush()
+    return 130 if interrupts else 0
 
 
 def _duration_s(path: str) -> float | None:
-    import cv2
+    """The video's length from its frame count (for the progress bar); None when the container
+    does not say (a container's own duration is not trusted: its timestamps may jump)."""
+    import av
 
     try:
-        n, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
-        return n / fps if n > 0 and fps > 0 else None
-    finally:
-        cap.release()
+        with av.open(path, timeout=(10.0, 10.0)) as container:
+            if not container.streams.video:
+                return None
+            video = container.streams.video[0]
+            rate = video.average_rate
+            return video.frames / float(rate) if video.frames > 0 and rate else None
+    except (av.FFmpegError, OSError):  # the source says what is wrong with the file
+        return None
 
 
 def _export(args: argparse.Namespace) -> int:

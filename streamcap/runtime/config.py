@@ -185,8 +185,8 @@ class PipelineConfig(_Model):
 
 
 class NetworkConfig(_Model):
-    """How network sources (RTSP, HTTP, webcams, files through OpenCV) connect and reconnect, and
-    the frame handoff of every decoding source."""
+    """How network sources (RTSP, HTTP, webcams) connect and reconnect, and the frame handoff of
+    every decoding source (files too)."""
 
     open_timeout_s: float = Field(5.0, gt=0, le=300,
                                   description="Opening a network stream fails after this long.")
@@ -205,6 +205,9 @@ class NetworkConfig(_Model):
     backoff_jitter: float = Field(0.3, ge=0, le=1,
                                   description="Each delay is shortened by a random part of itself up to this "
                                               "fraction, so sources that failed together do not retry in lockstep.")
+    end_on_eof: bool = Field(False, description="A live stream (RTSP, HTTP) whose server ends it is ended (status "
+                                                 "ended) instead of reconnected. `streamcap caption` turns this on so "
+                                                 "a finite stream ends; `streamcap run` keeps reconnecting.")
 
     @model_validator(mode="after")
     def _valid_backoff(self) -> NetworkConfig:
@@ -555,7 +558,7 @@ def source_options(cfg: Config) -> dict:
     gives each kind of source the ones it takes (synthetic: ``handoff_size``; push: none)."""
     net = cfg.network
     return {"open_timeout_s": net.open_timeout_s, "read_timeout_s": net.read_timeout_s,
-            "handoff_size": net.handoff_size, "backoff": net.backoff(),
+            "handoff_size": net.handoff_size, "backoff": net.backoff(), "end_on_eof": net.end_on_eof,
             "stall_timeout_s": cfg.pipeline.stall_timeout_s}
 
 

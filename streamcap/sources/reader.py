@@ -15,7 +15,8 @@ interrupt callback does, so a hung open or read returns at once); posts from an 
 are ignored. A *supervisor* task on the loop watches each connection: open outcome, read
 failures, end of input and, for live sources, frame age (the watchdog), then decides to end,
 fail or reconnect. :meth:`aclose` abandons the reader and waits (bounded) until its thread has
-left the decoder, so a process never exits with a thread inside FFmpeg.
+left the decoder, and an :mod:`atexit` hook (:func:`stop_readers_at_exit`) does the same for
+readers nobody closed, so a process never exits with a thread inside FFmpeg.
 
 Handoff
 -------
@@ -47,12 +48,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import atexit
 import logging
 import random
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,6 +72,7 @@ log = logging.getLogger(__name__)
 
 _OPEN_GRACE_S = 2.0  # the watchdog gives the decoder's own open timeout this much slack
 _EXIT_GRACE_S = 2.0  # aclose waits this long past the read timeout for the reader to leave
+_EXIT_JOIN_S = 2.0  # at interpreter exit, readers still running get this long (all together)
 
 
 class Kind(str, Enum):
@@ -108,9 +113,48 @@ class Dropped:
 
 class ReaderThread(threading.Thread):
     """A reader's thread. :attr:`abort_io` is set when its connection is abandoned; blocking I/O
-    done on this thread checks it (see :mod:`streamcap.sources.pyav`)."""
+    done on this thread checks it (see :mod:`streamcap.sources.pyav`). :attr:`wake` (set by the
+    source) releases a reader waiting for room in a file's handoff."""
 
     abort_io: bool = False
+    wake: Callable[[], None] | None = None
+
+    def run(self) -> None:
+        _running.add(self)
+        try:
+            super().run()
+        finally:
+            _running.discard(self)
+
+
+_running: set[ReaderThread] = set()  # reader threads alive now (set operations are atomic)
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            atexit.register(stop_readers_at_exit)
+            _exit_hook_registered = True
+
+
+def stop_readers_at_exit(timeout_s: float = _EXIT_JOIN_S) -> int:
+    """Abort every reader thread still running and wait (up to ``timeout_s`` in all) until they
+    have left their decoders; returns how many are still running. Registered with :mod:`atexit`
+    once a reader has started: the interpreter then never finalises with a thread inside FFmpeg
+    (a daemon thread that wakes up there after finalisation can crash the process), even when a
+    source was never closed."""
+    threads = list(_running)
+    for thread in threads:
+        thread.abort_io = True
+        if thread.wake is not None:
+            thread.wake()
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(thread.is_alive() for thread in threads)
 
 
 class ReaderSource(Source, abc.ABC):
@@ -240,7 +284,11 @@ class ReaderSource(Source, abc.ABC):
         end with one terminal event (OPEN_FAILED, READ_FAILED, END or CRASHED)."""
 
     def _abandoned(self, gen: int) -> bool:
-        return self._generation != gen
+        """Whether connection ``gen`` was given up (call on its reader thread)."""
+        if self._generation != gen:
+            return True
+        thread = threading.current_thread()
+        return isinstance(thread, ReaderThread) and thread.abort_io
 
     def _wait_for_room(self, gen: int) -> bool:
         """Files: block until the consumer has room; False when the connection was abandoned."""
@@ -281,6 +329,10 @@ class ReaderSource(Source, abc.ABC):
         thread = self._thread
         if thread is not None:
             thread.abort_io = True
+        self._release_slots()
+
+    def _release_slots(self) -> None:
+        """Unblock a file reader waiting for room (it then sees it was abandoned)."""
         if self._slots is not None:
             for _ in range(self._handoff_size + 1):
                 self._slots.release()
@@ -382,7 +434,9 @@ class ReaderSource(Source, abc.ABC):
         exited = asyncio.Event()
         thread = ReaderThread(target=self._thread_main, args=(gen, loop, exited), daemon=True,
                               name=f"streamcap-source-{self.id}-{gen}")
+        thread.wake = self._release_slots
         self._thread, self._thread_exited = thread, exited
+        _register_exit_hook()
         thread.start()
         return gen
 

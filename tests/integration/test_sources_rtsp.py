@@ -1,9 +1,11 @@
-"""RTSP sources against a real GStreamer RTSP server on loopback: frames, kill/restart, SIGSTOP.
+"""RTSP sources against a real GStreamer RTSP server on loopback: frames, kill/restart, SIGSTOP;
+and against a camera that accepts TCP and never answers: closing never waits for FFmpeg.
 
 Measured figures are printed (run with ``-s`` to see them)."""
 
 import asyncio
 import logging
+import threading
 import time
 
 import numpy as np
@@ -149,3 +151,66 @@ async def test_unreachable_url_reports_sanitised_status_while_another_source_kee
     assert any(r.levelno >= logging.WARNING and "bad" in r.getMessage()
                and "127.0.0.1:1" in r.getMessage() for r in caplog.records)
     assert S.STALLED not in good_statuses.states and S.RECONNECTING not in good_statuses.states
+
+
+class _SilentServer:
+    """Accepts TCP connections and never answers (a hung camera); ``connected`` is set on the
+    first connection."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> "_SilentServer":
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self
+
+    async def _accept(self, _reader, writer) -> None:
+        self._writers.append(writer)
+        self.connected.set()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"rtsp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hung"
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in self._writers:
+            w.close()
+        assert self.server is not None
+        self.server.close()
+
+
+def _reader_threads(stream: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(f"streamcap-source-{stream}-")]
+
+
+async def test_closing_a_source_hung_in_open_stops_its_reader_at_once():
+    async with _SilentServer() as camera:
+        source = open_source("hungclose", camera.url, open_timeout_s=60.0, read_timeout_s=60.0)
+        collector = FrameCollector(source).start()
+        await asyncio.wait_for(camera.connected.wait(), 10)
+        assert _reader_threads("hungclose")  # inside FFmpeg's open, which would wait 60 s
+        t0 = time.monotonic()
+        await collector.aclose()
+        took_s = time.monotonic() - t0
+    print(f"\naclose of a source hung in open: {took_s:.3f} s")
+    assert took_s < 1.0
+    assert not [t for t in _reader_threads("hungclose") if t.is_alive()]
+
+
+async def test_readers_nobody_closed_are_stopped_by_the_exit_hook():
+    from streamcap.sources.reader import stop_readers_at_exit
+
+    async with _SilentServer() as camera:
+        source = open_source("hungexit", camera.url, open_timeout_s=60.0, read_timeout_s=60.0)
+        collector = FrameCollector(source).start()
+        try:
+            await asyncio.wait_for(camera.connected.wait(), 10)
+            t0 = time.monotonic()
+            left = await asyncio.to_thread(stop_readers_at_exit, 5.0)
+            took_s = time.monotonic() - t0
+        finally:
+            await collector.aclose()
+    assert left == 0 and took_s < 1.0

@@ -169,7 +169,8 @@ def test_source_options_are_the_configured_values():
         "pipeline": {"stall_timeout_s": 7.0}})
     assert source_options(cfg) == {
         "open_timeout_s": 3.0, "read_timeout_s": 4.0, "handoff_size": 9,
-        "backoff": Backoff(initial_s=0.2, factor=3.0, cap_s=5.0, jitter=0.1), "stall_timeout_s": 7.0}
+        "backoff": Backoff(initial_s=0.2, factor=3.0, cap_s=5.0, jitter=0.1), "stall_timeout_s": 7.0,
+        "end_on_eof": False}
 
 
 def test_network_backoff_is_checked_as_a_whole():
@@ -183,13 +184,15 @@ def test_config_defaults_are_the_defaults_the_sources_fall_back_to():
     from streamcap.runtime.config import source_options
     from streamcap.sources.backoff import Backoff
     from streamcap.sources.opencv import OpenCVSource
+    from streamcap.sources.pyav import PyAVSource
     from streamcap.sources.synthetic import SyntheticShapesSource
 
     options = source_options(Config())
     assert options["backoff"] == Backoff()
-    opencv = inspect.signature(OpenCVSource).parameters
-    for name in ("open_timeout_s", "read_timeout_s", "handoff_size", "stall_timeout_s"):
-        assert opencv[name].default == options[name], name
+    for cls in (PyAVSource, OpenCVSource):
+        params = inspect.signature(cls).parameters
+        for name in ("open_timeout_s", "read_timeout_s", "handoff_size", "stall_timeout_s", "end_on_eof"):
+            assert params[name].default == options[name], (cls.__name__, name)
     assert inspect.signature(SyntheticShapesSource).parameters["handoff_size"].default == options["handoff_size"]
 
 
