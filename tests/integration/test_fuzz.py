@@ -1,6 +1,6 @@
 """The bounded fuzz run of issue 11 in CI: ``tools/fuzz.py``'s driver against a real
 ``streamcap run`` subprocess on loopback, a fixed seed, 2,500 hostile messages over ``/ws``,
-``/ingest``, ``/v1/*``, ``/whip`` and raw HTTP (about 30 s on two cores when the server holds).
+``/ingest``, ``/v1/*``, ``/whip`` and raw HTTP (about 20 s on two cores when the server holds).
 
 One run per module; each test asserts one invariant and, when it fails, prints the offending probes
 and the command that replays them (``tools/fuzz.py --seed S --only I``). A server that hangs stops
