@@ -135,7 +135,8 @@ def test_the_log_scan_finds_tracebacks_errors_secrets_forged_lines_and_nul():
 
 def test_a_clean_log_has_no_finding():
     report = _log("2026-11-29 15:55:00,286 INFO streamcap.runtime.pipeline: stream demo: live",
-                  "2026-11-29 15:55:00,286 WARNING streamcap.sources.base: stream fz1: opening rtsp://***@127.0.0.1:9/x")
+                  "2026-11-29 15:55:00,286 WARNING streamcap.sources.base: stream fz1: opening "
+                  "rtsp://***@127.0.0.1:9/x")
     assert report.findings == [] and report.log.warnings == 1
 
 
