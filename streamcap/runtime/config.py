@@ -408,7 +408,8 @@ DecodingOverrides = _overrides_of(DecodingConfig, "DecodingOverrides",
 
 class SourceConfig(_Model):
     id: str = Field(description="Stream id (letters, digits, _ . -).")
-    url: str = Field(description="File path, file://, rtsp://, http(s)://, webcam:N, synthetic:shapes, or push: "
+    url: str = Field(repr=False,  # it may hold a camera password: never in a printed config
+                     description="File path, file://, rtsp://, http(s)://, webcam:N, synthetic:shapes, or push: "
                                  "(frames published via WHIP or /ingest).")
     windows: WindowOverrides | None = Field(None, description="This stream's [windows] keys (unset keys "
                                                               "inherit the global [windows]).")
