@@ -29,7 +29,10 @@ URL_LIMIT = 512
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*:)(.*)$", re.DOTALL)
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session", re.IGNORECASE)
-_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+# a query pair: its name, then its value up to the next '&'/';' (a secret one may hold '#', '@')
+_QUERY_NAME = re.compile(r"([?&;])([^=&;#]*)=([^&;]*)")
+# what an authority without user info must look like: host or [IPv6], then an optional port
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]*\]|[^:@\[\]/?#\s]*)(?::\d{0,5})?")
 
 # --- free text ---------------------------------------------------------------------------------
 # the user info of a URL anywhere in a text: a scheme, up to three slashes (or backslashes), then
@@ -37,7 +40,7 @@ _QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
 _TEXT_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*:[/\\]{0,3})(?:[^\s@]*@)+")
 # name=value pairs whose name looks secret, after ?, &, ; or at a word start (a raw request line)
 _TEXT_PAIR = re.compile(r"(?<![A-Za-z0-9_])([A-Za-z0-9_.\-]*(?:pass|pwd|secret|token|key|auth|sig|cred|session)"
-                        r"[A-Za-z0-9_.\-]*)=([^&;#\s\"'<>]*)", re.IGNORECASE)
+                        r"[A-Za-z0-9_.\-]*)=([^&;\s\"'<>]*)", re.IGNORECASE)
 _TEXT_BEARER = re.compile(r"(\bBearer)(\s+)[^\s\"',;]+", re.IGNORECASE)
 _TEXT_AUTH_HEADER = re.compile(r"(\bAuthorization\s*[:=]\s*)(?!Bearer\b)[^\s\"',;]+(\s+[^\s\"',;]+)?",
                                re.IGNORECASE)
@@ -71,8 +74,16 @@ def sanitize_url(url: object, limit: int = URL_LIMIT) -> str:
     """``url`` with credentials hidden, on one line: ``user:pass@`` becomes ``***@`` and the values
     of password-like query parameters (``password``, ``token``, ``key``, …) become ``***``.
 
-    Everything before the last ``@`` (after the scheme, if any) is hidden, whatever comes before
-    it (``?``, ``#``, ``/``, spaces, too few or no slashes): a password can hold any of them.
+    In this order, each step hiding more rather than less:
+
+    1. the value of every password-like query parameter is hidden up to the next ``&``/``;`` or
+       the end, ``#`` and ``@`` included (``?password=pw@x#y`` hides ``pw@x#y``);
+    2. everything before the last ``@`` left (after the scheme, if any) is hidden, whatever it
+       holds (``?``, ``#``, ``/``, spaces, too few or no slashes): a password can hold any of them;
+    3. a URL with a scheme and no ``@`` whose authority (up to the first ``/``, ``?`` or ``#``)
+       is not ``host[:port]`` has everything up to the first ``/`` hidden
+       (``rtsp://user:pw?x y/x``: a malformed URL may still carry a password).
+
     Never raises."""
     try:
         text = url if isinstance(url, str) else str(url)
@@ -83,12 +94,22 @@ def sanitize_url(url: object, limit: int = URL_LIMIT) -> str:
     prefix, rest = (match[1], match[2]) if match else ("", text)
     slashes = len(rest) - len(rest.lstrip("/\\"))
     prefix, rest = prefix + rest[:slashes], rest[slashes:]
+    rest = _QUERY_NAME.sub(_hide_secret_value, rest)
     at = rest.rfind("@")
     if at != -1:
         rest = HIDDEN + rest[at:]
-    rest = _QUERY_PAIR.sub(lambda m: f"{m[1]}{m[2]}={HIDDEN}" if _SECRET_NAME.search(m[2]) else m[0], rest)
+    elif match is not None and not _HOST_PORT.fullmatch(re.split(r"[/?#]", rest, maxsplit=1)[0]):
+        _, slash, path = rest.partition("/")
+        rest = HIDDEN + slash + path
     out = prefix + rest
     return out if len(out) <= limit else out[:limit] + "…"
+
+
+def _hide_secret_value(m: re.Match[str]) -> str:
+    name = m[2]
+    if not _SECRET_NAME.search(name):
+        return m[0]
+    return f"{m[1]}{name}={HIDDEN}"
 
 
 def redact_text(text: str) -> str:
