@@ -73,7 +73,6 @@ class MediaClock:
         self._first_wall_ns: int | None = None
         self._seg_pts_s: float | None = None  # container time at the segment's origin
         self._seg_media_s = 0.0  # media time at the segment's origin
-        self._seg_wall_ns = 0
         self._new_segment = True
         self.discontinuities = 0
 
@@ -147,7 +146,6 @@ class MediaClock:
         self._new_segment = False
         self._seg_pts_s = pts_s
         self._seg_media_s = media_s
-        self._seg_wall_ns = wall_ns
         placed = self._accept(media_s, wall_ns)
         if reason is None:
             return placed

@@ -279,7 +279,8 @@ class PyAVSource(ReaderSource):
             if self._abandoned(gen):
                 return
             if frames:
-                self._post(loop, Event(gen, Kind.END, f"end of {what}"))
+                ended = f"{self.safe_url} ended the stream" if self.live else f"end of {what}"
+                self._post(loop, Event(gen, Kind.END, ended))
             elif self.live:
                 self._post(loop, Event(gen, Kind.END, f"{self.safe_url} ended before any frame"))
             else:

@@ -369,7 +369,7 @@ class ReaderSource(Source, abc.ABC):
                 self._fail(detail)
                 return
             if kind is Kind.END and self._end_on_eof and self._frames_ever > 0:
-                log.info("stream %s: %s ended the stream", self.id, self.safe_url)
+                log.info("stream %s: %s", self.id, detail)
                 self._ended = True
                 self._wake()
                 return
