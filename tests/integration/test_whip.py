@@ -161,6 +161,25 @@ async def test_bad_offers_and_missing_tokens_are_refused_and_the_server_keeps_go
                               "the demo stream to be captioned")
 
 
+async def test_an_offer_without_a_dtls_fingerprint_is_refused_before_aiortc_sees_it(svc, http):
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+    finally:
+        await pc.close()
+    assert "a=fingerprint:" in offer
+    stripped = "".join(line for line in offer.splitlines(keepends=True) if not line.startswith("a=fingerprint:"))
+    headers = {"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}
+    # (before: 201, then aiortc's connect task died on an assertion nobody awaited)
+    async with http.post(svc.url("/whip/cam"), data=stripped.encode(), headers=headers) as r:
+        doc = await r.json()
+        assert (r.status, doc["error"]["code"]) == (400, "bad_sdp"), doc
+        assert "fingerprint" in doc["error"]["detail"]
+    assert svc.pipeline.stream_ids() == ["demo"]
+
+
 async def _metrics(svc: Service, http) -> str:
     async with http.get(svc.url("/metrics"), headers={"Authorization": f"Bearer {VIEW}"}) as r:
         assert r.status == 200

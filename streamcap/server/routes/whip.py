@@ -273,4 +273,22 @@ def _sdp_problem(sdp: str) -> str | None:
         return "not an SDP offer (it must start with v=0)"
     if not any(line.startswith("m=video") for line in lines):
         return "the offer has no video (m=video) section"
+    # aiortc asserts (in a task nobody awaits) that every transport has a DTLS fingerprint: a
+    # section without one, at session level or its own, would fail later with a traceback
+    session_fp, section_fp, sections_without = False, False, 0
+    in_media = False
+    for line in lines:
+        if line.startswith("m="):
+            sections_without += in_media and not (session_fp or section_fp)
+            in_media, section_fp = True, False
+        elif line.startswith("a=fingerprint:"):
+            if len(line[len("a=fingerprint:"):].split()) != 2:
+                return "a=fingerprint must be 'a=fingerprint:ALGORITHM VALUE'"
+            if in_media:
+                section_fp = True
+            else:
+                session_fp = True
+    sections_without += in_media and not (session_fp or section_fp)
+    if sections_without:
+        return "the offer has a media section without a DTLS fingerprint (a=fingerprint)"
     return None
