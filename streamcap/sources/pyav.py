@@ -179,9 +179,14 @@ def probe_video(path: str, *, timeout_s: float = 10.0) -> str | None:
     try:
         if not container.streams.video:
             return _no_video_detail(path, container)
+        video = container.streams.video[0]
         try:
-            for _ in container.decode(video=0):
-                return None
+            for packet in container.demux(video):
+                try:
+                    if packet.decode():
+                        return None
+                except av.InvalidDataError:  # a bad packet: the source skips it too
+                    continue
         except (av.FFmpegError, OSError) as exc:
             return f"cannot read {path}: truncated/corrupt: {_ffmpeg_reason(exc)}"
         return f"cannot read {path}: truncated/corrupt: no frame could be decoded"

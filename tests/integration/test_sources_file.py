@@ -12,6 +12,7 @@ import pytest
 
 from streamcap.core.errors import SourceEnded, SourceError
 from streamcap.sources import open_source
+from streamcap.sources.pyav import probe_video
 from streamcap.core.types import StreamState
 from tests.helpers import StatusLog
 from tests.helpers import timestamps
@@ -202,3 +203,8 @@ async def test_each_unreadable_file_gets_its_own_clear_error(tmp_path, kind, exp
     assert expected in status.detail and str(path) in status.detail
     assert "OpenCV" not in status.detail
     await source.aclose()
+    assert expected in probe_video(str(path))  # the same words before any source is opened
+
+
+async def test_probe_video_passes_a_readable_file(storyline_video):
+    assert probe_video(str(storyline_video.path)) is None
