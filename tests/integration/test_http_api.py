@@ -97,12 +97,15 @@ async def test_bad_uploads_get_clear_errors_and_the_server_keeps_captioning(svc,
         ({"data": b"raw bytes", "headers": {"Content-Type": "video/mp4"}}, 415, "bad_content_type"),
         ({"json": {"video": "AAAA", "max_length": "long"}}, 400, "bad_request"),
     ]
+    details = []
     for kwargs, status, code in cases:
         headers = {**_auth(PUBLISH), **kwargs.pop("headers", {})}
         async with http.post(url, headers=headers, **kwargs) as r:
             doc = await r.json()
             assert (r.status, doc["error"]["code"]) == (status, code), doc
             assert doc["error"]["detail"]
+            details.append(doc["error"]["detail"])
+    assert "not a media file" in details[1] and "the uploaded file" in details[1]  # the source's own words
     form = aiohttp.FormData()
     form.add_field("video", b"\x00" * 1000, filename="x.mp4")
     async with http.post(url, data=form, headers=_auth(PUBLISH)) as r:

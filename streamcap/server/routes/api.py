@@ -48,6 +48,7 @@ from streamcap.runtime.config import AdmissionConfig, IngestConfig, is_valid_str
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response, guarded, json_response, response
 from streamcap.server.uploads import UploadFolder
+from streamcap.sources.pyav import probe_video
 from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
 from streamcap.sources.url import SourceKind, SourceSpec, parse_source_url
 
@@ -352,19 +353,15 @@ def admission_refusal(spec: SourceSpec, policy: AdmissionConfig) -> tuple[str, s
 
 
 def _check_video(path: str) -> None:
-    """Raise HttpError(422) unless ``path`` is a video OpenCV/FFmpeg can decode a frame of."""
-    import cv2
-
+    """Raise HttpError unless ``path`` holds a video stream with a decodable frame; the error
+    says what is wrong (empty, not a media file, audio only, truncated) without naming the file."""
+    problem = probe_video(path)
+    if problem is None:
+        return
+    words = problem.replace(path, UPLOADED)
     if Path(path).stat().st_size == 0:
-        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "the video is empty")
-    cap = cv2.VideoCapture(path)
-    try:
-        ok = cap.isOpened() and cap.read()[0]
-    finally:
-        cap.release()
-    if not ok:
-        raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO,
-                       "the upload is not a video that can be decoded (no frame could be read)")
+        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"the video is empty ({words})")
+    raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO, words)
 
 
 def _render(finals: list[Caption], fmt: str, rules) -> web.Response:

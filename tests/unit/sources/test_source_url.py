@@ -130,7 +130,7 @@ def test_error_for_bad_url_does_not_leak_credentials():
         ("rtsp://admin@10.0.0.5/live", "rtsp://***@10.0.0.5/live"),
         ("rtsp://admin:p@ss/w@rd@cam/live", "rtsp://***@cam/live"),
         ("http://cam/snap?user=bob&password=x1&res=hd", "http://cam/snap?user=bob&password=***&res=hd"),
-        ("https://h/s.m3u8?token=abc&API_KEY=k#frag", "https://h/s.m3u8?token=***&API_KEY=***#frag"),
+        ("https://h/s.m3u8?token=abc&API_KEY=k#frag", "https://h/s.m3u8?token=***&API_KEY=***"),  # a secret value may hold "#"
         ("rtsp://cam/live?pwd=1;auth=2", "rtsp://cam/live?pwd=***;auth=***"),
         ("rtsp://10.0.0.5/live?channel=1", "rtsp://10.0.0.5/live?channel=1"),
         ("/videos/clip.mp4", "/videos/clip.mp4"),
