@@ -31,6 +31,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*:)(.*)$", re.DOTALL)
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session", re.IGNORECASE)
 # a query pair: its name, then its value up to the next '&'/';' (a secret one may hold '#', '@')
 _QUERY_NAME = re.compile(r"([?&;])([^=&;#]*)=([^&;]*)")
+# a query segment that is not name=value (a mistyped '@' or ':' can turn a password into one)
+_BARE_SEGMENT = re.compile(r"([?&;])([^=&;]+)(?=[&;]|$)")
 # what an authority without user info must look like: host or [IPv6], then an optional port
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]*\]|[^:@\[\]/?#\s]*)(?::\d{0,5})?")
 
@@ -80,7 +82,9 @@ def sanitize_url(url: object, limit: int = URL_LIMIT) -> str:
        the end, ``#`` and ``@`` included (``?password=pw@x#y`` hides ``pw@x#y``);
     2. everything before the last ``@`` left (after the scheme, if any) is hidden, whatever it
        holds (``?``, ``#``, ``/``, spaces, too few or no slashes): a password can hold any of them;
-    3. a URL with a scheme and no ``@`` whose authority (up to the first ``/``, ``?`` or ``#``)
+    3. in a URL with a scheme, a query segment that is not ``name=value`` is hidden
+       (``rtsp://user?pw_host/x``: a mistyped ``:`` and ``@`` leave a password looking like one);
+    4. a URL with a scheme and no ``@`` whose authority (up to the first ``/``, ``?`` or ``#``)
        is not ``host[:port]`` has everything up to the first ``/`` hidden
        (``rtsp://user:pw?x y/x``: a malformed URL may still carry a password).
 
@@ -98,9 +102,11 @@ def sanitize_url(url: object, limit: int = URL_LIMIT) -> str:
     at = rest.rfind("@")
     if at != -1:
         rest = HIDDEN + rest[at:]
-    elif match is not None and not _HOST_PORT.fullmatch(re.split(r"[/?#]", rest, maxsplit=1)[0]):
-        _, slash, path = rest.partition("/")
-        rest = HIDDEN + slash + path
+    if match is not None:
+        rest = _BARE_SEGMENT.sub(lambda m: f"{m[1]}{HIDDEN}", rest)
+        if at == -1 and not _HOST_PORT.fullmatch(re.split(r"[/?#]", rest, maxsplit=1)[0]):
+            _, slash, path = rest.partition("/")
+            rest = HIDDEN + slash + path
     out = prefix + rest
     return out if len(out) <= limit else out[:limit] + "…"
 

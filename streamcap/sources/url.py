@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from streamcap.core.errors import BadSourceURL
+from streamcap.core.secrets import printable
 from streamcap.core.secrets import sanitize_url as _sanitize_url
 
 if TYPE_CHECKING:
@@ -207,8 +208,9 @@ def parse_source_url(url: str) -> SourceSpec:
     if scheme in _NETWORK_SCHEMES:
         return _parse_network(url, scheme)
     if rest.startswith("//"):
-        raise _bad(url, f"unknown scheme {scheme!r} (known: file, rtsp, rtsps, http, https, "
-                        "webcam:N, synthetic:shapes, push:)")
+        # not quoted, even sanitised: with an unknown scheme nothing says where a password sits
+        raise BadSourceURL(f"bad source URL: unknown scheme {printable(scheme, 32)!r} (known: file, rtsp, "
+                           "rtsps, http, https, webcam:N, synthetic:shapes, push:)")
     return SourceSpec(SourceKind.FILE, url)  # a relative path that happens to contain ':'
 
 

@@ -55,6 +55,7 @@ HOSTILE = [
     f"rtsp://use:pwA?{PASSWORD} P[::1:9/x",
     f"rtsp://admin:{PASSWORD}",
     f"rtsp://admin:pa?token={PASSWORD}@cam/x",
+    f"rts://pwarh7qm7t4vnj9?{PASSWORD}P127.0.0.1:9/\n",  # fuzz seed 7 probe 62572: '@' typed as 'P'
 ]
 
 
@@ -79,6 +80,7 @@ def test_the_password_never_survives_sanitising(url):
         ("synthetic:shapes?seed=3&fps=5", "synthetic:shapes?seed=3&fps=5"),
         ("rtsp://[::1]:8554/live", "rtsp://[::1]:8554/live"),
         ("http://cam?x=1:2", "http://cam?x=1:2"),
+        ("http://cam/snap.jpg?1234&res=hd", "http://cam/snap.jpg?***&res=hd"),
         ("/videos/cam 1.mp4", "/videos/cam 1.mp4"),
         ("webcam:0", "webcam:0"),
     ],
@@ -102,6 +104,7 @@ def test_url_module_reexports_the_one_sanitiser():
     f"rtsp:/admin:{PASSWORD}@cam/x", f"rtsp:admin:{PASSWORD}@cam/x", f"rtsp://admin:pa#{PASSWORD}@cam/x",
     f"rtsp://admin:{PASSWORD}@cam:notaport/x", f"rtsp://admin:{PASSWORD}@", f"file://admin:{PASSWORD}@host/x",
     f"http:admin:{PASSWORD}@cam/x", f"synthetic:shapes?token={PASSWORD}", f"foo://admin:{PASSWORD}@cam/x",
+    f"rts://{PASSWORD}?{PASSWORD}P127.0.0.1:9/",  # an unknown scheme: the URL is not quoted at all
 ])
 def test_parse_errors_never_quote_the_password(url):
     with pytest.raises(BadSourceURL) as caught:
