@@ -51,6 +51,15 @@ async def _offer(pc) -> str:
     return pc.localDescription.sdp
 
 
+async def _publish(http, svc: Service, pc, stream: str = "cam") -> None:
+    """POST ``pc``'s offer to ``/whip/{stream}`` (expecting 201) and apply the answer."""
+    async with http.post(svc.url(f"/whip/{stream}"), data=(await _offer(pc)).encode(),
+                         headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
+        assert r.status == 201, await r.text()
+        answer = await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+
 async def test_an_aiortc_publisher_sending_vtest_gets_captioned(svc, http, vtest_path):
     player = MediaPlayer(str(vtest_path))  # decodes the file in real time, like a camera
     pc = RTCPeerConnection()
@@ -112,11 +121,7 @@ async def test_a_resolution_change_mid_stream_keeps_the_captions_coming(svc, htt
     pc.addTrack(track)
     try:
         async with WireClient(_ws(svc, "cam")) as viewer:
-            async with http.post(svc.url("/whip/cam"), data=(await _offer(pc)).encode(),
-                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
-                assert r.status == 201, await r.text()
-                answer = await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            await _publish(http, svc, pc)
             whip = svc.server.extensions[1]
             session = await viewer.wait_for(lambda: next(iter(whip.sessions.values()), None), 10, "the session")
             await viewer.wait_for(lambda: len(session.sizes) == 2, TIMEOUT_S, "frames of both sizes")
@@ -227,11 +232,7 @@ async def test_offers_that_never_connect_free_their_slots_and_streams_after_the_
             story = Storyline(seed=9, scene_s=1000.0, aspect=16 / 9)
             pc.addTrack(StorylineTrack(story, switch_after=10**9, sizes=[(320, 180), (320, 180)]))
             async with WireClient(_ws(svc, "cam")) as viewer:
-                async with http.post(svc.url("/whip/cam"), data=(await _offer(pc)).encode(),
-                                     headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
-                    assert r.status == 201, await r.text()
-                    answer = await r.text()
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                await _publish(http, svc, pc)
                 await viewer.wait_for(lambda: viewer.of(wire.CaptionMsg, "cam"), TIMEOUT_S, "a caption of cam")
                 session = next(iter(whip.sessions.values()))
                 assert session.connected and not session.closed  # the deadline left a connected session alone
@@ -250,11 +251,7 @@ async def test_whip_frames_over_max_pixels_are_dropped_before_conversion_and_cou
     pc.addTrack(track)
     try:
         async with Service(cfg) as svc, WireClient(_ws(svc, "cam")) as viewer:
-            async with http.post(svc.url("/whip/cam"), data=(await _offer(pc)).encode(),
-                                 headers={"Content-Type": SDP, "Authorization": f"Bearer {PUBLISH}"}) as r:
-                assert r.status == 201, await r.text()
-                answer = await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            await _publish(http, svc, pc)
             whip = svc.server.extensions[1]
             session = await viewer.wait_for(lambda: next(iter(whip.sessions.values()), None), 10, "the session")
 
