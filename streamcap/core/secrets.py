@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["SAMPLE_TOKENS", "is_sample_token", "printable", "redact_text", "sanitize_url"]
+__all__ = ["SAMPLE_TOKENS", "escape_controls", "is_sample_token", "printable", "redact_text", "sanitize_url"]
 
 HIDDEN = "***"
 
@@ -57,6 +57,14 @@ def _escape_char(ch: str) -> str:
     if ch == "\t":
         return "\\t"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x00``, ``\\u2028``)
+    except those in ``keep`` (a traceback keeps its newlines); no length limit."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else _escape_char(ch) for ch in text)
 
 
 def printable(value: object, limit: int = 200) -> str:

@@ -3,7 +3,9 @@
 :class:`RedactingFilter` rewrites every record that passes the loggers it sits on: the formatted
 message and the exception text go through :func:`streamcap.core.secrets.redact_text` (``token=…``
 query values, ``Bearer …``, URL user info), so a token a client put in a URL or a header never
-reaches a handler, whatever logged it. A request line aiohttp cannot parse (longer than its
+reaches a handler, whatever logged it. Control characters in a message (a NUL, a newline a peer put in a value that a library logs, as
+aioice does with a remote ICE candidate) are escaped, so no record forges a line or writes a NUL;
+a traceback keeps its newlines. A request line aiohttp cannot parse (longer than its
 8190-byte limit, an unencoded space, not HTTP at all) is logged by aiohttp at ERROR with a
 traceback quoting the raw line; the filter turns it into one WARNING naming the peer and the
 parse error's kind, without the line.
@@ -20,7 +22,7 @@ import logging
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from streamcap.core.secrets import printable, redact_text
+from streamcap.core.secrets import escape_controls, printable, redact_text
 
 #: aiohttp's loggers (aiohttp.log) whose records can quote a request
 AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server", "aiohttp.web",
@@ -44,15 +46,15 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # boundary: a record whose arguments do not format is left for logging to report
             return True
-        redacted = redact_text(message)
+        redacted = escape_controls(redact_text(message))  # one line: a NUL or newline forges nothing
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
+            record.exc_text = escape_controls(redact_text(record.exc_text), keep="\n")
         if record.stack_info:
-            record.stack_info = redact_text(record.stack_info)
+            record.stack_info = escape_controls(redact_text(record.stack_info), keep="\n")
         return True
 
 

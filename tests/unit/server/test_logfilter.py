@@ -40,6 +40,21 @@ def test_tokens_and_credentials_are_hidden_in_messages_arguments_and_tracebacks(
     assert "Traceback" in text and "ConnectionError" in text  # the traceback is kept, redacted
 
 
+def test_control_characters_a_library_logs_are_escaped_so_no_line_is_forged():
+    logger, out = _logger("aioice.test-ice")
+    # found by tools/fuzz.py (seed 8): aioice quotes a peer's ICE candidate address as sent
+    logger.info('Remote candidate "%s" is not valid', "12\x007.0.0.1\nINFO streamcap: forged")
+    try:
+        raise ValueError("bad\x00value")
+    except ValueError:
+        logger.exception("failed")
+    text = out.getvalue()
+    assert "\x00" not in text
+    assert 'Remote candidate "12\\x007.0.0.1\\nINFO streamcap: forged" is not valid' in text
+    assert "bad\\x00value" in text and "Traceback (most recent call last):\n" in text
+    assert not any(line.startswith("INFO streamcap: forged") for line in text.splitlines())
+
+
 def test_an_unparseable_request_is_one_warning_without_the_line():
     logger, out = _logger("aiohttp.test-server")
     exc = LineTooLong(f"GET /ws?token={TOKEN}".encode() + b"x" * 9000, "8190")
