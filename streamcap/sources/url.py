@@ -94,12 +94,13 @@ def _parse_int(url: str, name: str, value: str, lo: int, hi: int) -> int:
 
 
 def _parse_float(url: str, name: str, value: str, lo: float, hi: float) -> float:
+    """A number in ``[lo, hi]`` (both meaningful limits: ``lo`` > 0 keeps 1e-300 out)."""
     try:
         number = float(value)
     except ValueError:
         raise _bad(url, f"option {name}={value!r} is not a number") from None
-    if not lo < number <= hi:  # also rejects nan
-        raise _bad(url, f"option {name}={value} is outside ({lo:g}, {hi:g}]")
+    if not lo <= number <= hi:  # also rejects nan
+        raise _bad(url, f"option {name}={value} is outside [{lo:g}, {hi:g}]")
     return number
 
 
@@ -124,11 +125,11 @@ def _parse_bool(url: str, name: str, value: str) -> bool:
 
 _SYNTHETIC_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "seed": lambda u, n, v: _parse_int(u, n, v, 0, 2**31 - 1),
-    "fps": lambda u, n, v: _parse_float(u, n, v, 0.0, 120.0),
+    "fps": lambda u, n, v: _parse_float(u, n, v, 0.1, 120.0),  # the ingest range
     "size": _parse_size,
-    "scene_s": lambda u, n, v: _parse_float(u, n, v, 0.0, 86_400.0),
+    "scene_s": lambda u, n, v: _parse_float(u, n, v, 0.1, 86_400.0),
     "realtime": _parse_bool,
-    "duration_s": lambda u, n, v: _parse_float(u, n, v, 0.0, 1e9),
+    "duration_s": lambda u, n, v: _parse_float(u, n, v, 0.01, 1e9),
 }
 SYNTHETIC_DEFAULTS: Mapping[str, Any] = {
     "seed": 1, "fps": 10.0, "size": (320, 240), "scene_s": 6.0, "realtime": True,

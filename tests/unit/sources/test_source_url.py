@@ -82,6 +82,10 @@ def test_synthetic_options_are_typed():
         ("synthetic:shapes?fps=fast", "not a number"),
         ("synthetic:shapes?fps=0", "outside"),
         ("synthetic:shapes?fps=nan", "outside"),
+        ("synthetic:shapes?fps=5e-324", r"outside \[0.1, 120\]"),  # found by tools/fuzz.py (seed 8)
+        ("synthetic:shapes?fps=1e-300", "outside"),
+        ("synthetic:shapes?scene_s=1e-300", "outside"),
+        ("synthetic:shapes?duration_s=5e-324", "outside"),
         ("synthetic:shapes?size=320", "WIDTHxHEIGHT"),
         ("synthetic:shapes?size=8x8", "16..4096"),
         ("synthetic:shapes?seed=1.5", "not an integer"),
