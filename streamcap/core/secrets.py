@@ -28,7 +28,8 @@ HIDDEN = "***"
 URL_LIMIT = 512
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*:)(.*)$", re.DOTALL)
-_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session", re.IGNORECASE)
+# (pass|word: a name with one letter of "password" missing or wrong still holds one of the two)
+_SECRET_NAME = re.compile(r"pass|word|pwd|secret|token|key|auth|sig|cred|session", re.IGNORECASE)
 # a query pair: its name, then its value up to the next '&'/';' (a secret one may hold '#', '@')
 _QUERY_NAME = re.compile(r"([?&;])([^=&;#]*)=([^&;]*)")
 # a query segment that is not name=value (a mistyped '@' or ':' can turn a password into one)
@@ -41,7 +42,7 @@ _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]*\]|[^:@\[\]/?#\s]*)(?::\d{0,5})?")
 # everything up to the last '@' of the run of non-space characters
 _TEXT_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*:[/\\]{0,3})(?:[^\s@]*@)+")
 # name=value pairs whose name looks secret, after ?, &, ; or at a word start (a raw request line)
-_TEXT_PAIR = re.compile(r"(?<![A-Za-z0-9_])([A-Za-z0-9_.\-]*(?:pass|pwd|secret|token|key|auth|sig|cred|session)"
+_TEXT_PAIR = re.compile(r"(?<![A-Za-z0-9_])([A-Za-z0-9_.\-]*(?:pass|word|pwd|secret|token|key|auth|sig|cred|session)"
                         r"[A-Za-z0-9_.\-]*)=([^&;\s\"'<>]*)", re.IGNORECASE)
 _TEXT_BEARER = re.compile(r"(\bBearer)(\s+)[^\s\"',;]+", re.IGNORECASE)
 _TEXT_AUTH_HEADER = re.compile(r"(\bAuthorization\s*[:=]\s*)(?!Bearer\b)[^\s\"',;]+(\s+[^\s\"',;]+)?",

@@ -173,7 +173,7 @@ class WhipRoutes:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:  # boundary: aiortc raises many kinds on a bad offer
-            await pc.close()
+            await _abandon(pc, session)
             log.info("stream %s: refused a WHIP offer: %s", stream, printable(exc))
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SDP,
                                   f"could not use the SDP offer: {type(exc).__name__}: {exc}")
@@ -181,10 +181,10 @@ class WhipRoutes:
             try:
                 source = self.streams.source_for(stream, key)
             except HttpError:  # over a limit on streams: no session then
-                await pc.close()
+                await _abandon(pc, session)
                 raise
             except ValueError as exc:  # made meanwhile, reading from a URL
-                await pc.close()
+                await _abandon(pc, session)
                 return error_response(HTTPStatus.CONFLICT, ErrorCode.NOT_A_PUSH_STREAM, str(exc))
         session.source = source
         self.sessions[session.id] = session
@@ -266,6 +266,18 @@ def _to_rgb(frame, source: PushSource):
     return source.prepare(frame.to_ndarray(format="rgb24"))
 
 
+async def _abandon(pc: object, session: WhipSession) -> None:
+    """Close a connection an offer only half made: its track tasks cancelled, and aiortc's own
+    close failing (a transceiver left without a transport) logged, not raised."""
+    for task in list(session.tasks):
+        task.cancel()
+    try:
+        await pc.close()
+    except Exception as exc:  # boundary: aiortc cannot always close what it only half made
+        log.warning("stream %s: %s: closing a refused connection failed: %s", session.stream,
+                    session.publisher, printable(repr(exc)))
+
+
 def _sdp_problem(sdp: str) -> str | None:
     """A cheap check before aiortc sees the offer: the reason it is not a usable WHIP offer."""
     lines = [line.strip() for line in sdp.splitlines() if line.strip()]
@@ -291,4 +303,11 @@ def _sdp_problem(sdp: str) -> str | None:
     sections_without += in_media and not (session_fp or section_fp)
     if sections_without:
         return "the offer has a media section without a DTLS fingerprint (a=fingerprint)"
+    # a BUNDLE group naming a mid no section has leaves aiortc a transceiver without a transport
+    mids = {line[len("a=mid:"):] for line in lines if line.startswith("a=mid:")}
+    for line in lines:
+        if line.startswith("a=group:BUNDLE"):
+            unknown = [mid for mid in line[len("a=group:BUNDLE"):].split() if mid not in mids]
+            if unknown:
+                return f"a=group:BUNDLE names {printable(unknown[0], 32)!r}, the mid of no media section"
     return None

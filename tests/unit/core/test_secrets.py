@@ -56,6 +56,8 @@ HOSTILE = [
     f"rtsp://admin:{PASSWORD}",
     f"rtsp://admin:pa?token={PASSWORD}@cam/x",
     f"rts://pwarh7qm7t4vnj9?{PASSWORD}P127.0.0.1:9/\n",  # fuzz seed 7 probe 62572: '@' typed as 'P'
+    f"rtsp://cam/x?assword=pw%{PASSWORD}",  # fuzz seed 9 probe 56631: one letter of the name lost
+    f"rtsp://cam/x?pasword={PASSWORD}", f"rtsp://cam/x?passwrd={PASSWORD}",
 ]
 
 
