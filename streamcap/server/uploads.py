@@ -2,7 +2,8 @@
 
 ``POST /v1/captions`` stores the posted video as a file for the pipeline to read. Each file is
 ``clip-<pid>-<random>.video`` in :func:`default_upload_dir` (``streamcap-<uid>/uploads`` in the
-system temp folder, mode 0700) or ``ingest.upload_dir``. A request removes its own file when it
+system temp folder, mode 0700) or ``ingest.upload_dir``; a folder that another user owns or
+that others can write (and, for the default, its ``streamcap-<uid>`` parent) is refused. A request removes its own file when it
 ends; :meth:`UploadFolder.remove_stale` (at start-up) removes the files of processes that no
 longer run — a ``kill -9`` during an upload leaves nothing behind for good — and
 :meth:`UploadFolder.remove_own` (at exit) those of this process. Other live processes' files are
@@ -48,7 +49,10 @@ class UploadFolder:
 
     def new_file(self) -> Path:
         """A new empty file for one upload (the folder is made, 0700, when missing)."""
+        if self.path == default_upload_dir():  # made here 0700 too, whatever the umask
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._check_private()
         while True:
             candidate = self.path / f"clip-{os.getpid()}-{secrets.token_urlsafe(9)}.video"
             try:
@@ -57,6 +61,18 @@ class UploadFolder:
                 continue
             os.close(fd)
             return candidate
+
+    def _check_private(self) -> None:
+        """Refuse a folder someone else could have made or can write (a shared temp folder where
+        another user created ``streamcap-<uid>`` first): uploads are the clients' videos."""
+        if not hasattr(os, "getuid"):
+            return
+        folders = [self.path]
+        if self.path == default_upload_dir():
+            folders.append(self.path.parent)  # streamcap-<uid>: whoever owns it can swap uploads/
+        if any(info.st_uid != os.getuid() or info.st_mode & 0o022 for info in map(os.stat, folders)):
+            raise PermissionError(f"the upload folder {self.path} is not private to this user "
+                                  "(owned by another user or writable by others); set ingest.upload_dir")
 
     def _ours(self) -> list[tuple[Path, int]]:
         if not self.path.is_dir():

@@ -8,6 +8,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from streamcap.server.uploads import UploadFolder, default_upload_dir
 
 
@@ -45,3 +47,12 @@ def test_the_default_folder_is_streamcaps_own(tmp_path):
     assert path.name == "uploads" and path.parent.name.startswith("streamcap-")
     assert UploadFolder().path == path
     assert UploadFolder(tmp_path / "nothing-yet").remove_stale() == 0  # a missing folder is empty
+
+
+def test_a_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "uploads"
+    shared.mkdir()
+    shared.chmod(0o777)  # as if another user had made it first in a shared temp folder
+    with pytest.raises(PermissionError, match="not private"):
+        UploadFolder(shared).new_file()
+    assert list(shared.iterdir()) == []
