@@ -323,13 +323,17 @@ class Storyline:
             self._cache[index] = cached
         return cached
 
+    def scene_start_s(self, index: int) -> float:
+        """Media time at which scene ``index`` starts."""
+        return index * self.scene_s
+
     def story_scene(self, index: int) -> StoryScene:
         return StoryScene(index * self.scene_s, (index + 1) * self.scene_s, self.scene(index))
 
     def caption_at(self, t_s: float) -> str:
         """Ground truth for a clip whose frames lie in the scene playing at ``t_s``."""
         i = self.index_at(t_s)
-        return self.scene(i).caption(t_s - i * self.scene_s)
+        return self.scene(i).caption(t_s - self.scene_start_s(i))
 
     def caption_for_window(self, start_s: float, end_s: float, frames: int = 6) -> str:
         """Ground truth for a window: the scene covering most of its sample times (ties: later)."""
@@ -338,15 +342,15 @@ class Storyline:
             i = self.index_at(t + 1e-9)
             counts[i] = counts.get(i, 0) + 1
         best = max(counts, key=lambda i: (counts[i], i))
-        first_t = max(start_s, best * self.scene_s)
-        return self.scene(best).caption(first_t - best * self.scene_s)
+        first_t = max(start_s, self.scene_start_s(best))
+        return self.scene(best).caption(first_t - self.scene_start_s(best))
 
     def scene_changes(self, until_s: float) -> list[float]:
         return [i * self.scene_s for i in range(1, int(until_s / self.scene_s) + 1)]
 
     def render(self, t_s: float, width: int, height: int, frame_index: int = 0) -> np.ndarray:
         i = self.index_at(t_s)
-        return render_scene(self.scene(i), t_s - i * self.scene_s, width, height,
+        return render_scene(self.scene(i), t_s - self.scene_start_s(i), width, height,
                             noise_seed=(self.seed * 7919 + frame_index) & 0x7FFFFFFF)
 
 
@@ -381,25 +385,11 @@ class ScriptedStoryline(Storyline):
         end = self._starts[index + 1] if index + 1 < len(self._scripted) else math.inf
         return StoryScene(self._starts[index], end, self.scene(index))
 
-    def caption_at(self, t_s: float) -> str:
-        i = self.index_at(t_s)
-        return self.scene(i).caption(t_s - self._starts[i])
-
-    def caption_for_window(self, start_s: float, end_s: float, frames: int = 6) -> str:
-        counts: dict[int, int] = {}
-        for t in clip_times(end_s - start_s, frames, start_s):
-            i = self.index_at(t + 1e-9)
-            counts[i] = counts.get(i, 0) + 1
-        best = max(counts, key=lambda i: (counts[i], i))
-        return self.scene(best).caption(max(start_s, self._starts[best]) - self._starts[best])
+    def scene_start_s(self, index: int) -> float:
+        return self._starts[index]
 
     def scene_changes(self, until_s: float) -> list[float]:
         return [t for t in self._starts[1:-1] if t <= until_s]
-
-    def render(self, t_s: float, width: int, height: int, frame_index: int = 0) -> np.ndarray:
-        i = self.index_at(t_s)
-        return render_scene(self.scene(i), t_s - self._starts[i], width, height,
-                            noise_seed=(self.seed * 7919 + frame_index) & 0x7FFFFFFF)
 
 
 def still_scene(rng: np.random.Generator, objects: list[tuple[str, str]], aspect: float = 4 / 3) -> Scene:
