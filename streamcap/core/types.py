@@ -58,6 +58,11 @@ class DropReason(str, Enum):
 BEHIND_REASONS = frozenset({DropReason.RING_FULL, DropReason.HANDOFF_FULL, DropReason.INGEST_FULL,
                             DropReason.ENGINE_BUSY, DropReason.BEHIND_LIVE})
 
+#: the frame rates a publisher or a source URL may claim: at most 10 s between frames ...
+MIN_FPS = 0.1
+#: ... and at least 1/120 s
+MAX_FPS = 120.0
+
 #: the track every stream has: captions of the picture
 VIDEO_TRACK = "video"
 

@@ -30,15 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamcap.core.errors import ErrorCode, ProtocolError
+from streamcap.core.types import MAX_FPS, MIN_FPS
 from streamcap.outputs import jsonsafe
 
 #: magic numbers of the image formats we take
 _SIGNATURES = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png"}
 MAX_LENGTH_LIMIT = 512
-#: the frame rate a JSON batch may declare: at most 10 s between frames ...
-MIN_FPS = 0.1
-#: ... and at least 1/120 s
-MAX_FPS = 120.0
 #: an ingest message is one object holding one list of strings
 INGEST_JSON_DEPTH = 4
 #: JPEG start-of-frame markers (SOF0..SOF15 but DHT C4, JPG C8 and DAC CC)

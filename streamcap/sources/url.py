@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from streamcap.core.errors import BadSourceURL
 from streamcap.core.secrets import printable
+from streamcap.core.types import MAX_FPS, MIN_FPS
 from streamcap.core.secrets import sanitize_url as _sanitize_url
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def _parse_bool(url: str, name: str, value: str) -> bool:
 
 _SYNTHETIC_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "seed": lambda u, n, v: _parse_int(u, n, v, 0, 2**31 - 1),
-    "fps": lambda u, n, v: _parse_float(u, n, v, 0.1, 120.0),  # the ingest range
+    "fps": lambda u, n, v: _parse_float(u, n, v, MIN_FPS, MAX_FPS),
     "size": _parse_size,
     "scene_s": lambda u, n, v: _parse_float(u, n, v, 0.1, 86_400.0),
     "realtime": _parse_bool,

@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from streamcap.core.errors import BadSourceURL, ErrorCode, HttpError, ProtocolError, SourceError
+from streamcap.core.secrets import printable
 from streamcap.core.types import Caption
 from streamcap.outputs import documents, jsonsafe
 from streamcap.outputs.chapters import Chapter
@@ -206,7 +207,7 @@ class ApiRoutes:
             record = self.server.hub.ack(alert_id, by or f"http {request.remote or '?'}", self.server.wall_clock())
         except KeyError:
             return error_response(HTTPStatus.NOT_FOUND, ErrorCode.UNKNOWN_ALERT, f"no recent alert {alert_id!r}")
-        log.info("alert %s acknowledged by %s", alert_id, record.acked_by)
+        log.info("alert %s acknowledged by %s", alert_id, printable(record.acked_by, 100))
         return json_response(HTTPStatus.OK, documents.alert(record))
 
     # ------------------------------------------------------------------ captions
