@@ -65,6 +65,10 @@ MAX_FPS = 120.0
 
 #: the track every stream has: captions of the picture
 VIDEO_TRACK = "video"
+#: the track of words spoken (Whisper over the stream's audio)
+SPEECH_TRACK = "speech"
+#: every audio chunk inside the process is mono float32 at this rate (Whisper's and the VAD's)
+AUDIO_RATE = 16_000
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -77,6 +81,45 @@ class Frame:
     capture_ns: int  # monotonic ns when the frame was decoded
     pts_s: float  # media time, seconds since the stream's first frame
     image: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AudioChunk:
+    """Decoded audio: mono float32 samples in [-1, 1] at :data:`AUDIO_RATE`, the first one at
+    ``pts_s`` on the stream's media clock (the same clock as its frames' ``pts_s``)."""
+
+    stream: str
+    seq: int
+    capture_ns: int  # monotonic ns when the chunk was decoded
+    pts_s: float
+    samples: np.ndarray  # float32, shape (n,)
+
+    @property
+    def end_s(self) -> float:
+        return self.pts_s + len(self.samples) / AUDIO_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechWord:
+    """One word of a transcript: ``start_s``/``end_s`` relative to the start of the audio given
+    to the engine (the caller adds its media time)."""
+
+    text: str  # as Whisper wrote it, leading space stripped
+    start_s: float
+    end_s: float
+    prob: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What a speech engine heard in one request's audio."""
+
+    text: str
+    words: tuple[SpeechWord, ...]
+    language: str  # ISO 639-1 code the model used ("en")
+    no_speech_prob: float  # P(<|nospeech|>) at the first step
+    avg_logprob: float  # mean log-probability per generated token (<= 0)
+    tokens: tuple[int, ...] = ()  # generated token ids (special and timestamp tokens included)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
