@@ -123,6 +123,16 @@ class HealthMonitor:
         self._prev_pts_s = pts_s
         return out
 
+    def audio(self, now_ns: int) -> list[Alert]:
+        """Audio arrived on a stream that shows no picture: the source is alive (no picture checks)."""
+        out: list[Alert] = []
+        if self._last_frame_ns is not None:
+            self._gaps_ns.append(max(0, now_ns - self._last_frame_ns))
+        self._last_frame_ns = now_ns
+        if not self._source_down:
+            out += self._end(STALLED)
+        return out
+
     def status(self, state: StreamState, now_ns: int) -> list[Alert]:
         down = state in (StreamState.STALLED, StreamState.RECONNECTING)
         self._source_down = down

@@ -41,7 +41,7 @@ class DropEvent:
     """``count`` frames or windows of ``stream`` were dropped for ``reason``."""
 
     stream: str
-    unit: str  # "frame" or "window"
+    unit: str  # "frame", "window" or "audio_ms" (count: milliseconds of audio)
     reason: DropReason
     count: int = 1
     track: str = VIDEO_TRACK

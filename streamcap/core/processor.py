@@ -21,9 +21,15 @@ or :meth:`StreamProcessor.window_dropped`; :attr:`StreamProcessor.windows_in_fli
 those still out (a file's stream finishes once it is 0).
 
 **Tracks.** A stream carries one or more caption tracks (:class:`TrackSettings`), each with its
-own engine, window/stride, stabiliser and decoding settings; today every track watches the
-picture (``input="video"``) and the first is ``video``. Windows and captions carry their track;
-``seq`` is shared by the tracks of a stream, so it stays strictly increasing per stream.
+own engine, window/stride, stabiliser and decoding settings. A ``video`` track watches the
+picture (``input="video"``: window planner + :class:`CaptionStabilizer`); a ``speech`` track
+hears the audio (``input="audio"``: :class:`~streamcap.core.speech.SpeechPolicy`, fed by
+:meth:`StreamProcessor.feed_audio` with the VAD's speech probability of each chunk). Windows and
+captions carry their track; ``seq`` is shared by the tracks of a stream, so it stays strictly
+increasing per stream. Audio and frames share the stream's media clock.
+
+A speech window's result is a :class:`~streamcap.core.types.Transcript`; the next speech window
+is planned by the next :meth:`feed_audio` (or, once the source ended, :meth:`flush_speech`).
 
 Not thread-safe: one owner (the stream's task) calls every method.
 """
@@ -43,11 +49,13 @@ from streamcap.core.errors import ConfigError
 from streamcap.core.events import AlertEvent, CaptionEvent, DropEvent, Event, ProgressEvent, StatusEvent
 from streamcap.core.picture import PictureWatcher
 from streamcap.core.ringbuffer import FrameRing
+from streamcap.core.speech import SpeechPolicy, SpeechSettings
 from streamcap.core.stabilizer import CaptionStabilizer
 from streamcap.core.status import StreamStatus
 from streamcap.core.types import (
     BEHIND_REASONS,
     VIDEO_TRACK,
+    AudioChunk,
     Caption,
     CaptionResult,
     CaptionState,
@@ -55,6 +63,7 @@ from streamcap.core.types import (
     DropReason,
     Frame,
     StreamState,
+    Transcript,
     Window,
 )
 from streamcap.core.windowing import MAX_MEDIA_S, WindowPlanner, build_window, min_ring_capacity, pick_frames
@@ -90,9 +99,16 @@ class TrackSettings:
     frames_per_window: int
     stabilizer: StabilizerSettings
     engine: str = "default"  # which engine captions it (a key of the pipeline's engines)
-    input: str = "video"  # what its windows hold: "video" frames
+    input: str = "video"  # what its windows hold: "video" frames or "audio"
     decoding: tuple[tuple[str, object], ...] = ()  # per-track decoding overrides
     live_vtt: LiveVttSettings | None = None
+    speech: SpeechSettings | None = None  # input="audio": the streaming recogniser's policy
+
+    def __post_init__(self) -> None:
+        if self.input not in ("video", "audio"):
+            raise ConfigError(f"track {self.name}: input must be video or audio, not {self.input!r}")
+        if (self.input == "audio") != (self.speech is not None):
+            raise ConfigError(f"track {self.name}: an audio track needs speech settings (and only it)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +140,7 @@ class StreamCounters:
     last_final: str | None = None
     media_s: float | None = None  # pts of the newest frame
     last_window_end_s: float | None = None
+    audio_s: float | None = None  # media time the newest audio ends at
 
 
 @dataclass(slots=True)
@@ -135,6 +152,17 @@ class _Track:
     live_vtt: LiveVttSegmenter | None
     history: deque[Caption]
     finals: list[Caption] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _SpeechTrack:
+    settings: TrackSettings
+    policy: SpeechPolicy
+    alerts: CaptionAlerts | None
+    live_vtt: LiveVttSegmenter | None
+    history: deque[Caption]
+    finals: list[Caption] = field(default_factory=list)
+    last_final: Caption | None = None
 
 
 class StreamProcessor:
@@ -152,11 +180,12 @@ class StreamProcessor:
         self.stream = settings.stream
         ids = itertools.count(1)
         self._make_alert_id = make_alert_id or (lambda: f"{settings.stream}-{next(ids)}")
-        longest = max(t.window_s + t.stride_s for t in settings.tracks)
+        video_tracks = [t for t in settings.tracks if t.input == "video"]
+        longest = max((t.window_s + t.stride_s for t in video_tracks), default=0.0)
         need = min_ring_capacity(longest, settings.max_ingest_fps) + 2
-        if settings.ring_capacity < need:
+        if video_tracks and settings.ring_capacity < need:
             raise ConfigError(f"pipeline.ring_capacity={settings.ring_capacity} cannot hold a "
-                              f"{longest - min(t.stride_s for t in settings.tracks):g}s window at "
+                              f"{longest - min(t.stride_s for t in video_tracks):g}s window at "
                               f"{settings.max_ingest_fps:g} fps (needs {need})")
         policy = DropPolicy.DROP_OLDEST if settings.live else DropPolicy.BLOCK
         self.ring = FrameRing(settings.ring_capacity, settings.frame_shape, policy)
@@ -167,7 +196,18 @@ class StreamProcessor:
                         if settings.health is not None else None)
         seq = itertools.count()
         self._tracks: dict[str, _Track] = {}
+        self._speech: dict[str, _SpeechTrack] = {}
         for t in settings.tracks:
+            if t.input == "audio":
+                assert t.speech is not None
+                self._speech[t.name] = _SpeechTrack(
+                    settings=t, policy=SpeechPolicy(settings.stream, t.speech, live=settings.live, seq=seq,
+                                                    track=t.name),
+                    alerts=CaptionAlerts(list(rules), self._make_alert_id, similarity) if rules else None,
+                    live_vtt=(LiveVttSegmenter(t.live_vtt.segment_s, t.live_vtt.window_segments, t.live_vtt.rules)
+                              if t.live_vtt is not None else None),
+                    history=deque(maxlen=settings.finals_history))
+                continue
             st = t.stabilizer
             self._tracks[t.name] = _Track(
                 settings=t,
@@ -189,10 +229,23 @@ class StreamProcessor:
 
     @property
     def tracks(self) -> tuple[str, ...]:
-        return tuple(self._tracks)
+        return tuple(t.name for t in self.settings.tracks)
+
+    @property
+    def hears(self) -> bool:
+        """Whether a track of this stream listens to its audio."""
+        return bool(self._speech)
+
+    @property
+    def sees(self) -> bool:
+        """Whether a track of this stream watches its picture."""
+        return bool(self._tracks)
 
     def track(self, name: str = VIDEO_TRACK) -> TrackSettings:
-        return self._tracks[name].settings
+        t = self._tracks.get(name) or self._speech.get(name)
+        if t is None:
+            raise KeyError(name)
+        return t.settings
 
     @property
     def state(self) -> StreamState:
@@ -203,19 +256,36 @@ class StreamProcessor:
         return self._in_flight
 
     def current_final(self, track: str = VIDEO_TRACK) -> Caption | None:
-        return self._tracks[track].stabilizer.current_final
+        if track in self._speech:
+            return None  # speech finals are closed as they are made
+        t = self._tracks.get(track)
+        return None if t is None else t.stabilizer.current_final
 
     def history(self, track: str = VIDEO_TRACK) -> list[Caption]:
         """Closed finals kept for chapters (the latest ``finals_history``), oldest first."""
-        return list(self._tracks[track].history)
+        t = self._tracks.get(track) or self._speech.get(track)
+        return [] if t is None else list(t.history)
 
-    def finals(self, track: str = VIDEO_TRACK) -> list[Caption]:
-        """Every closed final (only with ``collect_finals``), oldest first."""
-        return list(self._tracks[track].finals)
+    def finals(self, track: str | None = VIDEO_TRACK) -> list[Caption]:
+        """Every closed final (only with ``collect_finals``), oldest first; ``None``: every
+        track's, by start time."""
+        if track is None:
+            every = [c for t in (*self._tracks.values(), *self._speech.values()) for c in t.finals]
+            return sorted(every, key=lambda c: (c.start_s, c.seq))
+        t = self._tracks.get(track) or self._speech.get(track)
+        return [] if t is None else list(t.finals)
 
     def live_vtt(self, track: str = VIDEO_TRACK) -> LiveVttSegmenter | None:
-        t = self._tracks.get(track)
+        t = self._tracks.get(track) or self._speech.get(track)
         return None if t is None else t.live_vtt
+
+    @property
+    def speech_in_flight(self) -> bool:
+        return any(t.policy.in_flight for t in self._speech.values())
+
+    def audio_room_s(self) -> float:
+        """Audio the speech buffers can take before one drops (live) or must wait (files)."""
+        return min((t.policy.room_s() for t in self._speech.values()), default=math.inf)
 
     def take_events(self) -> list[Event]:
         """Events caused since the last call (by :meth:`feed_frame` and friends)."""
@@ -240,6 +310,9 @@ class StreamProcessor:
     def window_dropped(self, window: Window, reason: DropReason | str, now_ns: int) -> list[Event]:
         """A window handed out by :meth:`feed_frame` will never get a result."""
         self._in_flight = max(0, self._in_flight - 1)
+        sp = self._speech.get(window.track)
+        if sp is not None:
+            sp.policy.dropped(window)
         self._drop(DropReason(reason), now_ns, unit="window", count=1, track=window.track)
         return self.take_events()
 
@@ -283,7 +356,7 @@ class StreamProcessor:
         if self.monitor is not None:
             self._alerts(self.monitor.close())
         at = self.counters.media_s or 0.0
-        for t in self._tracks.values():
+        for t in (*self._tracks.values(), *self._speech.values()):
             if t.alerts is not None:
                 self._alerts(t.alerts.close(self.stream, at))
 
@@ -335,11 +408,73 @@ class StreamProcessor:
         self._in_flight += len(windows)
         return windows
 
+    # ------------------------------------------------------------------ audio
+
+    def feed_audio(self, chunk: AudioChunk, speech_prob: float, now_ns: int) -> list[Window]:
+        """One decoded audio chunk (16 kHz mono) with the VAD's speech probability over it.
+        Returns the speech windows due now (at most one per speech track)."""
+        if not self._speech:
+            return []
+        c = self.counters
+        c.last_frame_ns = chunk.capture_ns  # audio is life too: an audio-only stream is not stalled
+        if not (math.isfinite(chunk.pts_s) and abs(chunk.pts_s) <= MAX_MEDIA_S):
+            self._drop(DropReason.BAD_PTS, now_ns, unit="frame", count=1)
+            return []
+        c.audio_s = chunk.end_s
+        if c.frames_in == 0:
+            c.media_s = chunk.end_s
+        if self.monitor is not None and c.frames_in == 0:  # no picture (yet): audio keeps it alive
+            self._alerts(self.monitor.audio(chunk.capture_ns))
+        windows: list[Window] = []
+        for t in self._speech.values():
+            before = t.policy.dropped_s
+            w = t.policy.feed(chunk, speech_prob)
+            lost_ms = int(round((t.policy.dropped_s - before) * 1000))
+            if lost_ms:
+                self._drop(DropReason.SPEECH_OVERFLOW, now_ns, unit="audio_ms", count=lost_ms, track=t.settings.name)
+            if w is not None:
+                windows.append(w)
+        self._in_flight += len(windows)
+        return windows
+
+    def flush_speech(self) -> list[Window]:
+        """The source ended: the last speech windows (committing every word heard), if any."""
+        windows = [w for t in self._speech.values() if (w := t.policy.flush()) is not None]
+        self._in_flight += len(windows)
+        return windows
+
+    def _speech_result(self, t: _SpeechTrack, window: Window, transcript: Transcript, now_ns: int) -> None:
+        latency_s = max(0.0, (now_ns - window.newest_capture_ns) / _NS)
+        for caption in t.policy.result(window, transcript):
+            self._publish(caption, latency_s, now_ns)
+            if caption.state is CaptionState.FINAL:
+                self._speech_final(t, caption)
+        self._live_subtitles(t, None, window.end_s)  # type: ignore[arg-type]
+
+    def _speech_final(self, t: _SpeechTrack, caption: Caption) -> None:
+        t.last_final = caption
+        t.history.append(caption)
+        if self.settings.collect_finals:
+            t.finals.append(caption)
+        self._live_subtitles(t, caption, None)  # type: ignore[arg-type]
+        if t.alerts is not None:
+            self._alerts(t.alerts.observe(self.stream, caption.seq, caption.text, caption.start_s, caption.end_s))
+
     # ------------------------------------------------------------------ results
 
-    def feed_result(self, window: Window, result: CaptionResult, now_ns: int) -> list[Event]:
-        """The engine's result for a window this processor handed out."""
+    def feed_result(self, window: Window, result: CaptionResult | Transcript, now_ns: int) -> list[Event]:
+        """The engine's result for a window this processor handed out (a Transcript for a speech
+        window)."""
         self._in_flight = max(0, self._in_flight - 1)
+        sp = self._speech.get(window.track)
+        if sp is not None:
+            if not isinstance(result, Transcript):
+                raise TypeError(f"stream {self.stream}: speech window {window.index} got {type(result).__name__}")
+            self.counters.windows_captioned += 1
+            self._speech_result(sp, window, result, now_ns)
+            self._events.append(ProgressEvent(self.stream, window.end_s, window.track, window.start_s, result.text))
+            return self.take_events()
+        assert isinstance(result, CaptionResult)
         t = self._tracks[window.track]
         c = self.counters
         c.windows_captioned += 1
@@ -404,5 +539,10 @@ class StreamProcessor:
                 self._publish(caption, None, now_ns)
             self._collect_closed(t)
             self._live_subtitles(t, None, self.counters.last_window_end_s, ended=True)
+        for sp in self._speech.values():
+            for caption in sp.policy.finish():
+                self._publish(caption, None, now_ns)
+                self._speech_final(sp, caption)
+            self._live_subtitles(sp, None, self.counters.audio_s, ended=True)  # type: ignore[arg-type]
         self._set_status(StreamState.ENDED, "end of stream", None, now_ns)
         return self.take_events()

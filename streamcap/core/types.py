@@ -52,6 +52,9 @@ class DropReason(str, Enum):
     STREAM_REMOVED = "stream_removed"  # the stream went away with windows still queued
     MEDIA_GAP = "media_gap"  # windows that fell wholly inside a gap between two frames (no picture)
     BAD_PTS = "bad_pts"  # a frame whose media time is not finite or beyond MAX_MEDIA_S
+    SPEECH_OVERFLOW = "speech_overflow"  # a live speech buffer was full: its oldest audio was dropped
+    AUDIO_FULL = "audio_full"  # an audio chunk dropped from a full handoff/queue (live), or
+    # audio that waited too long for the stream's first picture (streamcap.sources.reader)
 
 
 #: drop reasons that mean the machine is not keeping up (they feed ``health:behind``)
@@ -132,9 +135,17 @@ class Window:
     end_s: float
     frames: tuple[Frame, ...]
     track: str = VIDEO_TRACK
+    # a speech window: its audio (16 kHz mono float32 from start_s), the initial prompt (text
+    # committed before it) and when its newest audio was decoded; frames is empty
+    audio: np.ndarray | None = None
+    prompt: str = ""
+    audio_capture_ns: int = 0
+    final_pass: bool = False  # the speaker stopped: every word heard is committed
 
     @property
     def newest_capture_ns(self) -> int:
+        if not self.frames:
+            return self.audio_capture_ns
         return max(f.capture_ns for f in self.frames)
 
 
@@ -160,6 +171,7 @@ class Caption:
     window_index: int = -1
     capture_ns: int = 0  # newest frame behind it, for glass-to-caption latency
     track: str = VIDEO_TRACK  # which caption track of the stream said it
+    words: tuple[SpeechWord, ...] = ()  # speech captions: each word on the stream's media time
 
 
 @dataclass(frozen=True, slots=True)

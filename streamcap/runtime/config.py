@@ -32,6 +32,9 @@ from streamcap.core.secrets import is_sample_token
 from streamcap.sources.backoff import Backoff
 
 DEFAULT_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "shapes-git")
+#: where `streamcap models install whisper-base silero-vad` puts the speech models
+DEFAULT_SPEECH_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "whisper-base")
+DEFAULT_VAD = str(Path(__file__).resolve().parents[2] / "engines" / "silero-vad")
 DEMO_SOURCE_URL = "synthetic:shapes?seed=7&fps=10&size=320x240&scene_s=6"
 
 
@@ -137,6 +140,68 @@ class EngineConfig(_Model):
     def decoding(self) -> DecodingConfig:
         """The global decoding settings (this section's decoding keys)."""
         return DecodingConfig(**{name: getattr(self, name) for name in DecodingConfig.model_fields})
+
+
+class SpeechConfig(_Model):
+    """The ``speech`` track: Whisper over each stream's audio, gated by a voice-activity detector,
+    committed by LocalAgreement-2 (docs/speech.md)."""
+
+    enabled: bool = Field(False, description="Caption speech on every stream (a `speech` track beside `video`; "
+                                             "a stream's `tracks` overrides it). `streamcap run` with no "
+                                             "arguments (the demo) turns it on when the models are installed "
+                                             "(`streamcap models install whisper-base silero-vad`).")
+    engine_path: str = Field(DEFAULT_SPEECH_ENGINE, description="Whisper engine folder (engine.json of kind "
+                                                                "whisper): whisper-base or whisper-base-int8.")
+    vad_path: str = Field(DEFAULT_VAD, description="Silero VAD folder (engine.json + silero_vad.onnx).")
+    language: str | None = Field(None, min_length=2, max_length=8,
+                                 description="Spoken language (ISO 639-1, e.g. `en`); unset = detect per window "
+                                             "(multilingual models).")
+    task: Literal["transcribe", "translate"] = Field("transcribe", description="`translate`: English text of "
+                                                                               "any spoken language.")
+    num_beams: int = Field(1, ge=1, le=8, description="Beam width (1 = greedy).")
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = all cores).")
+    max_batch: int = Field(4, ge=1, le=64, description="Most streams' speech windows in one encoder call.")
+    queue_size: int = Field(16, ge=1, le=1024, description="Speech windows waiting for the engine; when full a "
+                                                           "live stream's oldest waiting window is dropped "
+                                                           "(engine_busy) and planned again with more audio.")
+    min_chunk_s: float = Field(1.0, ge=0.2, le=10, description="New audio between two recognitions while "
+                                                               "someone speaks (live streams).")
+    file_min_chunk_s: float = Field(4.0, ge=0.2, le=25, description="The same for files and uploads "
+                                                                    "(fewer, longer recognitions).")
+    max_window_s: float = Field(30.0, ge=2, le=30, description="Most audio in one recognition (Whisper hears "
+                                                               "30 s); the speech buffer's bound.")
+    trim_s: float = Field(15.0, ge=1, le=30, description="A buffer longer than this is cut at the last "
+                                                         "committed sentence end.")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Speech probability (silero VAD) from which a "
+                                                              "chunk is speech.")
+    end_silence_s: float = Field(0.5, ge=0.1, le=5, description="Silence after speech that ends an utterance "
+                                                                "(its words are then committed at once).")
+    pad_s: float = Field(0.3, ge=0, le=2, description="Audio kept before speech starts.")
+    no_speech_threshold: float = Field(0.6, gt=0, le=1, description="Whisper's no-speech probability above "
+                                                                    "which (with a low avg log-prob) a window "
+                                                                    "counts as silence.")
+    logprob_threshold: float = Field(-1.0, le=0, description="Average log-probability below which a likely "
+                                                              "no-speech window is silence.")
+    prompt_chars: int = Field(200, ge=0, le=1000, description="Committed text given to Whisper as the prompt.")
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> SpeechConfig:
+        for chunk in (self.min_chunk_s, self.file_min_chunk_s):
+            self.settings(chunk)  # raises ValueError with the reason
+        return self
+
+    def settings(self, min_chunk_s: float):
+        from streamcap.core.speech import SpeechSettings
+
+        return SpeechSettings(min_chunk_s=min_chunk_s, max_window_s=self.max_window_s,
+                              trim_s=max(min_chunk_s, min(self.trim_s, self.max_window_s)),
+                              vad_threshold=self.vad_threshold, end_silence_s=self.end_silence_s, pad_s=self.pad_s,
+                              no_speech_threshold=self.no_speech_threshold,
+                              logprob_threshold=self.logprob_threshold, prompt_chars=self.prompt_chars)
+
+    def installed(self) -> bool:
+        return ((Path(self.engine_path).expanduser() / "engine.json").is_file()
+                and (Path(self.vad_path).expanduser() / "engine.json").is_file())
 
 
 class WindowConfig(_Model):
@@ -418,6 +483,9 @@ class SourceConfig(_Model):
     decoding: DecodingOverrides | None = Field(None, description="This stream's decoding keys: num_beams, "
                                                                  "max_new_tokens, repetition_penalty, prompt "
                                                                  "(unset keys inherit those of [engine]).")
+    tracks: list[Literal["video", "speech"]] | None = Field(None, min_length=1, description="Caption tracks of "
+                                                            "this stream (unset: video, plus speech when "
+                                                            "[speech] is on).")
 
     @field_validator("id")
     @classmethod
@@ -433,6 +501,7 @@ class StreamConfig(_Model):
     windows: WindowConfig = Field(description="Windowing of this stream.")
     stabilizer: StabilizerConfig = Field(description="Caption stabiliser of this stream.")
     decoding: DecodingConfig = Field(description="Decoding of this stream's windows.")
+    tracks: tuple[str, ...] = Field(("video",), description="Caption tracks of this stream.")
 
 
 class TokenConfig(_Model):
@@ -502,6 +571,7 @@ class Config(_Model):
     admission: AdmissionConfig = AdmissionConfig()
     alerts: AlertsConfig = AlertsConfig()
     subtitles: SubtitlesConfig = SubtitlesConfig()
+    speech: SpeechConfig = SpeechConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
 
     @model_validator(mode="after")
@@ -550,7 +620,12 @@ class Config(_Model):
             stream = stream_id if stream_id is not None else overrides.id if overrides else "?"
             raise ConfigError(f"stream {stream!r}: its settings merged over the global ones are invalid:\n"
                               + "\n".join(problems))
-        return StreamConfig(**merged)
+        tracks = tuple(overrides.tracks) if overrides is not None and overrides.tracks else self.default_tracks()
+        return StreamConfig(**merged, tracks=tracks)
+
+    def default_tracks(self) -> tuple[str, ...]:
+        """video, plus speech when ``[speech]`` is on."""
+        return ("video", "speech") if self.speech.enabled else ("video",)
 
 
 def source_options(cfg: Config) -> dict:

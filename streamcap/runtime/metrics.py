@@ -78,6 +78,20 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.audio_in_seconds_total = Counter(
+            "audio_in_seconds_total",
+            "Seconds of audio decoded from a source (streams with a speech track).",
+            ["stream"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.audio_dropped_seconds_total = Counter(
+            "audio_dropped_seconds_total",
+            "Seconds of audio dropped before recognition, by reason (speech_overflow, ...).",
+            ["stream", "reason"],
+            namespace=ns,
+            registry=reg,
+        )
         self.windows_captioned_total = Counter(
             "windows_captioned_total",
             "Windows the engine captioned.",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from streamcap.alerts.health import HealthLimits
 from streamcap.core.processor import LiveVttSettings, ProcessorSettings, StabilizerSettings, TrackSettings
-from streamcap.core.types import VIDEO_TRACK
+from streamcap.core.errors import ConfigError
+from streamcap.core.types import SPEECH_TRACK, VIDEO_TRACK
 from streamcap.runtime.config import Config, StreamConfig
 
 
@@ -22,12 +23,17 @@ def health_limits(cfg: Config) -> HealthLimits | None:
 
 def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidden: bool = False,
                        collect_finals: bool = False, stream_cfg: StreamConfig | None = None,
-                       health: bool = True) -> ProcessorSettings:
+                       health: bool = True, tracks: tuple[str, ...] | None = None) -> ProcessorSettings:
     """The processor settings of ``stream_id`` whose video track ``engine`` captions.
 
     ``hidden`` streams (caption jobs) get no health alerts and no live WebVTT; ``health=False``
-    turns health alerts off (nothing listens for alerts)."""
+    turns health alerts off (nothing listens for alerts). ``tracks`` overrides the stream's
+    configured tracks (``video``, ``speech``)."""
     sc = stream_cfg if stream_cfg is not None else cfg.stream_config(stream_id)
+    wanted = tuple(tracks) if tracks else sc.tracks
+    unknown = [t for t in wanted if t not in (VIDEO_TRACK, SPEECH_TRACK)]
+    if unknown or not wanted or len(set(wanted)) != len(wanted):
+        raise ConfigError(f"stream {stream_id}: tracks must be video and/or speech, not {list(wanted)}")
     windows, stab = sc.windows, sc.stabilizer
     window_s = windows.window_s or engine.window_s
     live_cfg = cfg.subtitles.live
@@ -40,10 +46,24 @@ def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidde
         frames_per_window=engine.frames_per_window,
         stabilizer=StabilizerSettings(stab.agree, stab.fresh_agree or None),
         decoding=tuple(sorted(sc.decoding.options().items())), live_vtt=live_vtt)
+    chosen = [video] if VIDEO_TRACK in wanted else []
+    if SPEECH_TRACK in wanted:
+        sp = cfg.speech
+        chunk_s = sp.min_chunk_s if live else sp.file_min_chunk_s
+        speech_vtt = None
+        if live_vtt is not None:  # speech finals settle within a chunk and an utterance's end
+            speech_vtt = LiveVttSettings(live_cfg.segment_s, live_cfg.window_segments, cfg.subtitles.rules(),
+                                         live_cfg.settle_s if live_cfg.settle_s is not None
+                                         else 2 * chunk_s + sp.end_silence_s + 1.0)
+        chosen.append(TrackSettings(
+            name=SPEECH_TRACK, window_s=sp.max_window_s, stride_s=chunk_s, frames_per_window=0,
+            stabilizer=StabilizerSettings(1, None), engine=SPEECH_TRACK, input="audio",
+            decoding=tuple(sorted({"language": sp.language, "task": sp.task, "num_beams": sp.num_beams}.items())),
+            live_vtt=speech_vtt, speech=sp.settings(chunk_s)))
     s = engine.preprocessing.image_size
     return ProcessorSettings(
         stream=stream_id, live=live, frame_shape=(s, s, 3), ring_capacity=cfg.pipeline.ring_capacity,
         max_ingest_fps=windows.max_ingest_fps, max_backlog=windows.max_backlog if live else None,
-        cut_diff=stab.cut_diff, tracks=(video,),
+        cut_diff=stab.cut_diff, tracks=tuple(chosen),
         health=health_limits(cfg) if health and not hidden else None,
         finals_history=cfg.pipeline.finals_history, collect_finals=collect_finals)

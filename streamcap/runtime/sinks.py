@@ -76,6 +76,10 @@ class MetricsSink:
     def __call__(self, event: Event) -> None:
         m = self._m
         if isinstance(event, DropEvent):
+            if event.unit == "audio_ms":
+                m.audio_dropped_seconds_total.labels(stream=self._label(event.stream),
+                                                     reason=event.reason.value).inc(event.count / 1000)
+                return
             counter = m.frames_dropped_total if event.unit == "frame" else m.windows_dropped_total
             counter.labels(stream=self._label(event.stream), reason=event.reason.value).inc(event.count)
         elif isinstance(event, CaptionEvent):
