@@ -17,6 +17,7 @@ EXPORTERS = {
     "GitForCausalLM": "git",
     "BlipForConditionalGeneration": "blip",
     "VisionEncoderDecoderModel": "ved",
+    "WhisperForConditionalGeneration": "whisper",
 }
 
 

@@ -1,0 +1,347 @@
+"""Whisper's decoding rules and token search, pure numpy: no ONNX, no I/O.
+
+- :class:`WhisperTokens`: the special token ids of one model (from the engine manifest);
+- :func:`prefix_tokens`: ``[<|startofprev|> prompt…] <|startoftranscript|> <|lang|> <|task|>
+  [<|notimestamps|>]`` as Whisper (and ``WhisperForConditionalGeneration.generate``) builds it;
+- :class:`LogitRules`: the logit processors of ``generate`` in its order — begin-suppress (blank
+  and EOT at the first step), suppress_tokens, then the timestamp rules: ``<|notimestamps|>``
+  never; timestamps in pairs (after a lone timestamp only a timestamp or EOT, after a pair only
+  text); never decreasing (a pair may repeat its time, a new segment starts strictly later); the
+  first token a timestamp no later than ``max_initial_timestamp_index``; and a timestamp forced
+  when the summed probability of the timestamps exceeds that of the likeliest text token;
+- :func:`greedy` and :func:`beam_search` over a cached decoder ``step(tokens, parents)`` (the
+  contract of ``streamcap.engine.decoding``: reorder the cache rows as ``parents`` says, run one
+  step on ``tokens`` (N,), return logits (N, V)). Rows carry their own rules and length limits.
+  Beam search ranks as ``generate`` does: rules act on log-probabilities (masked, not
+  renormalised), hypotheses score ``sum log p / n_tokens`` (EOT counted);
+- :func:`words_from_tokens`: words with times (see its docstring for the approximation).
+
+Log-probabilities are float64. ``avg_logprob`` is the mean log-probability of the chosen tokens
+(EOT included when generated): in greedy search under the processed, renormalised distribution (as
+OpenAI's Whisper reports it); in beam search the ranking score's, i.e. before renormalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Step = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+NEG_INF = -np.inf
+
+
+@dataclass(frozen=True)
+class WhisperTokens:
+    sot: int
+    eot: int
+    sot_prev: int
+    no_timestamps: int
+    no_speech: int
+    timestamp_begin: int
+    transcribe: int | None
+    translate: int | None
+    languages: dict[str, int]  # code → token id
+    suppress: tuple[int, ...]
+    begin_suppress: tuple[int, ...]
+    max_initial_timestamp_index: int | None
+    max_target_positions: int
+    max_prompt_tokens: int
+    time_precision_s: float = 0.02
+
+    @classmethod
+    def from_facts(cls, w: dict) -> WhisperTokens:
+        mi = w.get("max_initial_timestamp_index")
+        return cls(sot=int(w["sot"]), eot=int(w["eot"]), sot_prev=int(w["sot_prev"]),
+                   no_timestamps=int(w["no_timestamps"]), no_speech=int(w["no_speech"]),
+                   timestamp_begin=int(w["timestamp_begin"]),
+                   transcribe=None if w.get("transcribe") is None else int(w["transcribe"]),
+                   translate=None if w.get("translate") is None else int(w["translate"]),
+                   languages={str(k): int(v) for k, v in w["languages"].items()},
+                   suppress=tuple(int(t) for t in w.get("suppress_tokens") or ()),
+                   begin_suppress=tuple(int(t) for t in w.get("begin_suppress_tokens") or ()),
+                   max_initial_timestamp_index=None if mi is None else int(mi),
+                   max_target_positions=int(w["max_target_positions"]),
+                   max_prompt_tokens=int(w.get("max_prompt_tokens", int(w["max_target_positions"]) // 2 - 1)),
+                   time_precision_s=float(w.get("time_precision_s", 0.02)))
+
+    def is_timestamp(self, token: int) -> bool:
+        return token >= self.timestamp_begin
+
+    def time_of(self, token: int) -> float:
+        return (token - self.timestamp_begin) * self.time_precision_s
+
+
+def prefix_tokens(tok: WhisperTokens, *, multilingual: bool, language: str | None, task: str, timestamps: bool,
+                  prompt_ids: Sequence[int] = ()) -> list[int]:
+    """The decoder's forced start: the previous-text prompt (already tokenised, without
+    ``<|startofprev|>``; the last ``max_prompt_tokens`` are kept), then SOT, language and task for
+    multilingual models, and ``<|notimestamps|>`` when timestamps are off."""
+    out: list[int] = []
+    if prompt_ids:
+        out += [tok.sot_prev, *list(prompt_ids)[-tok.max_prompt_tokens:]]
+    out.append(tok.sot)
+    if multilingual:
+        if language is None or language not in tok.languages:
+            raise ValueError(f"language {language!r} is not one of this model's languages")
+        task_id = tok.transcribe if task == "transcribe" else tok.translate
+        if task_id is None:
+            raise ValueError(f"this model has no {task} task token")
+        out += [tok.languages[language], task_id]
+    if not timestamps:
+        out.append(tok.no_timestamps)
+    return out
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    z = x - m
+    with np.errstate(divide="ignore"):
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class LogitRules:
+    """The processors of one request: ``apply(scores, generated)`` on one row of scores (V,)
+    (logits in greedy search, log-probabilities in beam search) given the tokens generated so far."""
+
+    def __init__(self, tok: WhisperTokens, vocab_size: int, *, timestamps: bool) -> None:
+        self.tok = tok
+        self.timestamps = timestamps
+        self.suppress = np.zeros(vocab_size, dtype=bool)
+        self.suppress[[t for t in tok.suppress if t < vocab_size]] = True
+        self.begin = np.zeros(vocab_size, dtype=bool)
+        self.begin[[t for t in tok.begin_suppress if t < vocab_size]] = True
+
+    def apply(self, scores: np.ndarray, generated: Sequence[int]) -> np.ndarray:
+        tok = self.tok
+        s = np.array(scores, dtype=np.float64)
+        if not generated:
+            s[self.begin] = NEG_INF
+        s[self.suppress] = NEG_INF
+        if not self.timestamps:
+            return s
+        tb, eot = tok.timestamp_begin, tok.eot
+        s[tok.no_timestamps] = NEG_INF
+        last_ts = len(generated) >= 1 and generated[-1] >= tb
+        penult_ts = len(generated) < 2 or generated[-2] >= tb
+        if last_ts:
+            if penult_ts:
+                s[tb:] = NEG_INF  # after a pair (or at the start): text
+            else:
+                s[:eot] = NEG_INF  # after a lone timestamp: its partner or EOT
+        stamps = [t for t in generated if t >= tb]
+        if stamps:
+            floor = stamps[-1] if last_ts and not penult_ts else stamps[-1] + 1
+            s[tb:floor] = NEG_INF
+        if not generated:
+            s[:tb] = NEG_INF
+            if tok.max_initial_timestamp_index is not None:
+                s[tb + tok.max_initial_timestamp_index + 1:] = NEG_INF
+        lp = log_softmax(s)
+        with np.errstate(invalid="ignore"):
+            ts_lp = np.logaddexp.reduce(lp[tb:]) if lp.shape[0] > tb else NEG_INF
+        if ts_lp > lp[:tb].max():
+            s[:tb] = NEG_INF
+        return s
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: tuple[int, ...]  # generated tokens, EOT excluded
+    logprobs: tuple[float, ...]  # log-probability of each token of ``tokens``
+    sum_logprob: float  # EOT's included when it was generated
+    finished: bool  # ended with EOT
+
+    @property
+    def avg_logprob(self) -> float:
+        return self.sum_logprob / max(1, len(self.tokens) + self.finished)
+
+
+def greedy(first_logits: np.ndarray, step: Step, rules: Sequence[LogitRules], max_new: Sequence[int], *,
+           eot: int) -> list[Decoded]:
+    """Greedy search; row ``i`` follows ``rules[i]`` and stops at EOT or ``max_new[i]`` tokens."""
+    b = first_logits.shape[0]
+    seqs: list[list[int]] = [[] for _ in range(b)]
+    lps: list[list[float]] = [[] for _ in range(b)]
+    total = np.zeros(b)
+    done = np.array([m <= 0 for m in max_new])
+    ended = np.zeros(b, dtype=bool)
+    logits = first_logits
+    while not done.all():
+        nxt = np.full(b, eot, dtype=np.int64)
+        for i in np.flatnonzero(~done):
+            s = rules[i].apply(logits[i], seqs[i])
+            t = int(np.argmax(s))
+            lp = float(log_softmax(s)[t])
+            nxt[i] = t
+            total[i] += lp
+            if t == eot:
+                ended[i] = done[i] = True
+                continue
+            seqs[i].append(t)
+            lps[i].append(lp)
+            if len(seqs[i]) >= max_new[i]:
+                done[i] = True
+        if done.all():
+            break
+        logits = step(nxt, None)
+    return [Decoded(tuple(s), tuple(p), float(t), bool(e)) for s, p, t, e in zip(seqs, lps, total, ended)]
+
+
+def beam_search(first_logits: np.ndarray, step: Step, rules: Sequence[LogitRules], max_new: Sequence[int], *,
+                eot: int, num_beams: int, length_penalty: float = 1.0) -> list[Decoded]:
+    """Beam search, ``num_beams`` rows per request (the caller repeats each request's cache rows
+    ``num_beams`` times; ``first_logits`` has one row per request). Returns the best per request."""
+    w = num_beams
+    b, v = first_logits.shape
+    # per request: finished hypotheses (rank, tokens, logprobs, total, ended), best first
+    finished: list[list[tuple]] = [[] for _ in range(b)]
+
+    def rank(total: float, n: int) -> float:
+        return total / (max(1, n) ** length_penalty)
+
+    beams: list[list[tuple[float, tuple[int, ...], tuple[float, ...]]]] = []
+    for i in range(b):
+        lp = rules[i].apply(log_softmax(first_logits[i]), [])
+        order = np.argsort(-lp, kind="stable")[: 2 * w]
+        live = []
+        for tok in order:
+            total = float(lp[tok])
+            if not np.isfinite(total):
+                break
+            if tok == eot or max_new[i] <= 0:
+                if len(live) < w:
+                    _add(finished[i], (rank(total, 1), (), (), total, True), w)
+                continue
+            live.append((total, (int(tok),), (total,)))
+            if len(live) == w:
+                break
+        beams.append(live)
+    parents: np.ndarray | None = None  # the caller's rows i*w .. i*w+w-1 start as copies of request i
+    t = 1
+    while True:
+        active = [i for i in range(b) if not _row_done(finished[i], beams[i], w, t, rank)
+                  and all(len(toks) < max_new[i] for _, toks, _ in beams[i])]
+        if not active:
+            break
+        tokens = np.array([bm[j][1][-1] if j < len(bm) else eot for bm in beams for j in range(w)], dtype=np.int64)
+        logits = step(tokens, parents)
+        new_parents = np.arange(b * w)
+        for i in range(b):
+            if i not in active:
+                new_parents[i * w:(i + 1) * w] = i * w
+                continue
+            cur = beams[i]
+            cand = np.full((w, v), NEG_INF)
+            for j, (total, toks, _) in enumerate(cur):
+                cand[j] = total + rules[i].apply(log_softmax(logits[i * w + j]), toks)
+            flat = cand.reshape(-1)
+            order = np.argsort(-flat, kind="stable")[: 2 * w]
+            live, rows = [], []
+            for c in order:
+                j, tok = divmod(int(c), v)
+                total = float(flat[c])
+                if not np.isfinite(total):
+                    break
+                toks, lps = cur[j][1], cur[j][2]
+                lp_tok = total - cur[j][0]
+                if tok == eot:
+                    if len(live) < w:
+                        _add(finished[i], (rank(total, t + 1), toks, lps, total, True), w)
+                    continue
+                live.append((total, toks + (tok,), lps + (lp_tok,)))
+                rows.append(i * w + j)
+                if len(live) == w:
+                    break
+            beams[i] = live
+            new_parents[i * w:i * w + len(rows)] = rows
+            new_parents[i * w + len(rows):(i + 1) * w] = rows[0] if rows else i * w
+        parents = new_parents
+        t += 1
+    out = []
+    for i in range(b):
+        for total, toks, lps in beams[i]:  # stopped by the length limit: live beams compete too
+            _add(finished[i], (rank(total, len(toks)), toks, lps, total, False), w)
+        if not finished[i]:
+            out.append(Decoded((), (), 0.0, False))
+            continue
+        _, toks, lps, total, ended = finished[i][0]
+        out.append(Decoded(tuple(toks), tuple(lps), float(total), bool(ended)))
+    return out
+
+
+def _add(hyps: list, hyp: tuple, w: int) -> None:
+    hyps.append(hyp)
+    hyps.sort(key=lambda h: -h[0])
+    del hyps[w:]
+
+
+def _row_done(finished: list, live: list, w: int, t: int, rank) -> bool:
+    if not live:
+        return True
+    if len(finished) < w:
+        return False
+    best_live = max(rank(total, t) for total, _, _ in live)
+    return best_live <= min(h[0] for h in finished)
+
+
+@dataclass(frozen=True)
+class WordSpan:
+    tokens: tuple[int, ...]
+    start_s: float
+    end_s: float
+    prob: float
+
+
+def words_from_tokens(tok: WhisperTokens, tokens: Sequence[int], logprobs: Sequence[float], *, duration_s: float,
+                      starts_word: Callable[[int], bool],
+                      char_count: Callable[[Sequence[int]], int]) -> list[WordSpan]:
+    """Split the generated ``tokens`` into words and give each a time.
+
+    Segments are the spans between timestamp tokens (``<|t0|> text <|t1|>``); text before the first
+    timestamp, or with timestamps off, starts at 0, and text not closed by a timestamp ends at
+    ``duration_s``. A word starts at a token that ``starts_word`` (a leading space); tokens without
+    one (punctuation, word pieces) join the word before. **Approximation:** within its segment each
+    word gets a share of the segment's time proportional to its number of characters
+    (``char_count`` of its tokens, at least 1) — not a forced alignment. ``prob`` is the mean
+    probability of the word's tokens.
+    """
+    spans: list[WordSpan] = []
+    seg: list[tuple[int, float]] = []
+    seg_start = 0.0
+    last_time = 0.0
+
+    def flush(end: float) -> None:
+        words: list[list[tuple[int, float]]] = []
+        for t, lp in seg:
+            if not words or starts_word(t):
+                words.append([])
+            words[-1].append((t, lp))
+        end = max(end, seg_start)
+        weights = np.array([max(1, char_count([t for t, _ in w])) for w in words], dtype=np.float64)
+        edges = seg_start + (end - seg_start) * np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
+        for k, w in enumerate(words):
+            probs = np.exp([lp for _, lp in w])
+            spans.append(WordSpan(tuple(t for t, _ in w), float(edges[k]), float(edges[k + 1]), float(probs.mean())))
+
+    for t, lp in zip(tokens, logprobs):
+        if tok.is_timestamp(t):
+            time = tok.time_of(t)
+            if seg:
+                flush(time)
+                seg = []
+            seg_start = last_time = time
+            continue
+        if t >= tok.eot:
+            continue  # other specials carry no text
+        seg.append((t, lp))
+    if seg:
+        flush(max(duration_s, last_time))
+    return spans
+
+
+__all__ = ["Decoded", "LogitRules", "WhisperTokens", "WordSpan", "beam_search", "greedy", "log_softmax",
+           "prefix_tokens", "words_from_tokens"]
