@@ -6,6 +6,9 @@
   ``ffmpeg`` CLI, and returns the :class:`~streamcap.demo.synthetic.Storyline` that is its ground truth.
 - :func:`make_long` loops a file with ``ffmpeg -stream_loop`` (a file served over RTSP does not
   loop by itself).
+- :func:`render_beep_clip` writes a clip with sound (PyAV: H.264 + AAC in mp4, or Opus in mkv,
+  or sound alone): a dark picture that flashes white for one frame while a tone beeps, at known
+  times, so a test can check that a sound and a picture at the same media time line up.
 
 Blocking, synchronous helpers (subprocesses); every output is written to a temporary name and
 renamed into place, so a crash never leaves a truncated file behind a cache hit. A missing tool
@@ -18,6 +21,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from dataclasses import dataclass
+
+import numpy as np
 
 from streamcap.demo.synthetic import Storyline
 
@@ -153,3 +160,110 @@ def make_long(path_in: Path | str, path_out: Path | str, loops: int) -> Path:
         raise MediaToolError(f"ffmpeg -stream_loop failed for {src.name}: {_tail(proc.stderr)}")
     partial.replace(out)
     return out
+
+
+@dataclass(frozen=True)
+class BeepClip:
+    """A clip written by :func:`render_beep_clip`: each beep (and flash) starts at a time of
+    ``beeps_s`` and lasts ``beep_s``."""
+
+    path: Path
+    fps: float
+    duration_s: float
+    beeps_s: tuple[float, ...]
+    beep_s: float
+    tone_hz: float
+    has_video: bool
+    audio_codec: str
+
+
+def render_beep_clip(
+    path: Path | str,
+    *,
+    duration_s: float = 6.0,
+    fps: float = 10.0,
+    size: tuple[int, int] = (160, 120),
+    beeps_s: tuple[float, ...] = (1.0, 2.5, 4.0),
+    beep_s: float | None = None,
+    tone_hz: float = 1000.0,
+    sample_rate: int = 48_000,
+    channels: int = 2,
+    audio_codec: str = "aac",
+    video: bool = True,
+) -> BeepClip:
+    """Write a clip whose sound beeps (a ``tone_hz`` sine at 0.5 amplitude, silence between)
+    while its picture flashes white (dark grey between), both starting at each time of
+    ``beeps_s`` and lasting ``beep_s`` (default one frame interval). ``audio_codec``: ``"aac"``
+    (``.mp4``/``.mkv``) or ``"opus"`` (``.mkv``); ``video=False``: sound only. Encoded with PyAV
+    (H.264 by libx264, yuv420p, a key frame every 2 s), tracks interleaved by time."""
+    import av
+
+    out = Path(path)
+    if audio_codec not in ("aac", "opus"):
+        raise ValueError(f"audio_codec must be 'aac' or 'opus', not {audio_codec!r}")
+    if audio_codec == "opus" and out.suffix.lower() != ".mkv":
+        raise ValueError("Opus goes in .mkv")
+    if duration_s <= 0 or fps <= 0:
+        raise ValueError("duration_s and fps must be positive")
+    beep = beep_s if beep_s is not None else 1.0 / fps
+    width, height = size
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    from fractions import Fraction
+
+    n_samples = round(duration_s * sample_rate)
+    t = np.arange(n_samples) / sample_rate
+    on = np.zeros(n_samples, bool)
+    for b in beeps_s:
+        on |= (t >= b) & (t < b + beep)
+    tone = np.where(on, 0.5 * np.sin(2 * np.pi * tone_hz * t), 0.0).astype(np.float32)
+    try:
+        with av.open(str(partial), "w") as container:
+            vstream = None
+            if video:
+                vstream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+                vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+                vstream.options = {"g": str(max(1, round(2 * fps))), "preset": "veryfast", "crf": "18"}
+            codec = "aac" if audio_codec == "aac" else "libopus"
+            astream = container.add_stream(codec, rate=sample_rate)
+            astream.layout = "stereo" if channels == 2 else "mono"
+            astream.format = "fltp" if audio_codec == "aac" else "flt"
+            # interleave by time so the demuxer sees both tracks side by side
+            frame_size = astream.codec_context.frame_size or 960
+            a_next, v_next, a_pos = 0.0, 0.0, 0
+            n_frames = round(duration_s * fps) if video else 0
+            v_index = 0
+            while a_pos < n_samples or v_index < n_frames:
+                if vstream is not None and v_index < n_frames and (v_next <= a_next or a_pos >= n_samples):
+                    ft = v_index / fps
+                    flash = any(b - 1e-9 <= ft < b + beep - 1e-9 for b in beeps_s)
+                    image = np.full((height, width, 3), 235 if flash else 30, np.uint8)
+                    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    frame.pts = v_index
+                    frame.time_base = Fraction(1) / vstream.codec_context.framerate
+                    container.mux(vstream.encode(frame))
+                    v_index += 1
+                    v_next = v_index / fps
+                    continue
+                block = tone[a_pos:a_pos + frame_size]
+                if len(block) < frame_size:
+                    block = np.pad(block, (0, frame_size - len(block)))
+                planes = np.tile(block, (channels, 1))
+                if astream.format.name == "flt":
+                    planes = planes.T.reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes, np.float32),
+                                                   format=astream.format.name, layout=astream.layout.name)
+                frame.sample_rate = sample_rate
+                frame.pts = a_pos
+                frame.time_base = Fraction(1, sample_rate)
+                container.mux(astream.encode(frame))
+                a_pos += frame_size
+                a_next = a_pos / sample_rate
+            if vstream is not None:
+                container.mux(vstream.encode(None))
+            container.mux(astream.encode(None))
+    except Exception:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out)
+    return BeepClip(out, fps, duration_s, tuple(beeps_s), beep, tone_hz, video, audio_codec)

@@ -4,6 +4,13 @@ A :class:`Source` is one abstract ``async recv()`` returning the next
 :class:`~streamcap.core.types.Frame` and an idempotent ``aclose()`` (aiortc's track shape). One
 consumer task calls ``recv()``; concurrent ``recv()`` calls are not supported.
 
+Audio: a source opened with ``audio=True`` also returns
+:class:`~streamcap.core.types.AudioChunk` s from ``recv()`` (16 kHz mono float32, ``pts_s`` on the
+same media clock as its frames), interleaved with the frames in about media-time order; a stream
+without a picture may then deliver audio only. With ``audio=False`` (the default) ``recv()``
+returns frames only, and a source never decodes audio. Kinds without sound (webcams through
+OpenCV, ``synthetic:``) accept ``audio=True`` and deliver frames only.
+
 Threading contract: hooks (``on_status``, ``on_drop``, ``on_reconnect``) are always called on the
 event loop thread, never from a decoder thread, so they may touch loop state directly.
 ``frame_transform`` is the exception: it runs in the decoder thread, on every decoded RGB frame,
@@ -24,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from streamcap.core.status import TRANSITIONS, can_transition  # noqa: F401  (re-exported)
-from streamcap.core.types import Frame, Status, StreamState
+from streamcap.core.types import AudioChunk, Frame, Status, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ class Source(abc.ABC):
 
     id: str
     live: bool
+    #: whether ``recv()`` may return audio chunks (the ``audio`` keyword)
+    audio: bool
 
     def __init__(
         self,
@@ -54,9 +63,11 @@ class Source(abc.ABC):
         on_reconnect: ReconnectHook | None = None,
         clock: Clock | None = None,
         frame_transform: FrameTransform | None = None,
+        audio: bool = False,
     ) -> None:
         self.id = stream_id
         self.live = live
+        self.audio = bool(audio)
         self._on_status = on_status
         self._on_drop = on_drop
         self._on_reconnect = on_reconnect
@@ -70,8 +81,8 @@ class Source(abc.ABC):
         return self._state
 
     @abc.abstractmethod
-    async def recv(self) -> Frame:
-        """The next frame. Raises :class:`~streamcap.core.errors.SourceEnded` once a finite source is
+    async def recv(self) -> Frame | AudioChunk:
+        """The next frame (or, with ``audio=True``, audio chunk). Raises :class:`~streamcap.core.errors.SourceEnded` once a finite source is
         done (or the source was closed) and :class:`~streamcap.core.errors.SourceError` when it failed
         for good."""
 

@@ -6,10 +6,15 @@ module's docstring for the contract); this module is its reader thread.
 
 One demuxer
 -----------
-A connection opens the input once (``av.open``) and demuxes it; today only the video stream's
-packets are asked for, and :meth:`PyAVSource._route` hands each packet to its stream's handler,
-so an audio track is one more ``demux`` argument and one more handler, on the same connection
-and the same timestamps. Only frames that are kept are converted to RGB
+A connection opens the input once (``av.open``) and demuxes it: the first video stream and, with
+``audio=True``, the best audio stream (``container.streams.best("audio")``), through the one
+``demux``; :meth:`PyAVSource._route` hands each packet to its stream's handler. Audio is decoded,
+resampled to 16 kHz mono float32 (:class:`~streamcap.sources.audio.Resampler`), cut into 50 ms
+chunks (:class:`~streamcap.sources.audio.Chunker`) and posted with its container time, which the
+loop side maps through the video's media clock (:mod:`streamcap.sources.reader`, "Audio time").
+Until a connection's first picture is posted its audio is held back here (at most
+:data:`AUDIO_LEAD_CHUNKS`; older chunks are dropped as ``audio_full``). With ``audio=True`` a
+stream without video is read for its audio alone. Only frames that are kept are converted to RGB
 (``frame.to_ndarray(format="rgb24")``); :meth:`PyAVSource._keep` is where sampling will decide,
 and the stream's codec context (``skip_frame``) is at hand in the same place to skip decoding
 of frames nobody wants.
@@ -39,7 +44,7 @@ Errors
 Files get a distinct message per way of being unreadable (:func:`file_problem`): no such file,
 empty file, not a media file (no container format recognised), truncated/corrupt (a container
 was recognised but could not be read, or no frame could be decoded), no video stream (audio
-only). Messages never carry a URL's credentials (FFmpeg's own error texts name the URL, so only
+only; with ``audio=True``: no video or audio stream). Messages never carry a URL's credentials (FFmpeg's own error texts name the URL, so only
 their ``strerror`` part is used).
 """
 
@@ -55,7 +60,17 @@ from typing import Any
 
 import av
 
-from streamcap.sources.reader import Decoded, Dropped, Event, Kind, ReaderSource, ReaderThread
+from streamcap.core.types import DropReason
+from streamcap.sources.audio import Chunker, Resampler
+from streamcap.sources.reader import (
+    Decoded,
+    DecodedAudio,
+    Dropped,
+    Event,
+    Kind,
+    ReaderSource,
+    ReaderThread,
+)
 from streamcap.sources.url import SourceKind
 
 log = logging.getLogger(__name__)
@@ -64,6 +79,8 @@ log = logging.getLogger(__name__)
 RTSP_OPTIONS: Mapping[str, str] = {"rtsp_transport": "tcp", "analyzeduration": "100000",
                                    "probesize": "65536"}
 _FAR_S = 1e9  # what an abandoned reader's clock adds: any timeout has passed
+#: audio chunks (50 ms) a connection holds back while waiting for its first picture (5 s)
+AUDIO_LEAD_CHUNKS = 100
 
 # --------------------------------------------------------------------------- interruption
 
@@ -169,6 +186,14 @@ def _ffmpeg_reason(exc: BaseException) -> str:
 def probe_video(path: str, *, timeout_s: float = 10.0) -> str | None:
     """Blocking: None when ``path`` holds a video stream with at least one decodable frame, else
     a clear description of what is wrong (the same words the source's ERROR status uses)."""
+    return probe_media(path, want_audio=False, timeout_s=timeout_s)
+
+
+def probe_media(path: str, *, want_audio: bool, timeout_s: float = 10.0) -> str | None:
+    """Blocking: None when ``path`` can be read as a source opened with ``audio=want_audio``
+    would read it — a video stream with a decodable frame, or (``want_audio``) an audio stream
+    with decodable sound when there is no video — else a clear description of what is wrong
+    (the same words the source's ERROR status uses)."""
     problem = file_problem(path)
     if problem is not None:
         return problem
@@ -177,11 +202,12 @@ def probe_video(path: str, *, timeout_s: float = 10.0) -> str | None:
     except (av.FFmpegError, OSError) as exc:
         return _unopenable_file_detail(path, exc)
     try:
-        if not container.streams.video:
-            return _no_video_detail(path, container)
-        video = container.streams.video[0]
+        stream = (container.streams.video[0] if container.streams.video
+                  else _best_audio(container) if want_audio else None)
+        if stream is None:
+            return _no_video_detail(path, container, want_audio=want_audio)
         try:
-            for packet in container.demux(video):
+            for packet in container.demux(stream):
                 try:
                     if packet.decode():
                         return None
@@ -189,12 +215,21 @@ def probe_video(path: str, *, timeout_s: float = 10.0) -> str | None:
                     continue
         except (av.FFmpegError, OSError) as exc:
             return f"cannot read {path}: truncated/corrupt: {_ffmpeg_reason(exc)}"
-        return f"cannot read {path}: truncated/corrupt: no frame could be decoded"
+        what = "frame" if stream.type == "video" else "audio"
+        return f"cannot read {path}: truncated/corrupt: no {what} could be decoded"
     finally:
         container.close()
 
 
-def _no_video_detail(what: str, container: Any) -> str:
+def _best_audio(container: Any) -> Any | None:
+    if not container.streams.audio:
+        return None
+    return container.streams.best("audio") or container.streams.audio[0]
+
+
+def _no_video_detail(what: str, container: Any, *, want_audio: bool = False) -> str:
+    if want_audio:
+        return f"cannot read {what}: no video or audio stream"
     if container.streams.audio:
         return f"cannot read {what}: no video stream (audio only)"
     return f"cannot read {what}: no video stream"
@@ -252,23 +287,36 @@ class PyAVSource(ReaderSource):
                     detail = self._open_failure_detail(exc, time.monotonic() - started)
                     self._post(loop, Event(gen, Kind.OPEN_FAILED, detail))
                 return
-            if not container.streams.video:
-                self._post(loop, Event(gen, Kind.OPEN_FAILED, _no_video_detail(what, container)))
+            video = container.streams.video[0] if container.streams.video else None
+            sound = _best_audio(container) if self.audio else None
+            if video is None and sound is None:
+                self._post(loop, Event(gen, Kind.OPEN_FAILED,
+                                       _no_video_detail(what, container, want_audio=self.audio)))
                 return
-            video = container.streams.video[0]
-            rate = video.average_rate or video.guessed_rate
-            fps = float(rate) if rate else 0.0
-            if not self._post(loop, Event(gen, Kind.OPENED, fps=fps if 0 < fps < 1000 else 0.0)):
+            fps = 0.0
+            if video is not None:
+                rate = video.average_rate or video.guessed_rate
+                fps = float(rate) if rate else 0.0
+            if not self._post(loop, Event(gen, Kind.OPENED, fps=fps if 0 < fps < 1000 else 0.0,
+                                          has_video=video is not None)):
                 return
+            audio = (_AudioState(sound, held=video is not None, clock=self._clock)
+                     if sound is not None else None)
+            streams = [s for s in (video, sound) if s is not None]
             try:
                 # one demuxer for every stream we read; each packet goes to its stream's handler
-                for packet in container.demux(video):
+                for packet in container.demux(*streams):
                     if self._abandoned(gen):
                         return
-                    kept = self._route(gen, loop, packet, video)
+                    kept = self._route(gen, loop, packet, video, audio)
                     if kept is None:
                         return
                     frames += kept
+                if audio is not None and not self._abandoned(gen):
+                    kept = self._post_audio(gen, loop, audio, audio.flush())
+                    if kept is None:
+                        return
+                    frames += kept if video is None else 0
             except (av.FFmpegError, OSError) as exc:
                 if self._abandoned(gen):
                     return
@@ -300,12 +348,52 @@ class PyAVSource(ReaderSource):
                 container.close()
 
     def _route(self, gen: int, loop: asyncio.AbstractEventLoop, packet: av.Packet,
-               video: av.VideoStream) -> int | None:
-        """Hand one demuxed packet to its stream's handler; returns the frames it kept, or None
-        when the connection was abandoned meanwhile."""
-        if packet.stream is video:
-            return self._on_video_packet(gen, loop, packet)
-        return 0  # not asked for (the next issue's audio lands here)
+               video: av.VideoStream | None, audio: _AudioState | None = None) -> int | None:
+        """Hand one demuxed packet to its stream's handler; returns the frames (audio only: the
+        audio chunks) it kept, or None when the connection was abandoned meanwhile."""
+        if video is not None and packet.stream is video:
+            kept = self._on_video_packet(gen, loop, packet)
+            if kept and audio is not None and audio.held:  # the first picture is out
+                audio.held = False
+                if self._post_audio(gen, loop, audio, audio.release()) is None:
+                    return None
+            return kept
+        if audio is not None and packet.stream is audio.stream:
+            kept = self._on_audio_packet(gen, loop, packet, audio)
+            return kept if video is None or kept is None else 0
+        return 0  # not asked for
+
+    def _on_audio_packet(self, gen: int, loop: asyncio.AbstractEventLoop, packet: av.Packet,
+                         audio: _AudioState) -> int | None:
+        try:
+            decoded = packet.decode()
+        except av.InvalidDataError as exc:  # one bad packet: count it, go on with the next
+            self._post(loop, Dropped(gen, "decode_error", f"audio: {_ffmpeg_reason(exc)}"))
+            return 0
+        chunks = []
+        for frame in decoded:
+            chunks += audio.add(frame)
+        if audio.held:
+            lost = audio.hold(chunks)
+            for _ in range(lost):
+                self._post(loop, Dropped(gen, DropReason.AUDIO_FULL.value,
+                                         "audio waited too long for the first picture"))
+            return 0
+        return self._post_audio(gen, loop, audio, chunks)
+
+    def _post_audio(self, gen: int, loop: asyncio.AbstractEventLoop, audio: _AudioState,
+                    chunks: list[tuple[float | None, Any, int]]) -> int | None:
+        """Post audio chunks (waiting for room, for files); returns how many, None when the
+        connection was abandoned."""
+        if audio.held:
+            audio.hold(chunks)
+            return 0
+        for pts_s, samples, capture_ns in chunks:
+            if not self._wait_for_room(gen, audio=True):
+                return None
+            if not self._post(loop, DecodedAudio(gen, samples, capture_ns, pts_s)):
+                return None
+        return len(chunks)
 
     def _on_video_packet(self, gen: int, loop: asyncio.AbstractEventLoop,
                          packet: av.Packet) -> int | None:
@@ -328,4 +416,45 @@ class PyAVSource(ReaderSource):
         return kept
 
 
-__all__ = ["RTSP_OPTIONS", "PyAVSource", "file_problem", "install_interrupt_check", "probe_video"]
+class _AudioState:
+    """A connection's audio on the reader thread: resampler, chunker, and the chunks held back
+    until the first picture is posted (``held``)."""
+
+    def __init__(self, stream: Any, *, held: bool, clock: Any = time.monotonic_ns) -> None:
+        self.stream = stream
+        self.held = held
+        self._clock = clock
+        self._resampler = Resampler()
+        self._chunker = Chunker()
+        self._pending: list[tuple[float | None, Any, int]] = []
+
+    def add(self, frame: Any) -> list[tuple[float | None, Any, int]]:
+        """The complete chunks after one decoded frame: (container time, samples, capture_ns)."""
+        out = []
+        for t, samples in self._resampler.resample(frame):
+            out += self._chunker.add(t, samples)
+        now = self._clock()
+        return [(t, samples, now) for t, samples in out]
+
+    def flush(self) -> list[tuple[float | None, Any, int]]:
+        out = []
+        for t, samples in self._resampler.resample(None):
+            out += self._chunker.add(t, samples)
+        out += self._chunker.flush()
+        now = self._clock()
+        return [(t, samples, now) for t, samples in out]
+
+    def hold(self, chunks: list) -> int:
+        """Keep ``chunks`` until :meth:`release`; returns how many old ones were dropped."""
+        self._pending += chunks
+        lost = max(0, len(self._pending) - AUDIO_LEAD_CHUNKS)
+        del self._pending[:lost]
+        return lost
+
+    def release(self) -> list[tuple[float | None, Any, int]]:
+        pending, self._pending = self._pending, []
+        return pending
+
+
+__all__ = ["AUDIO_LEAD_CHUNKS", "RTSP_OPTIONS", "PyAVSource", "file_problem", "install_interrupt_check",
+           "probe_media", "probe_video"]

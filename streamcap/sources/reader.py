@@ -22,7 +22,9 @@ Handoff
 -------
 Frames wait in a small bounded deque (``handoff_size``). Live sources drop the oldest frame when
 it is full (reported as ``on_drop("handoff_full")``) so the consumer always gets recent frames;
-files make the reader wait for room (nothing is lost).
+files make the reader wait for room (nothing is lost). With ``audio=True`` audio chunks wait in
+the same deque, in arrival order, bounded by their own count (``audio_handoff_size``, 40 chunks:
+2 s): live, the oldest chunk is dropped when full (``on_drop("audio_full")``); files wait.
 
 Timestamps
 ----------
@@ -32,6 +34,22 @@ the pure :class:`~streamcap.core.mediaclock.MediaClock`, fed the container's tim
 (or None) and its capture time: strictly increasing, never jumping further than what was
 received, each connection of a live stream a new segment. Every discontinuity it reports
 (``pts_jump``, ``pts_rewind``) goes out through ``on_drop`` and is counted.
+
+Audio time
+----------
+A subclass posts :class:`DecodedAudio` (16 kHz mono, container time) beside :class:`Decoded`.
+Audio shares the video's media clock: each placed frame records ``media - container`` time, and
+an audio chunk's media start is its container time plus that offset, so a sound and a picture
+the container puts at the same time get the same ``pts_s`` (across re-based segments too). The
+reader holds a connection's audio back until its first frame is posted (a decoder may delay its
+first picture), so the offset is known; audio placed before media 0 or overlapping the previous
+chunk is cut (:class:`~streamcap.sources.audio.AudioTimeline`). A stream whose audio time strays
+more than :data:`AUDIO_MAX_SKEW_S` from its pictures' time continues its audio at the pictures'
+time instead. A stream without video (audio only, ``audio=True``) drives the
+:class:`~streamcap.core.mediaclock.MediaClock` with its audio chunks, so the same rules (start at
+0, jumps and rewinds re-based and counted, live reconnects keeping pace) apply; its audio also
+feeds the watchdog and the LIVE status as frames do. In a stream with video the watchdog watches
+the pictures only, as without audio.
 
 Live failure handling
 ---------------------
@@ -63,7 +81,8 @@ import numpy as np
 
 from streamcap.core.errors import SourceEnded, SourceError
 from streamcap.core.mediaclock import MediaClock
-from streamcap.core.types import Frame, StreamState
+from streamcap.core.types import AUDIO_RATE, AudioChunk, DropReason, Frame, StreamState
+from streamcap.sources.audio import CHUNK_SAMPLES, AudioTimeline
 from streamcap.sources.backoff import Backoff
 from streamcap.sources.base import Source
 from streamcap.sources.url import SourceKind, SourceSpec, sanitize_url
@@ -73,6 +92,8 @@ log = logging.getLogger(__name__)
 _OPEN_GRACE_S = 2.0  # the watchdog gives the decoder's own open timeout this much slack
 _EXIT_GRACE_S = 2.0  # aclose waits this long past the read timeout for the reader to leave
 _EXIT_JOIN_S = 2.0  # at interpreter exit, readers still running get this long (all together)
+#: audio whose media time strays this far from the newest picture's continues at the picture's
+AUDIO_MAX_SKEW_S = 5.0
 
 
 class Kind(str, Enum):
@@ -92,6 +113,7 @@ class Event:
     kind: Kind
     detail: str = ""
     fps: float = 0.0
+    has_video: bool = True  # OPENED: whether the connection has pictures (False: audio only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +122,16 @@ class Decoded:
     image: np.ndarray
     capture_ns: int
     pts_s: float | None  # the container's presentation time (seconds), None when it has none
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedAudio:
+    """Decoded audio: 16 kHz mono float32 samples, the first at container time ``pts_s``."""
+
+    gen: int
+    samples: np.ndarray
+    capture_ns: int
+    pts_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +196,8 @@ class ReaderSource(Source, abc.ABC):
     ``read_timeout_s`` (given to the decoder), ``backoff`` and ``rng`` (reconnect delays),
     ``handoff_size``, ``max_failures`` (consecutive failed connections before giving up with
     ERROR; None retries forever; ``"auto"``: the subclass's default), ``end_on_eof`` (a live
-    stream whose server ends it is ENDED instead of reconnected).
+    stream whose server ends it is ENDED instead of reconnected), ``audio_handoff_size`` (audio
+    chunks waiting, with ``audio=True``).
     """
 
     #: the source kinds a subclass reads
@@ -185,6 +218,7 @@ class ReaderSource(Source, abc.ABC):
         handoff_size: int = 4,
         max_failures: int | None | str = "auto",
         end_on_eof: bool = False,
+        audio_handoff_size: int = 40,
         **hooks: Any,
     ) -> None:
         if spec.kind not in self.kinds:
@@ -192,8 +226,8 @@ class ReaderSource(Source, abc.ABC):
         super().__init__(stream_id, live=spec.live, **hooks)
         if stall_timeout_s <= 0 or open_timeout_s <= 0 or read_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
-        if handoff_size < 1:
-            raise ValueError("handoff_size must be >= 1")
+        if handoff_size < 1 or audio_handoff_size < 1:
+            raise ValueError("handoff_size and audio_handoff_size must be >= 1")
         self.spec = spec
         self.safe_url = sanitize_url(spec.location)
         self._stall_timeout_s = stall_timeout_s
@@ -205,9 +239,13 @@ class ReaderSource(Source, abc.ABC):
         self._max_failures = self.default_max_failures if max_failures == "auto" else max_failures
         self._end_on_eof = end_on_eof
 
-        self._frames: deque[Frame] = deque()
+        self._frames: deque[Frame | AudioChunk] = deque()  # frames and audio, in arrival order
+        self._queued_audio = 0  # audio chunks in _frames
+        self._audio_handoff_size = audio_handoff_size
         # files: the reader takes a slot per frame and the consumer gives it back (BLOCK policy)
         self._slots = None if self.live else threading.Semaphore(handoff_size)
+        self._audio_slots = (None if self.live or not self.audio
+                             else threading.Semaphore(audio_handoff_size))
         self._ready: asyncio.Event | None = None
         self._events: asyncio.Queue[Event] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -226,6 +264,12 @@ class ReaderSource(Source, abc.ABC):
         self._nominal_fps = 0.0
         self._seg_frames = 0
         self._connect_started_at = 0.0
+        # audio (see "Audio time" in the module docstring)
+        self._has_video = True  # the current connection's OPENED said so
+        self._audio_offset: float | None = None  # media - container time of the newest frame
+        self._last_video_s: float | None = None  # media time of the newest frame
+        self._audio_timeline = AudioTimeline()
+        self._audio_seq = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -233,17 +277,21 @@ class ReaderSource(Source, abc.ABC):
     def media_clock(self) -> MediaClock:
         return self._media_clock
 
-    async def recv(self) -> Frame:
+    async def recv(self) -> Frame | AudioChunk:
         if self._closed:
             raise SourceEnded(f"stream {self.id} is closed")
         self._ensure_started()
         assert self._ready is not None
         while True:
             if self._frames:
-                frame = self._frames.popleft()
-                if self._slots is not None:
+                item = self._frames.popleft()
+                if isinstance(item, AudioChunk):
+                    self._queued_audio -= 1
+                    if self._audio_slots is not None:
+                        self._audio_slots.release()
+                elif self._slots is not None:
                     self._slots.release()
-                return frame
+                return item
             if self._failure is not None:
                 raise SourceError(self._failure)
             if self._ended:
@@ -270,6 +318,7 @@ class ReaderSource(Source, abc.ABC):
                     raise
         await self._wait_reader_exit()
         self._frames.clear()
+        self._queued_audio = 0
         if self._state not in (None, StreamState.ENDED, StreamState.ERROR):
             self._set_state(StreamState.ENDED, "closed")
         if self._ready is not None:
@@ -290,13 +339,16 @@ class ReaderSource(Source, abc.ABC):
         thread = threading.current_thread()
         return isinstance(thread, ReaderThread) and thread.abort_io
 
-    def _wait_for_room(self, gen: int) -> bool:
-        """Files: block until the consumer has room; False when the connection was abandoned."""
-        if self._slots is not None:
-            self._slots.acquire()
+    def _wait_for_room(self, gen: int, *, audio: bool = False) -> bool:
+        """Files: block until the consumer has room (for a frame, or an audio chunk); False when
+        the connection was abandoned."""
+        slots = self._audio_slots if audio else self._slots
+        if slots is not None:
+            slots.acquire()
         return not self._abandoned(gen)
 
-    def _post(self, loop: asyncio.AbstractEventLoop, item: Event | Decoded | Dropped) -> bool:
+    def _post(self, loop: asyncio.AbstractEventLoop,
+              item: Event | Decoded | DecodedAudio | Dropped) -> bool:
         try:
             loop.call_soon_threadsafe(self._on_posted, item)
         except RuntimeError:  # the loop is closed: nobody is listening any more
@@ -336,6 +388,9 @@ class ReaderSource(Source, abc.ABC):
         if self._slots is not None:
             for _ in range(self._handoff_size + 1):
                 self._slots.release()
+        if self._audio_slots is not None:
+            for _ in range(self._audio_handoff_size + 1):
+                self._audio_slots.release()
 
     async def _wait_reader_exit(self) -> None:
         thread, exited = self._thread, self._thread_exited
@@ -398,7 +453,8 @@ class ReaderSource(Source, abc.ABC):
         if event.kind is not Kind.OPENED:
             return event.kind, event.detail
         self._nominal_fps = event.fps
-        self._media_clock.set_fps(event.fps)
+        # audio only: the clock steps one chunk at a time
+        self._media_clock.set_fps(event.fps if event.has_video else AUDIO_RATE / CHUNK_SAMPLES)
         opened_at = loop.time()
         log.info("stream %s: opened %s in %.3f s (%.3g fps)", self.id, self.safe_url,
                  opened_at - self._connect_started_at, event.fps)
@@ -430,6 +486,7 @@ class ReaderSource(Source, abc.ABC):
         gen = self._generation
         self._seg_frames = 0
         self._media_clock.new_segment()
+        self._audio_offset = None
         self._connect_started_at = loop.time()
         exited = asyncio.Event()
         thread = ReaderThread(target=self._thread_main, args=(gen, loop, exited), daemon=True,
@@ -449,36 +506,103 @@ class ReaderSource(Source, abc.ABC):
             except RuntimeError:  # the loop is closed
                 pass
 
-    def _on_posted(self, item: Event | Decoded | Dropped) -> None:
+    def _on_posted(self, item: Event | Decoded | DecodedAudio | Dropped) -> None:
         """Runs on the loop: route what a reader posted, ignoring abandoned connections."""
         if item.gen != self._generation or self._closed:
             return
         if isinstance(item, Decoded):
             self._accept(item)
+        elif isinstance(item, DecodedAudio):
+            self._accept_audio(item)
         elif isinstance(item, Dropped):
             log.debug("stream %s: dropped (%s) %s", self.id, item.reason, item.detail)
             self._drop(item.reason)
         else:
+            if item.kind is Kind.OPENED:
+                self._has_video = item.has_video
             assert self._events is not None
             self._events.put_nowait(item)
 
-    def _accept(self, item: Decoded) -> None:
-        placed = self._media_clock.place(item.pts_s, item.capture_ns)
+    def _place(self, pts_s: float | None, capture_ns: int) -> float:
+        """Media time from the clock for a frame (or, audio only, a chunk); reports jumps."""
+        placed = self._media_clock.place(pts_s, capture_ns)
         if placed.discontinuity is not None:
             log.warning("stream %s: container time %s by %.3g s at media %.3f s; re-based (%s)",
                         self.id, "went back" if placed.claimed_step_s < 0 else "jumped",
                         placed.claimed_step_s, placed.media_s, placed.discontinuity.value)
             self._drop(placed.discontinuity.value)
-        frame = Frame(self.id, self._seq, item.capture_ns, placed.media_s, item.image)
+        return placed.media_s
+
+    def _accept(self, item: Decoded) -> None:
+        media_s = self._place(item.pts_s, item.capture_ns)
+        self._audio_offset = None if item.pts_s is None else media_s - item.pts_s
+        self._last_video_s = media_s
+        frame = Frame(self.id, self._seq, item.capture_ns, media_s, item.image)
         self._seq += 1
+        self._counted_alive()
+        if self.live and len(self._frames) - self._queued_audio >= self._handoff_size:
+            self._remove_oldest(Frame)
+            self._drop("handoff_full")
+        self._frames.append(frame)
+        self._went_live()
+
+    def _accept_audio(self, item: DecodedAudio) -> None:
+        if not self.audio:
+            return
+        if not self._has_video:  # audio only: the chunks drive the media clock
+            start_s = self._place(item.pts_s, item.capture_ns)
+        else:
+            start_s = self._audio_start_s(item.pts_s)
+            if start_s is None:
+                return  # no picture placed yet: nothing to align with (the reader holds audio back)
+        placed = self._audio_timeline.place(start_s, item.samples)
+        if placed is None:
+            return
+        start_s, samples = placed
+        chunk = AudioChunk(self.id, self._audio_seq, item.capture_ns, start_s, samples)
+        self._audio_seq += 1
+        if not self._has_video:
+            self._counted_alive()
+        if self.live and self._queued_audio >= self._audio_handoff_size:
+            self._remove_oldest(AudioChunk)
+            self._queued_audio -= 1
+            self._drop(DropReason.AUDIO_FULL.value)
+        self._frames.append(chunk)
+        self._queued_audio += 1
+        if not self._has_video:
+            self._went_live()
+        else:
+            self._wake()
+
+    def _audio_start_s(self, pts_s: float | None) -> float | None:
+        """The media start of a chunk at container time ``pts_s`` in a stream with pictures."""
+        newest = self._last_video_s
+        if newest is None:
+            return None
+        end = self._audio_timeline.end_s
+        if pts_s is None or self._audio_offset is None:  # nothing to map: continue the audio
+            return newest if end is None else end
+        start = pts_s + self._audio_offset
+        if abs(start - newest) > AUDIO_MAX_SKEW_S:
+            log.debug("stream %s: audio at %.3f s strays from the picture at %.3f s; continuing "
+                      "it there", self.id, start, newest)
+            start = newest if end is None else max(end, newest)
+        return start
+
+    def _remove_oldest(self, kind: type) -> None:
+        for i, queued in enumerate(self._frames):
+            if isinstance(queued, kind):
+                del self._frames[i]
+                return
+
+    def _counted_alive(self) -> None:
+        """A frame (or, audio only, a chunk) arrived: the connection works."""
         self._seg_frames += 1
         self._frames_ever += 1
         self._failures = 0
         self._last_frame_at = asyncio.get_running_loop().time()
-        if self.live and len(self._frames) >= self._handoff_size:
-            self._frames.popleft()
-            self._drop("handoff_full")
-        self._frames.append(frame)
+
+    def _went_live(self) -> None:
         if self._state is not StreamState.LIVE:
             self._set_state(StreamState.LIVE, f"receiving {self.safe_url}", fps=self._nominal_fps)
         self._wake()

@@ -219,7 +219,7 @@ def parse_source_url(url: str) -> SourceSpec:
 #: options of decoding sources (:class:`~streamcap.sources.reader.ReaderSource`) that do not
 #: apply to synthetic or push ones
 NETWORK_TUNING = frozenset({"stall_timeout_s", "open_timeout_s", "read_timeout_s", "backoff", "rng",
-                            "max_failures", "end_on_eof"})
+                            "max_failures", "end_on_eof", "audio_handoff_size"})
 
 
 def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
@@ -228,12 +228,18 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
     Files, RTSP(S) and HTTP(S) are read by :class:`~streamcap.sources.pyav.PyAVSource`, webcams
     by :class:`~streamcap.sources.opencv.OpenCVSource`. ``kwargs`` go to the source class: the
     hooks of :class:`~streamcap.sources.base.Source` (``on_status``, ``on_drop``,
-    ``on_reconnect``, ``clock``, ``frame_transform``), ``handoff_size``, and the tuning of
-    :class:`~streamcap.sources.reader.ReaderSource` (``stall_timeout_s``, ``open_timeout_s``,
-    ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``, ``end_on_eof``), which a
+    ``on_reconnect``, ``clock``, ``frame_transform``, ``audio``), ``handoff_size``, and the tuning
+    of :class:`~streamcap.sources.reader.ReaderSource` (``stall_timeout_s``, ``open_timeout_s``,
+    ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``, ``end_on_eof``,
+    ``audio_handoff_size``), which a
     synthetic source, having no decoder, ignores, and a push source ignores along with
     ``handoff_size`` — so one set of options, ``streamcap.runtime.config.source_options(config)``,
     can be passed for every stream.
+
+    ``audio=True`` (default False): ``recv()`` also returns the stream's sound as
+    :class:`~streamcap.core.types.AudioChunk` s on the frames' media clock, and a file or
+    RTSP/HTTP stream with audio but no video is read (see :mod:`streamcap.sources.base`). A push
+    source takes ``max_queued_audio`` (chunks) as well.
     """
     spec = url if isinstance(url, SourceSpec) else parse_source_url(url)
     if spec.kind is SourceKind.SYNTHETIC:
