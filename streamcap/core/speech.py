@@ -19,10 +19,12 @@ voice-activity detector:
   last window (``final_pass``) covers the utterance and all its words are committed at once — the
   speaker stopped, nothing later can change them. This is what keeps final latency low.
 - **No-speech gating**: a transcript whose ``no_speech_prob`` is above ``no_speech_threshold``
-  and whose ``avg_logprob`` is below ``logprob_threshold`` (Whisper's own rule) counts as silence.
+  and whose ``avg_logprob`` is below ``logprob_threshold`` (Whisper's own rule), or whose
+  ``no_speech_prob`` alone reaches ``no_speech_alone`` (measured: ≥ 0.79 on silence and noise,
+  ≤ 0.22 on speech; Whisper's "you" on silence has an avg_logprob near -0.8), counts as silence.
 - **Trimming**: once the buffer is longer than ``trim_s`` it is cut at the end of the last
-  committed sentence (else the last committed word); a buffer reaching ``max_window_s`` commits
-  what it has heard up to ``min_chunk_s`` before its end and is cut there.
+  committed sentence (else the last committed word); a (nearly) full buffer is heard at once and,
+  if two hypotheses still do not agree, commits what it heard up to a second before its end.
 - **Bounded**: the buffer holds ``max_window_s`` of audio. A live stream whose buffer is full
   drops its oldest audio (counted in :attr:`SpeechPolicy.dropped_s`, reason ``speech_overflow``);
   a file's reader is told to wait (:meth:`SpeechPolicy.room_s`) and nothing is lost.
@@ -67,6 +69,7 @@ class SpeechSettings:
     pad_s: float  # audio kept before speech starts
     no_speech_threshold: float
     logprob_threshold: float
+    no_speech_alone: float  # a no-speech probability this high is silence whatever the log-prob
     prompt_chars: int  # committed text given as the initial prompt
 
     def __post_init__(self) -> None:
@@ -251,9 +254,12 @@ class SpeechPolicy:
         ended = end_s - self._last_speech_end_s >= s.end_silence_s
         if ended:
             return self._window(final_pass=True)
-        if end_s - self._last_request_end_s >= s.min_chunk_s:
-            return self._window(final_pass=False)
+        if end_s - self._last_request_end_s >= s.min_chunk_s or self._is_full(self._n):
+            return self._window(final_pass=False)  # (a full buffer must be heard to be trimmed)
         return None
+
+    def _is_full(self, samples: int) -> bool:
+        return samples >= self._capacity - AUDIO_RATE // 10
 
     def flush(self) -> Window | None:
         """The source ended: one last window committing every word heard, or None."""
@@ -289,8 +295,8 @@ class SpeechPolicy:
             raise ValueError(f"stream {self.stream!r}: result for window {window.index} that is not in flight")
         self._in_flight = None
         s = self.settings
-        silent = (transcript.no_speech_prob > s.no_speech_threshold
-                  and transcript.avg_logprob < s.logprob_threshold)
+        silent = ((transcript.no_speech_prob > s.no_speech_threshold and transcript.avg_logprob < s.logprob_threshold)
+                  or transcript.no_speech_prob >= s.no_speech_alone)
         words = [] if silent else self._placed(window, transcript)
         words = [w for w in words if w.start_s >= self._committed_end_s - 0.1]
         if words and abs(words[0].start_s - self._committed_end_s) < 1.0:
@@ -300,9 +306,9 @@ class SpeechPolicy:
         else:
             n = common_prefix(words, self._hypothesis)
             commit, self._hypothesis = words[:n], words[n:]
-            if not commit and window.audio is not None and len(window.audio) >= self._capacity - 1:
-                # a full buffer that never agrees: commit what is older than the last chunk
-                cut = window.end_s - s.min_chunk_s
+            if not commit and window.audio is not None and self._is_full(len(window.audio)):
+                # a full buffer that never agrees: commit what is older than its last second
+                cut = window.end_s - 1.0
                 commit = [w for w in self._hypothesis if w.end_s <= cut]
                 self._hypothesis = self._hypothesis[len(commit):]
         out: list[Caption] = []

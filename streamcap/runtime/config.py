@@ -182,6 +182,9 @@ class SpeechConfig(_Model):
                                                                     "counts as silence.")
     logprob_threshold: float = Field(-1.0, le=0, description="Average log-probability below which a likely "
                                                               "no-speech window is silence.")
+    no_speech_alone: float = Field(0.8, gt=0, le=1, description="A no-speech probability from which a window "
+                                                                 "is silence whatever its log-prob (Whisper "
+                                                                 "says 'you' to silence, sure of it).")
     prompt_chars: int = Field(200, ge=0, le=1000, description="Committed text given to Whisper as the prompt.")
 
     @model_validator(mode="after")
@@ -197,7 +200,8 @@ class SpeechConfig(_Model):
                               trim_s=max(min_chunk_s, min(self.trim_s, self.max_window_s)),
                               vad_threshold=self.vad_threshold, end_silence_s=self.end_silence_s, pad_s=self.pad_s,
                               no_speech_threshold=self.no_speech_threshold,
-                              logprob_threshold=self.logprob_threshold, prompt_chars=self.prompt_chars)
+                              logprob_threshold=self.logprob_threshold, no_speech_alone=self.no_speech_alone,
+                              prompt_chars=self.prompt_chars)
 
     def installed(self) -> bool:
         return ((Path(self.engine_path).expanduser() / "engine.json").is_file()

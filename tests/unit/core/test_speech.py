@@ -15,7 +15,8 @@ CHUNK_S = 0.1
 
 def settings(**kw) -> SpeechSettings:
     base = dict(min_chunk_s=1.0, max_window_s=30.0, trim_s=15.0, vad_threshold=0.5, end_silence_s=0.5,
-                pad_s=0.2, no_speech_threshold=0.6, logprob_threshold=-1.0, prompt_chars=200)
+                pad_s=0.2, no_speech_threshold=0.6, logprob_threshold=-1.0, no_speech_alone=0.8,
+                prompt_chars=200)
     base.update(kw)
     return SpeechSettings(**base)
 
@@ -98,11 +99,13 @@ def test_utterance_end_commits_every_word_in_a_final_pass():
     assert "morning." in p.prompt()
 
 
-def test_whisper_no_speech_verdict_emits_nothing():
+@pytest.mark.parametrize("no_speech, logprob, silent", [(0.9, -1.5, True), (0.93, -0.8, True),
+                                                      (0.7, -1.2, True), (0.7, -0.5, False), (0.2, -1.5, False)])
+def test_whisper_no_speech_verdict_emits_nothing(no_speech, logprob, silent):
     p = policy()
     (_, w1), = feed_span(p, 0.0, 1.0, prob=0.9)
-    caps = p.result(w1, transcript(rel(w1, [("you", 0.1, 0.4)]), no_speech=0.9, logprob=-1.5))
-    assert caps == []
+    caps = p.result(w1, transcript(rel(w1, [("you", 0.1, 0.4)]), no_speech=no_speech, logprob=logprob))
+    assert (caps == []) is silent
 
 
 def test_words_repeated_at_the_seam_are_not_committed_twice():
@@ -167,3 +170,15 @@ def test_result_for_a_window_not_in_flight_is_refused():
     p.result(w1, transcript([]))
     with pytest.raises(ValueError):
         p.result(w1, transcript([]))
+
+
+def test_a_full_file_buffer_is_heard_at_once_and_commits_all_but_its_last_chunk():
+    p = policy(live=False, max_window_s=3.0, trim_s=2.5, min_chunk_s=2.5)
+    planned = feed_span(p, 0.0, 2.9, prob=0.9)
+    assert [w.end_s for _, w in planned] == [pytest.approx(2.5)]
+    p.result(planned[0][1], transcript([]))
+    (_, full), = feed_span(p, 2.9, 3.0, prob=0.9)  # full: planned before min_chunk_s of new audio
+    heard = [("one", 0.2, 0.6), ("two.", 0.7, 1.2), ("three", 2.6, 2.9)]
+    caps = p.result(full, transcript(heard))
+    assert [c.text for c in caps if c.state is CaptionState.FINAL] == ["one two."]
+    assert p.room_s() > 1.0 and p.dropped_s == 0
