@@ -186,3 +186,89 @@ async def test_probe_media_accepts_audio_only_files_when_audio_is_wanted_and_ref
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n" * 50)
     assert "not a media file" in probe_media(str(text), want_audio=True)
+
+
+# --------------------------------------------------------------------------- RTSP
+
+RTSP_BEEPS_S = tuple(1.0 + 1.5 * k for k in range(50))
+
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory) -> dict[str, BeepClip]:
+    """80 s clips (a served file does not loop), beeping every 1.5 s."""
+    d = tmp_path_factory.mktemp("long_beeps")
+    return {"av": render_beep_clip(d / "av.mp4", duration_s=80, beeps_s=RTSP_BEEPS_S),
+            "audio": render_beep_clip(d / "audio.mp4", duration_s=80, beeps_s=RTSP_BEEPS_S, video=False)}
+
+
+@pytest.fixture
+def audio_rtsp_server(rtsp_server, require_system):
+    from tests.helpers.rtsp import rtsp_audio_available
+
+    reason = rtsp_audio_available()
+    if reason is not None:
+        require_system(reason)
+    return rtsp_server
+
+
+async def collect_until(source, *, frames: int = 0, chunks: int = 0, timeout_s: float = 30.0):
+    got_frames, got_chunks = [], []
+    async with asyncio.timeout(timeout_s):
+        while len(got_frames) < frames or len(got_chunks) < chunks:
+            item = await source.recv()
+            (got_chunks if isinstance(item, AudioChunk) else got_frames).append(item)
+    return got_frames, got_chunks
+
+
+async def test_rtsp_with_h264_and_aac_gives_frames_and_audio_on_one_media_clock(audio_rtsp_server, long_clips):
+    clip = long_clips["av"]
+    server = audio_rtsp_server({"av": clip.path})
+    drops: list[str] = []
+    statuses = StatusLog()
+    source = open_source("cam", server.url("av"), audio=True, on_drop=drops.append, on_status=statuses)
+    try:
+        # about 5 s: three or four beeps; a consumer that keeps up loses nothing
+        frames, chunks = await collect_until(source, frames=50, chunks=100)
+    finally:
+        await source.aclose()
+    assert statuses.states[:2] == [StreamState.STARTING, StreamState.LIVE]
+    assert_audio_timeline(chunks)
+    assert np.all(np.diff([f.pts_s for f in frames]) > 0)
+    onsets, flashes = beep_onsets(chunks), flash_times(frames)
+    assert len(onsets) >= 2 and len(flashes) >= 2, (onsets, flashes)
+    pairs = [(heard, min(flashes, key=lambda seen: abs(seen - heard))) for heard in onsets]
+    for heard, seen in pairs:  # the server started both tracks at once: a beep lands on its flash
+        assert abs(heard - seen) < 1.0 / clip.fps, pairs
+    # and beeps keep their 1.5 s spacing on media time
+    np.testing.assert_allclose(np.diff(onsets), 1.5, atol=0.05)
+    assert "audio_full" not in drops and "handoff_full" not in drops
+
+
+async def test_rtsp_with_sound_only_gives_audio_chunks(audio_rtsp_server, long_clips):
+    server = audio_rtsp_server({"radio": long_clips["audio"].path})
+    statuses = StatusLog()
+    source = open_source("radio", server.url("radio"), audio=True, on_status=statuses)
+    try:
+        frames, chunks = await collect_until(source, chunks=60)  # 3 s
+    finally:
+        await source.aclose()
+    assert frames == []
+    assert_audio_timeline(chunks)
+    assert chunks[0].pts_s == 0.0
+    onsets = beep_onsets(chunks)
+    assert onsets, "no beep heard"
+    np.testing.assert_allclose(np.diff(onsets), 1.5, atol=0.05)
+    # live: 3 s of sound arrive over about 3 s of real time
+    span_s = (chunks[-1].capture_ns - chunks[0].capture_ns) / 1e9
+    assert span_s == pytest.approx(chunks[-1].pts_s - chunks[0].pts_s, abs=1.0)
+    assert statuses.states[:2] == [StreamState.STARTING, StreamState.LIVE]
+
+
+async def test_rtsp_without_audio_true_still_reads_only_the_picture(audio_rtsp_server, long_clips):
+    server = audio_rtsp_server({"av": long_clips["av"].path})
+    source = open_source("cam", server.url("av"))
+    try:
+        items = [await asyncio.wait_for(source.recv(), 20) for _ in range(20)]
+    finally:
+        await source.aclose()
+    assert all(isinstance(i, Frame) for i in items)
