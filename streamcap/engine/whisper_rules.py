@@ -193,99 +193,79 @@ def greedy(first_logits: np.ndarray, step: Step, rules: Sequence[LogitRules], ma
 
 def beam_search(first_logits: np.ndarray, step: Step, rules: Sequence[LogitRules], max_new: Sequence[int], *,
                 eot: int, num_beams: int, length_penalty: float = 1.0) -> list[Decoded]:
-    """Beam search, ``num_beams`` rows per request (the caller repeats each request's cache rows
-    ``num_beams`` times; ``first_logits`` has one row per request). Returns the best per request."""
+    """Beam search, ``num_beams`` rows per request: the caller repeats each request's cache rows
+    ``num_beams`` times; ``first_logits`` has one row per request. Returns the best per request.
+
+    ``generate``'s algorithm step for step: running beams start at scores (0, -1e9, …); each step
+    takes the top 2·w continuations of all w beams; the best w that did not hit a stop (EOT, or the
+    length limit) run on; those among the top w that did are scored ``sum / n_tokens ** length_penalty``
+    and merged into the w finished slots; a request stops when every slot is filled and its best
+    running beam, scored at its current length, cannot beat the worst slot.
+    """
     w = num_beams
     b, v = first_logits.shape
-    # per request: finished hypotheses (rank, tokens, logprobs, total, ended), best first
+    big = 1e9
+    run_score = [np.array([0.0] + [-big] * (w - 1)) for _ in range(b)]
+    run_toks: list[list[tuple[int, ...]]] = [[()] * w for _ in range(b)]
+    run_lps: list[list[tuple[float, ...]]] = [[()] * w for _ in range(b)]
+    # per request, up to w finished: (rank, tokens, logprobs, sum logprob, ended with EOT), best first
     finished: list[list[tuple]] = [[] for _ in range(b)]
-
-    def rank(total: float, n: int) -> float:
-        return total / (max(1, n) ** length_penalty)
-
-    beams: list[list[tuple[float, tuple[int, ...], tuple[float, ...]]]] = []
-    for i in range(b):
-        lp = rules[i].apply(log_softmax(first_logits[i]), [])
-        order = np.argsort(-lp, kind="stable")[: 2 * w]
-        live = []
-        for tok in order:
-            total = float(lp[tok])
-            if not np.isfinite(total):
-                break
-            if tok == eot or max_new[i] <= 0:
-                if len(live) < w:
-                    _add(finished[i], (rank(total, 1), (), (), total, True), w)
-                continue
-            live.append((total, (int(tok),), (total,)))
-            if len(live) == w:
-                break
-        beams.append(live)
+    open_ = [m > 0 for m in max_new]
     parents: np.ndarray | None = None  # the caller's rows i*w .. i*w+w-1 start as copies of request i
-    t = 1
+    n = 0
+    logits = np.repeat(first_logits, w, axis=0)
     while True:
-        active = [i for i in range(b) if not _row_done(finished[i], beams[i], w, t, rank)
-                  and all(len(toks) < max_new[i] for _, toks, _ in beams[i])]
-        if not active:
-            break
-        tokens = np.array([bm[j][1][-1] if j < len(bm) else eot for bm in beams for j in range(w)], dtype=np.int64)
-        logits = step(tokens, parents)
         new_parents = np.arange(b * w)
         for i in range(b):
-            if i not in active:
-                new_parents[i * w:(i + 1) * w] = i * w
+            if not open_[i]:
                 continue
-            cur = beams[i]
-            cand = np.full((w, v), NEG_INF)
-            for j, (total, toks, _) in enumerate(cur):
-                cand[j] = total + rules[i].apply(log_softmax(logits[i * w + j]), toks)
+            cand = np.stack([run_score[i][j] + rules[i].apply(log_softmax(logits[i * w + j]), run_toks[i][j])
+                             for j in range(w)])
             flat = cand.reshape(-1)
-            order = np.argsort(-flat, kind="stable")[: 2 * w]
-            live, rows = [], []
-            for c in order:
+            top = np.argsort(-flat, kind="stable")[: 2 * w]
+            at_limit = n + 1 >= max_new[i]
+            hits = np.array([int(c) % v == eot or at_limit for c in top])
+            keep = top[np.argsort(-(flat[top] - big * hits), kind="stable")[:w]]
+            added = []
+            for pos, c in enumerate(top[:w]):
+                if not hits[pos] or not np.isfinite(flat[c]):
+                    continue
                 j, tok = divmod(int(c), v)
                 total = float(flat[c])
-                if not np.isfinite(total):
-                    break
-                toks, lps = cur[j][1], cur[j][2]
-                lp_tok = total - cur[j][0]
-                if tok == eot:
-                    if len(live) < w:
-                        _add(finished[i], (rank(total, t + 1), toks, lps, total, True), w)
-                    continue
-                live.append((total, toks + (tok,), lps + (lp_tok,)))
-                rows.append(i * w + j)
-                if len(live) == w:
-                    break
-            beams[i] = live
-            new_parents[i * w:i * w + len(rows)] = rows
-            new_parents[i * w + len(rows):(i + 1) * w] = rows[0] if rows else i * w
+                ended = tok == eot
+                toks = run_toks[i][j] + (() if ended else (tok,))
+                lps = run_lps[i][j] + (() if ended else (total - float(run_score[i][j]),))
+                added.append((total / (n + 1) ** length_penalty, toks, lps, total, ended))
+            merged = finished[i] + added
+            merged.sort(key=lambda h: -h[0])
+            finished[i] = merged[:w]
+            scores, toks_, lps_ = [], [], []
+            for c in keep:
+                j, tok = divmod(int(c), v)
+                hit = tok == eot or at_limit
+                scores.append(float(flat[c]) - big * hit)
+                toks_.append(run_toks[i][j] + (tok,))
+                lps_.append(run_lps[i][j] + (float(flat[c]) - float(run_score[i][j]),))
+                new_parents[i * w + len(scores) - 1] = i * w + j
+            run_score[i], run_toks[i], run_lps[i] = np.array(scores), toks_, lps_
+            if at_limit:
+                open_[i] = False
+            elif len(finished[i]) == w and not scores[0] / (n + 1) ** length_penalty > finished[i][-1][0]:
+                open_[i] = False
+        n += 1
+        if not any(open_):
+            break
         parents = new_parents
-        t += 1
+        tokens = np.array([run_toks[i][j][-1] for i in range(b) for j in range(w)], dtype=np.int64)
+        logits = step(tokens, parents)
     out = []
     for i in range(b):
-        for total, toks, lps in beams[i]:  # stopped by the length limit: live beams compete too
-            _add(finished[i], (rank(total, len(toks)), toks, lps, total, False), w)
         if not finished[i]:
             out.append(Decoded((), (), 0.0, False))
             continue
         _, toks, lps, total, ended = finished[i][0]
         out.append(Decoded(tuple(toks), tuple(lps), float(total), bool(ended)))
     return out
-
-
-def _add(hyps: list, hyp: tuple, w: int) -> None:
-    hyps.append(hyp)
-    hyps.sort(key=lambda h: -h[0])
-    del hyps[w:]
-
-
-def _row_done(finished: list, live: list, w: int, t: int, rank) -> bool:
-    if not live:
-        return True
-    if len(finished) < w:
-        return False
-    best_live = max(rank(total, t) for total, _, _ in live)
-    return best_live <= min(h[0] for h in finished)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,11 @@ def build_tokenizer():
     return tok
 
 
-def save_tiny_whisper(folder: Path, *, seed: int = 0, d_model: int = 32, layers: int = 2) -> Path:
+def save_tiny_whisper(folder: Path, *, seed: int = 0, d_model: int = 32, layers: int = 2,
+                      eot_like: str | None = None) -> Path:
+    """By default EOT's embedding (= its output row) is shrunk: the model keeps talking. With
+    ``eot_like`` (a token, e.g. "%") EOT points almost where that token does, so a random model
+    that often says it now often ends there: hypotheses end on EOT (the stopping rules get used)."""
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -88,7 +92,10 @@ def save_tiny_whisper(folder: Path, *, seed: int = 0, d_model: int = 32, layers:
     with torch.no_grad():
         emb = model.model.decoder.embed_tokens.weight
         emb[ids["<|0.00|>"]:] *= 0.45  # fewer timestamps than a flat random model would say
-        emb[eot] *= 0.5  # keep talking a while
+        if eot_like is None:
+            emb[eot] *= 0.5
+        else:
+            emb[eot] = 0.97 * emb[tok.token_to_id(eot_like)] + 0.1 * emb[eot]
     gen = GenerationConfig(
         decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
         max_length=cfg.max_target_positions, suppress_tokens=suppress, begin_suppress_tokens=[space, eot],
