@@ -81,6 +81,44 @@ class SpeechSettings:
             raise ValueError("speech: pad_s out of range")
 
 
+_SPAN_BRIDGE_S = 0.3  # speech chunks closer than this are one stretch of speech
+_SPAN_PAD_S = 0.15  # the VAD hears a word's edges late: each stretch is widened this much
+_UNHEARD_S = 0.5  # speech after an utterance's last committed word that makes it heard again
+
+
+def warp_onto_speech(words: Sequence[SpeechWord], spans: Sequence[tuple[float, float]]) -> list[SpeechWord]:
+    """Move word times onto the stretches of speech the VAD heard.
+
+    Whisper's times are coarse (segment timestamps, words placed by length inside them), and a
+    segment often runs on into the silence after it. Between the first word's start and the
+    last word's end, time is mapped so that it advances only where there was speech: a word at
+    a fraction ``f`` of that span lands at fraction ``f`` of the speech heard in it. Without
+    speech in the span the words are returned as they are."""
+    if not words or not spans:
+        return list(words)
+    first, last = words[0].start_s, max(w.end_s for w in words)
+    clipped = sorted((max(a, first), min(b, last)) for a, b in spans if b > first and a < last)
+    merged: list[list[float]] = []
+    for a, b in clipped:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        elif b > a:
+            merged.append([a, b])
+    total = sum(b - a for a, b in merged)
+    if total <= 0 or last <= first:
+        return list(words)
+
+    def warp(t: float) -> float:
+        x = (min(max(t, first), last) - first) / (last - first) * total
+        for a, b in merged:
+            if x <= b - a:
+                return a + x
+            x -= b - a
+        return merged[-1][1]
+
+    return [replace(w, start_s=warp(w.start_s), end_s=max(warp(w.start_s), warp(w.end_s))) for w in words]
+
+
 def word_key(text: str) -> str:
     """The form words are compared in: lowercase, punctuation dropped ("Hello," == "hello")."""
     return _WORD_CHARS.sub("", text.lower())
@@ -126,6 +164,8 @@ class SpeechPolicy:
         # voice activity
         self._utterance_open = False
         self._last_speech_end_s = -math.inf
+        self._speech_spans: list[list[float]] = []  # [start, end] media times the VAD heard speech
+        self._retried = False  # an utterance's final pass was repeated once for words it missed
         # LocalAgreement state
         self._committed: list[SpeechWord] = []  # every committed word still needed (tail + prompt)
         self._committed_end_s = -math.inf
@@ -183,6 +223,12 @@ class SpeechPolicy:
                 self._last_request_end_s = self._start_s
             self._last_speech_end_s = end_s
             self._utterance_open = True
+            start_s = end_s - len(samples) / AUDIO_RATE
+            spans = self._speech_spans
+            if spans and start_s - spans[-1][1] <= _SPAN_BRIDGE_S:
+                spans[-1][1] = end_s
+            else:
+                spans.append([start_s, end_s])
         return self._plan()
 
     def _append(self, pts_s: float, samples: np.ndarray) -> None:
@@ -230,6 +276,7 @@ class SpeechPolicy:
         count = min(self._n, max(0, int(math.floor((t_s - self._start_s) * AUDIO_RATE))))
         if count:
             self._shift(count)
+        self._speech_spans = [sp for sp in self._speech_spans if sp[1] > self._start_s]
         keep = []
         for w in self._committed:
             if w.end_s <= self._start_s + 1e-6:
@@ -322,7 +369,12 @@ class SpeechPolicy:
         return out
 
     def _placed(self, window: Window, transcript: Transcript) -> list[SpeechWord]:
-        """The transcript's words on media time, inside the window."""
+        """The transcript's words on media time, inside the window, moved onto the speech the
+        VAD heard (:func:`warp_onto_speech`)."""
+        return warp_onto_speech(self._placed_raw(window, transcript),
+                                [(a - _SPAN_PAD_S, b + _SPAN_PAD_S) for a, b in self._speech_spans])
+
+    def _placed_raw(self, window: Window, transcript: Transcript) -> list[SpeechWord]:
         out = []
         for w in transcript.words:
             text = w.text.strip()
@@ -354,6 +406,17 @@ class SpeechPolicy:
         end_s = self.end_s
         assert end_s is not None and self._start_s is not None
         if window.final_pass:
+            heard_to = max(self._committed_end_s, window.start_s)
+            unheard_s = sum(max(0.0, min(b, window.end_s) - max(a, heard_to + _SPAN_PAD_S))
+                            for a, b in self._speech_spans)
+            if unheard_s >= _UNHEARD_S and not self._retried:
+                # Whisper stopped before the end of what was said (it may end a window at a
+                # timestamp): hear the rest once more from the last committed word
+                self._retried = True
+                self._trim_to(max(heard_to - s.pad_s, self._start_s))
+                self._last_request_end_s = -math.inf
+                return
+            self._retried = False
             if self._last_speech_end_s <= window.end_s:  # nobody spoke since: the utterance is over
                 self._utterance_open = False
             cut = max(self._committed_end_s, window.end_s - s.pad_s)
@@ -378,4 +441,4 @@ class SpeechPolicy:
         return [self._final(words, dummy)]
 
 
-__all__ = ["SpeechPolicy", "SpeechSettings", "common_prefix", "drop_seam_repeat", "word_key"]
+__all__ = ["SpeechPolicy", "SpeechSettings", "common_prefix", "drop_seam_repeat", "warp_onto_speech", "word_key"]

@@ -128,8 +128,15 @@ def alert_list(records: Iterable[AckedAlert]) -> dict[str, Any]:
 
 def caption_list(finals: Iterable[Caption]) -> dict[str, Any]:
     """``POST /v1/captions`` (``format=json``): a clip's final captions, media seconds."""
-    return {"captions": [{"start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text,
-                          "score": round(c.score, 4)} for c in finals]}
+    return {"captions": [_caption_item(c) for c in finals]}
+
+
+def _caption_item(c: Caption) -> dict[str, Any]:
+    item: dict[str, Any] = {"start": round(c.start_s, 3), "end": round(c.end_s, 3), "text": c.text,
+                            "score": round(c.score, 4), "track": c.track}
+    if c.words:
+        item["words"] = [{"w": w.text, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in c.words]
+    return item
 
 
 def chapters(stream_id: str, since_s: float, items: Iterable[Chapter]) -> dict[str, Any]:

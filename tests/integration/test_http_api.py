@@ -288,7 +288,7 @@ class _FailingClips:
     def health(self) -> dict:
         return {}
 
-    async def caption_clip(self, path: str, *, decode: dict | None = None):
+    async def caption_clip(self, path: str, *, decode: dict | None = None, tracks: tuple[str, ...] | None = None):
         from pathlib import Path
 
         from streamcap.core.errors import SourceError

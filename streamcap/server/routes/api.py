@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import urllib.parse
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from typing import Protocol
@@ -40,16 +41,18 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from streamcap.core.errors import BadSourceURL, ErrorCode, HttpError, ProtocolError, SourceError
 from streamcap.core.secrets import printable
-from streamcap.core.types import Caption
+from streamcap.core.types import SPEECH_TRACK, Caption
 from streamcap.outputs import documents, jsonsafe
 from streamcap.outputs.chapters import Chapter
 from streamcap.outputs.livevtt import LiveVttSegmenter
-from streamcap.outputs.subtitles import cues_from_finals, to_jsonl, to_srt, to_webvtt
+from streamcap.outputs.subtitles import SubtitleRules, cues_from_finals, to_jsonl, to_srt, to_webvtt
+from streamcap.outputs.tracks import merge_tracks
+from streamcap.outputs.wire import encode_caption
 from streamcap.runtime.config import AdmissionConfig, IngestConfig, is_valid_stream_id
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response, guarded, json_response, response
 from streamcap.server.uploads import UploadFolder
-from streamcap.sources.pyav import probe_video
+from streamcap.sources.pyav import probe_media
 from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
 from streamcap.sources.url import SourceKind, SourceSpec, parse_source_url
 
@@ -75,7 +78,8 @@ class StreamControl(Protocol):
 
     async def remove_stream(self, stream_id: str) -> None: ...
 
-    async def caption_clip(self, path: str, *, decode: dict | None = None) -> list[Caption]: ...
+    async def caption_clip(self, path: str, *, decode: dict | None = None,
+                           tracks: tuple[str, ...] | None = None) -> list[Caption]: ...
 
     def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]: ...
 
@@ -85,8 +89,10 @@ class StreamControl(Protocol):
 class ApiRoutes:
     def __init__(self, server: Server, control: StreamControl, config: IngestConfig, *, max_body_bytes: int,
                  subtitle_rules=None, admission: AdmissionConfig | None = None,
-                 uploads: UploadFolder | None = None) -> None:
+                 uploads: UploadFolder | None = None, want_audio: bool = False) -> None:
         self.subtitle_rules = subtitle_rules
+        #: uploads are captioned with a speech track too: a file with sound but no picture is taken
+        self.want_audio = want_audio
         self.admission = admission or AdmissionConfig()
         self.uploads = uploads or UploadFolder(config.upload_dir)
         self.server = server
@@ -217,14 +223,15 @@ class ApiRoutes:
         if fmt not in FORMATS:
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_FORMAT,
                                   f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        tracks = _tracks(request.query.get("tracks"))
         path = str(await asyncio.to_thread(self.uploads.new_file))
         try:
             max_length = await self._receive_video(request, path)
-            await asyncio.to_thread(_check_video, path)
+            await asyncio.to_thread(_check_video, path, self.want_audio)
             decode = {} if max_length is None else {"max_new_tokens": max_length}
             async with self._jobs:
                 try:
-                    finals = await self.control.caption_clip(path, decode=decode)
+                    finals = await self.control.caption_clip(path, decode=decode, tracks=tracks)
                 except SourceError as exc:
                     return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO,
                                           f"the video could not be read: {self._without_paths(exc.detail, path)}")
@@ -353,10 +360,11 @@ def admission_refusal(spec: SourceSpec, policy: AdmissionConfig) -> tuple[str, s
     return None
 
 
-def _check_video(path: str) -> None:
-    """Raise HttpError unless ``path`` holds a video stream with a decodable frame; the error
-    says what is wrong (empty, not a media file, audio only, truncated) without naming the file."""
-    problem = probe_video(path)
+def _check_video(path: str, want_audio: bool = False) -> None:
+    """Raise HttpError unless ``path`` holds a video stream with a decodable frame (or, with
+    ``want_audio``, sound when it has no picture); the error says what is wrong (empty, not a
+    media file, audio only, neither video nor audio, truncated) without naming the file."""
+    problem = probe_media(path, want_audio=want_audio)
     if problem is None:
         return
     words = problem.replace(path, UPLOADED)
@@ -365,10 +373,23 @@ def _check_video(path: str) -> None:
     raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO, words)
 
 
+def _tracks(value: str | None) -> tuple[str, ...] | None:
+    """``?tracks=speech,video`` (None: the configured tracks)."""
+    if value is None:
+        return None
+    tracks = tuple(t.strip() for t in value.split(",") if t.strip())
+    if not tracks or len(tracks) > 2 or any(t not in ("video", "speech") for t in tracks) or len(set(tracks)) != len(tracks):
+        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
+                        "tracks must be video and/or speech, comma-separated")
+    return tracks
+
+
 def _render(finals: list[Caption], fmt: str, rules) -> web.Response:
     if fmt == "json":
         return json_response(HTTPStatus.OK, documents.caption_list(finals))
     if fmt == "jsonl":
-        return response(HTTPStatus.OK, to_jsonl(finals), FORMATS[fmt])
-    cues = cues_from_finals(finals)
+        return response(HTTPStatus.OK, to_jsonl(finals, partial(encode_caption, with_track=True)), FORMATS[fmt])
+    rules = rules or SubtitleRules()
+    # one subtitle stream: speech as text, the picture as [bracketed] cues where nobody speaks
+    cues = merge_tracks(finals, rules) if any(c.track == SPEECH_TRACK for c in finals) else cues_from_finals(finals)
     return response(HTTPStatus.OK, to_webvtt(cues, rules) if fmt == "vtt" else to_srt(cues, rules), FORMATS[fmt])

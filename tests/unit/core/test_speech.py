@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from streamcap.core.speech import SpeechPolicy, SpeechSettings, common_prefix, drop_seam_repeat, word_key
+from streamcap.core.speech import (
+    SpeechPolicy,
+    SpeechSettings,
+    common_prefix,
+    drop_seam_repeat,
+    warp_onto_speech,
+    word_key,
+)
 from streamcap.core.types import AUDIO_RATE, AudioChunk, CaptionState, SpeechWord, Transcript
 
 CHUNK_S = 0.1
@@ -182,3 +189,50 @@ def test_a_full_file_buffer_is_heard_at_once_and_commits_all_but_its_last_chunk(
     caps = p.result(full, transcript(heard))
     assert [c.text for c in caps if c.state is CaptionState.FINAL] == ["one two."]
     assert p.room_s() > 1.0 and p.dropped_s == 0
+
+
+def test_word_times_are_moved_onto_the_speech_the_vad_heard():
+    words = [SpeechWord(t, i * 2.0, i * 2.0 + 1.5) for i, t in enumerate(["a", "b", "c", "d", "e"])]  # 0..9.5
+    spans = [(2.0, 4.0), (6.0, 8.0)]
+    warped = warp_onto_speech(words, spans)
+    inside = lambda t: any(a - 1e-9 <= t <= b + 1e-9 for a, b in spans)  # noqa: E731
+    assert all(inside(w.start_s) and inside(w.end_s) for w in warped)
+    assert [w.text for w in warped] == ["a", "b", "c", "d", "e"]
+    assert warped[0].start_s == 2.0 and warped[-1].end_s == 8.0
+    assert all(x.start_s <= y.start_s for x, y in zip(warped, warped[1:]))
+    assert warp_onto_speech(words, []) == words
+
+
+def test_a_sentence_ending_in_silence_keeps_its_words_in_the_speech():
+    p = policy()
+    feed_span(p, 0.0, 1.0, prob=0.05)
+    final = None
+    for t, prob in [(1.0 + i * 0.1, 0.9) for i in range(20)] + [(3.0 + i * 0.1, 0.05) for i in range(10)]:
+        w = p.feed(chunk(round(t, 6)), prob)
+        if w is not None and w.final_pass:
+            final = w
+            break
+        if w is not None:
+            p.result(w, transcript([]))
+    assert final is not None
+    # Whisper lets the sentence run on to the window's end (into the silence)
+    caps = p.result(final, transcript(rel(final, [("It", final.start_s, 1.8), ("rains.", 1.8, final.end_s)])))
+    words = caps[0].words
+    assert words[0].start_s >= 1.0 - 0.2 and words[-1].end_s <= 3.0 + 0.2
+
+
+def test_a_final_pass_that_stopped_early_is_heard_again_from_the_last_committed_word():
+    p = policy()
+    planned = feed_span(p, 0.0, 4.0, prob=0.9) + feed_span(p, 4.0, 4.6, prob=0.05)
+    first = planned[0][1]
+    p.result(first, transcript([]))
+    planned = feed_span(p, 4.6, 4.7, prob=0.05)
+    (_, fin), = planned
+    assert fin.final_pass
+    caps = p.result(fin, transcript(rel(fin, [("One", 0.1, 0.5), ("two", 0.6, 1.0)])))
+    assert [c.text for c in caps] == ["One two"]
+    (_, again), = feed_span(p, 4.7, 4.8, prob=0.05)
+    assert again.final_pass and again.start_s >= 0.6
+    caps = p.result(again, transcript(rel(again, [("three", 2.0, 3.0), ("four.", 3.1, 3.9)])))
+    assert [c.text for c in caps] == ["three four."]
+    assert feed_span(p, 4.8, 6.0, prob=0.05) == []  # heard out: no third pass

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from streamcap.core.errors import ErrorCode
-from streamcap.core.types import Alert, AlertPhase, Caption, CaptionState, Severity
+from streamcap.core.types import Alert, AlertPhase, Caption, CaptionState, Severity, SpeechWord
 from streamcap.outputs import documents
 from streamcap.outputs.chapters import Chapter
 
@@ -100,7 +100,18 @@ def test_caption_list_rounds_times_to_ms_and_scores_to_4_places(schema: dict) ->
               Caption("clip", 1, CaptionState.FINAL, 'quotes " and ünïcødé', 3.0, 6.0)]
     doc = documents.caption_list(finals)
     _validate(schema, "CaptionList", doc)
-    assert doc["captions"][0] == {"start": 0.0, "end": 3.0, "text": "a red circle", "score": -0.1235}
+    assert doc["captions"][0] == {"start": 0.0, "end": 3.0, "text": "a red circle", "score": -0.1235,
+                                  "track": "video"}
+
+
+def test_caption_list_carries_speech_words_with_their_times(schema: dict) -> None:
+    words = (SpeechWord("Hello", 1.0, 1.40049), SpeechWord("there.", 1.5, 2.0))
+    doc = documents.caption_list([Caption("clip", 0, CaptionState.FINAL, "Hello there.", 1.0, 2.0,
+                                          track="speech", words=words)])
+    _validate(schema, "CaptionList", doc)
+    assert doc["captions"][0]["track"] == "speech"
+    assert doc["captions"][0]["words"] == [{"w": "Hello", "start": 1.0, "end": 1.4},
+                                           {"w": "there.", "start": 1.5, "end": 2.0}]
 
 
 def test_chapters_document_validates(schema: dict) -> None:
