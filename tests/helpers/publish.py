@@ -1,4 +1,5 @@
-"""Test publishers' media: storyline frames encoded as JPEG/PNG, as a simple ingest client sends."""
+"""Test publishers' media: storyline frames encoded as JPEG/PNG, as a simple ingest client sends;
+PCM16 tone messages for websocket audio ingest; a tone-playing aiortc audio track for WHIP."""
 
 from __future__ import annotations
 
@@ -43,3 +44,57 @@ def huge_png(width: int, height: int) -> bytes:
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def tone(seconds: float, rate: int = 48_000, channels: int = 2, hz: float = 440.0, amplitude: float = 0.5,
+         start_s: float = 0.0) -> np.ndarray:
+    """A sine as int16 samples, shape (frames, channels), starting at phase ``start_s``."""
+    t = start_s + np.arange(round(seconds * rate)) / rate
+    mono = np.round(amplitude * 32767 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+    return np.repeat(mono[:, None], channels, axis=1)
+
+
+def tone_messages(seconds: float, piece_s: float = 0.02, rate: int = 48_000, channels: int = 2,
+                  hz: float = 440.0) -> list[bytes]:
+    """``seconds`` of a continuous tone as binary /ingest audio messages of ``piece_s`` each."""
+    from streamcap.sources.audio import encode_pcm16_message
+
+    n = round(seconds / piece_s)
+    return [encode_pcm16_message(tone(piece_s, rate, channels, hz, start_s=i * piece_s), rate, channels)
+            for i in range(n)]
+
+
+def tone_track(hz: float = 440.0, rate: int = 48_000):
+    """An aiortc audio track playing a continuous ``hz`` tone in 20 ms stereo frames, paced like
+    a microphone (start time + pts, as aiortc's own tracks)."""
+    import asyncio
+    import fractions
+    import time
+
+    from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+    from av import AudioFrame
+
+    class ToneTrack(AudioStreamTrack):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent = 0  # samples sent
+
+        async def recv(self) -> AudioFrame:
+            if self.readyState != "live":
+                raise MediaStreamError
+            samples = rate // 50
+            if self.sent == 0:
+                self._start_at = time.time()
+            else:
+                wait = self._start_at + self.sent / rate - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # pacing, as a microphone delivers
+            pcm = tone(samples / rate, rate, 2, hz, start_s=self.sent / rate)
+            frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo")
+            frame.sample_rate = rate
+            frame.pts = self.sent
+            frame.time_base = fractions.Fraction(1, rate)
+            self.sent += samples
+            return frame
+
+    return ToneTrack()

@@ -272,3 +272,221 @@ async def test_rtsp_without_audio_true_still_reads_only_the_picture(audio_rtsp_s
     finally:
         await source.aclose()
     assert all(isinstance(i, Frame) for i in items)
+
+
+# --------------------------------------------------------------------------- pushed audio: a light server
+
+PUBLISH = "publish-secret-123"
+
+
+class PushStreamsHere:
+    """The pipeline's side of publishing (``PushControl``), without a pipeline: push sources the
+    test reads itself. Streams named ``mute*`` are opened without audio (no speech track)."""
+
+    def __init__(self) -> None:
+        from streamcap.sources.push import PushSource
+
+        self._make = PushSource
+        self.sources: dict = {}
+
+    def push_source(self, stream_id: str, *, create: bool = True):
+        if stream_id not in self.sources:
+            if not create:
+                raise KeyError(stream_id)
+            self.sources[stream_id] = self._make(stream_id, audio=not stream_id.startswith("mute"),
+                                                 max_queued_frames=1000, max_queued_audio=10_000)
+        return self.sources[stream_id]
+
+    def set_stream_decoding(self, stream_id: str, **overrides) -> None:
+        pass
+
+    async def remove_stream(self, stream_id: str) -> None:
+        await self.sources.pop(stream_id).aclose()
+
+
+@pytest.fixture
+async def audio_server():
+    """A streamcap server with /ingest and /whip over :class:`PushStreamsHere` (no engine)."""
+    from streamcap.runtime.config import IngestConfig, WebRTCConfig
+    from streamcap.runtime.metrics import Metrics
+    from streamcap.server.app import Server
+    from streamcap.server.auth import AccessPolicy, Scope
+    from streamcap.server.hub import Hub
+    from streamcap.server.publishers import PushStreams
+    from streamcap.server.routes.ingest import IngestRoutes
+    from streamcap.server.routes.whip import WhipRoutes
+
+    control = PushStreamsHere()
+    metrics = Metrics()
+    ingest = IngestConfig(max_frame_kb=256)
+    streams = PushStreams(control, ingest, metrics)
+    server = Server(Hub(metrics=metrics), metrics, host="127.0.0.1", port=0, health=dict,
+                    streams=lambda: list(control.sources), access=AccessPolicy({PUBLISH: Scope.PUBLISH}))
+    server.extensions += [IngestRoutes(server, control, ingest, default_fps=10.0, streams=streams),
+                          WhipRoutes(server, control, WebRTCConfig(loopback_candidates=True), max_ingest_fps=10.0,
+                                     streams=streams)]
+    async with server:
+        yield server, control
+    for source in list(control.sources.values()):
+        await source.aclose()
+
+
+async def read_pushed(source, *, audio_s: float = 0.0, frames: int = 0, timeout_s: float = 30.0):
+    """Frames and chunks from a push source until ``audio_s`` seconds of sound and ``frames`` frames."""
+    got_frames, got_chunks = [], []
+    async with asyncio.timeout(timeout_s):
+        while sum(len(c.samples) for c in got_chunks) < audio_s * AUDIO_RATE or len(got_frames) < frames:
+            item = await source.recv()
+            (got_chunks if isinstance(item, AudioChunk) else got_frames).append(item)
+    return got_frames, got_chunks
+
+
+def dominant_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * AUDIO_RATE / len(samples))
+
+
+def _ingest_url(server, stream: str) -> str:
+    return server.url(f"/ingest/{stream}?token={PUBLISH}").replace("http://", "ws://", 1)
+
+
+async def _next(ws, kind, timeout_s: float = 10.0):
+    from streamcap.outputs import wire
+
+    async with asyncio.timeout(timeout_s):
+        while True:
+            msg = wire.decode_server_message(await ws.recv())
+            if isinstance(msg, kind):
+                return msg
+
+
+async def test_pcm16_over_the_ingest_websocket_becomes_16k_mono_audio_chunks(audio_server):
+    import websockets
+
+    from streamcap.outputs import wire
+    from tests.helpers.publish import storyline_jpegs, tone_messages
+    from streamcap.demo.synthetic import Storyline
+
+    server, control = audio_server
+    async with websockets.connect(_ingest_url(server, "mic")) as ws:
+        await _next(ws, wire.HelloMsg)
+        await ws.send(storyline_jpegs(Storyline(seed=3, scene_s=1000.0, aspect=4 / 3), 0.0, 1)[0])
+        assert (await _next(ws, wire.IngestedMsg)).total == 1
+        for message in tone_messages(1.0, piece_s=0.02, rate=48_000, channels=2, hz=440.0):
+            await ws.send(message)
+            ack = await _next(ws, wire.IngestedMsg)
+            assert (ack.frames, ack.total) == (0, 1)  # sound is acknowledged, frames count frames
+        source = control.sources["mic"]
+        frames, chunks = await read_pushed(source, audio_s=0.95, frames=1)
+        assert source.state is StreamState.LIVE
+    assert len(frames) == 1
+    assert_audio_timeline(chunks)
+    for a, b in zip(chunks, chunks[1:]):  # sent faster than real time: one continuous piece
+        assert b.pts_s == pytest.approx(a.end_s, abs=1e-6)
+    assert chunks[0].pts_s >= frames[0].pts_s - 0.05  # on the frames' clock: after the first frame
+    heard = np.concatenate([c.samples for c in chunks])
+    assert dominant_hz(heard[800:]) == pytest.approx(440, abs=5)
+    assert np.abs(heard[800:]).max() == pytest.approx(0.5, abs=0.05)  # stereo mixed, not summed
+
+
+async def test_malformed_audio_messages_are_refused_and_the_stream_keeps_going(audio_server):
+    import struct
+
+    import websockets
+
+    from streamcap.outputs import wire
+    from streamcap.sources.audio import encode_pcm16_message
+    from tests.helpers.publish import tone, tone_messages
+
+    server, control = audio_server
+    good = tone_messages(0.1, piece_s=0.1, rate=16_000, channels=1)[0]
+    header = struct.Struct("<4sIHH")
+    cases = [
+        (b"SCA1\x80\xbb", "bad_message", "header"),  # cut inside the header
+        (header.pack(b"SCA1", 4000, 1, 0) + b"\0" * 64, "bad_message", "sample rate 4000"),
+        (header.pack(b"SCA1", 48_000, 0, 0) + b"\0" * 64, "bad_message", "0 channels"),
+        (header.pack(b"SCA1", 48_000, 200, 0) + b"\0" * 400, "bad_message", "200 channels"),
+        (header.pack(b"SCA1", 48_000, 2, 0) + b"\0" * 63, "bad_message", "not whole"),
+        (header.pack(b"SCA1", 48_000, 1, 0), "bad_message", "no samples"),
+        (header.pack(b"SCA1", 16_000, 1, 1) + b"\0" * 64, "bad_message", "reserved"),
+        (encode_pcm16_message(tone(6.0, 8000, 1), 8000, 1), "too_large", "5 s"),  # 96 KB, 6 s
+        (encode_pcm16_message(tone(3.0, 48_000, 2), 48_000, 2), "too_large", "limit is 262144"),
+    ]
+    async with websockets.connect(_ingest_url(server, "mic"), max_size=2**22) as ws:
+        await _next(ws, wire.HelloMsg)
+        await ws.send(good)
+        await _next(ws, wire.IngestedMsg)
+        source = control.sources["mic"]
+        _, before = await read_pushed(source, audio_s=0.09)
+        for bad, code, words in cases:
+            await ws.send(bad)
+            err = await _next(ws, wire.ErrorMsg)
+            assert err.code == code and words in err.detail, (err, words)
+            await ws.send(good)  # the connection and the stream still take sound
+            await _next(ws, wire.IngestedMsg)
+        _, after = await read_pushed(source, audio_s=0.09 * len(cases))
+        assert source.state is StreamState.LIVE and not source.closed
+    assert_audio_timeline(before + after)
+
+
+async def test_audio_to_a_stream_without_a_speech_track_is_refused_clearly(audio_server):
+    import websockets
+
+    from streamcap.outputs import wire
+    from tests.helpers.publish import tone_messages
+
+    server, control = audio_server
+    async with websockets.connect(_ingest_url(server, "mute")) as ws:
+        await _next(ws, wire.HelloMsg)
+        await ws.send(tone_messages(0.02)[0])
+        err = await _next(ws, wire.ErrorMsg)
+    assert err.code == "bad_message" and "takes no audio" in err.detail
+
+
+async def test_a_whip_publisher_with_a_microphone_track_gives_audio_chunks_beside_its_frames(audio_server):
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+    from tests.helpers.publish import tone_track
+
+    server, control = audio_server
+    pc = RTCPeerConnection()
+    pc.addTrack(VideoStreamTrack())  # aiortc's green test picture, 30 fps
+    pc.addTrack(tone_track(hz=440.0))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http, http.post(
+                server.url("/whip/mic"), data=pc.localDescription.sdp.encode(),
+                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {PUBLISH}"}) as r:
+            assert r.status == 201, await r.text()
+            answer = await r.text()
+        assert "m=audio" in answer
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        source = control.sources["mic"]  # made by the offer, before its answer
+        frames, chunks = await read_pushed(source, audio_s=2.0, frames=10, timeout_s=60)
+    finally:
+        await pc.close()
+    assert_audio_timeline(chunks)
+    heard = np.concatenate([c.samples for c in chunks])
+    assert dominant_hz(heard[-16_000:]) == pytest.approx(440, abs=5)  # Opus there and back
+    # one clock: the newest sound and the newest picture are within a fraction of a second
+    assert abs(chunks[-1].end_s - frames[-1].pts_s) < 0.5, (chunks[-1].end_s, frames[-1].pts_s)
+    assert frames[0].pts_s < 1.0 and chunks[0].pts_s < 1.0
+    span_s = (chunks[-1].capture_ns - chunks[0].capture_ns) / 1e9  # live: real time
+    assert span_s == pytest.approx(chunks[-1].end_s - chunks[0].pts_s, abs=0.5)
+
+
+def test_an_upload_with_sound_only_is_taken_when_audio_is_wanted(clips, tmp_path):
+    from streamcap.core.errors import HttpError
+    from streamcap.server.routes.api import _check_video
+
+    audio_only = str(clips["aac_only_mp4"].path)
+    _check_video(audio_only, True)
+    with pytest.raises(HttpError) as refused:
+        _check_video(audio_only, False)
+    assert refused.value.status == 422 and "no video stream (audio only)" in refused.value.detail
+    neither = str(_subtitles_only(tmp_path / "subs.mkv"))
+    with pytest.raises(HttpError) as refused:
+        _check_video(neither, True)
+    assert refused.value.status == 422 and "no video or audio stream" in refused.value.detail
+    assert neither not in refused.value.detail  # the upload's name is never shown

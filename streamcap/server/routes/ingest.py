@@ -11,6 +11,16 @@ not use — after which the connection stays usable. Frames are checked against 
 from their header before they are decoded. Any other failure on one message is logged, answered
 with ``internal_error`` and counted; the connection goes on.
 
+Audio: a binary message that starts with ``SCA1`` is PCM16 sound
+(:func:`streamcap.sources.audio.parse_pcm16_message`: a 12-byte header — magic, sample rate u32 LE,
+channels u16 LE, 0 u16 — then interleaved signed 16-bit little-endian samples). It is checked
+(rate 8–192 kHz, 1–8 channels, whole samples, at most 5 s and ``ingest.max_frame_kb``), mixed to
+mono and resampled to 16 kHz off the event loop (one resampler per connection, so consecutive
+messages join without clicks) and pushed with
+:meth:`~streamcap.sources.push.PushSource.push_audio`; acknowledged with ``ingested`` ``frames: 0``.
+A malformed one gets ``bad_message`` (``too_large`` over a limit); a stream that takes no audio
+(opened without ``audio=True``: no speech track) answers ``bad_message`` saying so.
+
 Messages are handled one at a time, so a client that sends faster than frames decode is slowed
 by TCP rather than queued in memory; decoded frames then wait in the push source's bounded queue.
 """
@@ -32,6 +42,7 @@ from streamcap.server.app import Server
 from streamcap.server.responses import error_response
 from streamcap.server.hub import ClientHandle
 from streamcap.server.publishers import PushControl, PushStreams, publisher_key
+from streamcap.sources.audio import StreamResampler, is_audio_message, parse_pcm16_message, pcm16_to_float
 from streamcap.sources.ingest import check_frame, decode_image, parse_text_message
 from streamcap.sources.push import PushSource
 
@@ -89,10 +100,17 @@ class IngestRoutes:
                        publisher: str) -> None:
         hub = self.server.hub
         total = 0
+        resampler = StreamResampler()  # this connection's audio, continuous across messages
         async for msg in ws:
             if msg.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                 return  # close or error: the connection is over
             try:
+                if msg.type is WSMsgType.BINARY and is_audio_message(msg.data):
+                    samples = await self._audio_of(msg.data, source, stream, resampler)
+                    if not source.push_audio(samples, publisher=publisher):
+                        return  # the stream was removed
+                    hub.send_to(client, wire.encode_ingested(stream, 0, total))
+                    continue
                 images, spacing = await self._frames_of(msg, source, stream)
             except ProtocolError as exc:
                 log.info("stream %s: %s: %s", stream, publisher, printable(exc.detail))
@@ -113,6 +131,15 @@ class IngestRoutes:
                     return  # the stream was removed
             total += len(images)
             hub.send_to(client, wire.encode_ingested(stream, len(images), total))
+
+    async def _audio_of(self, data: bytes, source: PushSource, stream: str, resampler: StreamResampler):
+        """The 16 kHz mono samples of one binary audio message. Raises ProtocolError."""
+        message = parse_pcm16_message(data, max_bytes=self.config.max_frame_kb * 1024)
+        if not source.wants_audio:
+            raise ProtocolError(f"stream {stream} takes no audio (it has no speech track)",
+                                code=ErrorCode.BAD_MESSAGE)
+        # mixing and resampling up to 5 s of sound is CPU work: off the event loop
+        return await asyncio.to_thread(lambda: resampler.resample(pcm16_to_float(message), message.rate))
 
     async def _frames_of(self, msg, source: PushSource, stream: str) -> tuple[list, float]:
         """The decoded, prepared frames of one message and their spacing in media seconds (0: arrival

@@ -12,6 +12,15 @@ conversion, so are frames over ``ingest.max_pixels`` (counted in
 changes mid-stream need nothing special. No STUN/TURN server is contacted unless
 ``webrtc.ice_servers`` lists one.
 
+An audio track (the publisher's microphone) is always read — an unread aiortc track would queue
+its decoded frames without bound — and, when the stream's push source takes audio (opened with
+``audio=True``: a speech track), each decoded frame is mixed to mono and resampled to 16 kHz
+(:class:`~streamcap.sources.audio.Resampler`; 20 ms of sound, cheap enough for the loop) and pushed
+with :meth:`~streamcap.sources.push.PushSource.push_audio`. Its media time is the push source's
+clock (arrival since the stream's first frame or sound), the clock the video frames are placed on,
+followed smoothly by the track's RTP time (:class:`~streamcap.sources.push.AudioAnchor`): picture
+and sound of one publisher line up within the jitter of their arrival (tens of ms).
+
 Limits: ``webrtc.max_sessions`` sessions at once (503) and ``webrtc.max_sessions_per_token`` per
 publish token (429), both ``too_many_sessions``; a new stream only within the limits of
 :class:`~streamcap.server.publishers.PushStreams`. A session whose peer connection has not
@@ -29,15 +38,18 @@ import secrets
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+import numpy as np
 from aiohttp import web
 
 from streamcap.core.errors import ErrorCode, HttpError
 from streamcap.core.secrets import printable
+from streamcap.core.types import AUDIO_RATE
 from streamcap.runtime.config import WebRTCConfig
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response, guarded
 from streamcap.server.publishers import PushControl, PushStreams, publisher_key
-from streamcap.sources.push import PushSource
+from streamcap.sources.audio import Resampler
+from streamcap.sources.push import AudioAnchor, PushSource
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,7 @@ class WhipSession:
     source: PushSource | None = None  # set once the offer is accepted, before any media flows
     tasks: set[asyncio.Task] = field(default_factory=set)
     frames: int = 0
+    audio_s: float = 0.0  # seconds of sound pushed (16 kHz)
     refused_frames: int = 0  # over ingest.max_pixels
     sizes: set[tuple[int, int]] = field(default_factory=set)  # picture sizes received (they may change)
     connected: bool = False  # the peer connection reached "connected" once
@@ -155,8 +168,9 @@ class WhipRoutes:
 
         @pc.on("track")
         def on_track(track) -> None:
-            if track.kind == "video":
-                task = asyncio.create_task(self._consume(session, track), name=f"whip-{session.id}")
+            consume = {"video": self._consume, "audio": self._consume_audio}.get(track.kind)
+            if consume is not None:
+                task = asyncio.create_task(consume(session, track), name=f"whip-{session.id}-{track.kind}")
                 session.tasks.add(task)
                 task.add_done_callback(session.tasks.discard)
 
@@ -240,6 +254,39 @@ class WhipRoutes:
             pass  # the track ended
         finally:
             log.info("stream %s: %s: video ended after %d frames", session.stream, session.publisher, session.frames)
+
+    async def _consume_audio(self, session: WhipSession, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        resampler: Resampler | None = None
+        anchor = AudioAnchor()
+        ignored = False
+        try:
+            while True:
+                frame = await track.recv()
+                source = session.source
+                if source is None or not source.wants_audio:
+                    if not ignored and source is not None:
+                        log.info("stream %s: %s: the stream takes no audio; its sound is ignored",
+                                 session.stream, session.publisher)
+                        ignored = True
+                    continue  # read and let go: an unread track queues without bound
+                resampler = resampler or Resampler()
+                pieces = resampler.resample(frame)
+                if not pieces:
+                    continue
+                samples = pieces[0][1] if len(pieces) == 1 else np.concatenate([p for _, p in pieces])
+                clock_s = (float(frame.pts * frame.time_base)
+                           if frame.pts is not None and frame.time_base else None)
+                duration_s = len(samples) / AUDIO_RATE
+                pts_s = anchor.media_s(clock_s, source.arrival_s(duration_s))
+                if not source.push_audio(samples, pts_s, publisher=session.publisher):
+                    break  # the stream was removed
+                session.audio_s += duration_s
+        except MediaStreamError:
+            pass  # the track ended
+        finally:
+            log.info("stream %s: %s: audio ended after %.1f s", session.stream, session.publisher, session.audio_s)
 
     async def _close(self, session: WhipSession, why: str, reason: str) -> None:
         """End a session (idempotent): free its slot, leave its stream, stop its tasks and peer
