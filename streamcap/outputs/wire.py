@@ -31,7 +31,17 @@ from streamcap.core.errors import ErrorCode, ProtocolError
 from streamcap.core.ids import STREAM_ID_MAX_CHARS, STREAM_ID_RULE, is_valid_stream_id
 from streamcap.outputs import jsonsafe
 from streamcap.outputs.jsonsafe import JsonLimits
-from streamcap.core.types import VIDEO_TRACK, Alert, AlertPhase, Caption, CaptionState, Severity, Status, StreamState
+from streamcap.core.types import (
+    VIDEO_TRACK,
+    Alert,
+    AlertPhase,
+    Caption,
+    CaptionState,
+    Severity,
+    SpeechWord,
+    Status,
+    StreamState,
+)
 
 WIRE_VERSION = 1
 SERVER_NAME = "streamcap"
@@ -96,6 +106,7 @@ class CaptionMsg:
     score: float
     window: int  # window index behind the caption, -1 when unknown
     track: str = VIDEO_TRACK  # the stream's caption track ("video" when the field is absent)
+    words: tuple[SpeechWord, ...] = ()  # speech: each word with its media time
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +400,21 @@ def _track(name: str, value: Any) -> str:
     return value
 
 
+MAX_WORDS = 1000  # words in one caption message
+
+
+def _words(name: str, value: Any) -> tuple[SpeechWord, ...]:
+    if type(value) is not list or len(value) > MAX_WORDS:
+        raise ProtocolError(f"'{name}' must be a list of at most {MAX_WORDS} words")
+    out = []
+    for item in value:
+        if type(item) is not dict or set(item) != {"w", "start", "end"}:
+            raise ProtocolError(f"'{name}' items must be objects with w, start and end")
+        out.append(SpeechWord(_string("w", item["w"]), _number(0)("start", item["start"]),
+                              _number(0)("end", item["end"])))
+    return tuple(out)
+
+
 def _optional_string(name: str, value: Any) -> str | None:
     return None if value is None else _string(name, value)
 
@@ -453,7 +479,7 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
             "score": _number(),
             "window": _integer(-1),
         },
-        {"track": _track},
+        {"track": _track, "words": _words},
     ),
     MessageType.STATUS: (
         StatusMsg,

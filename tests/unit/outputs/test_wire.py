@@ -344,3 +344,22 @@ def test_ack_client_message(schema: dict) -> None:
         with pytest.raises(ProtocolError):
             wire.decode_client_message(bad)
         assert not client.is_valid(json.loads(bad))
+
+
+def test_speech_words_round_trip_with_their_times_and_match_the_schema(schema) -> None:
+    from streamcap.core.types import SpeechWord
+
+    words = (SpeechWord("Hello,", 1.0, 1.25), SpeechWord("world.", 1.3, 1.9))
+    caption = Caption("cam", 7, CaptionState.FINAL, "Hello, world.", 1.0, 1.9, track="speech", words=words)
+    text = wire.encode_caption(caption)
+    msg = wire.decode_server_message(text)
+    assert msg.words == words and msg.track == "speech"
+    _validator(schema, "ServerMessage").validate(json.loads(text))
+
+
+@pytest.mark.parametrize("words", [[{"w": "a", "start": -1, "end": 1}], [{"w": 3, "start": 0, "end": 1}],
+                                   [{"w": "a", "start": 0}], "a b", [{"w": "a"}] * 1001])
+def test_malformed_speech_words_are_refused(words) -> None:
+    bad = json.loads(wire.encode_caption(CAPTIONS[-1])) | {"words": words}
+    with pytest.raises(ProtocolError, match="words|w|start"):
+        wire.decode_server_message(json.dumps(bad))
