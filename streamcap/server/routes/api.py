@@ -227,7 +227,9 @@ class ApiRoutes:
         path = str(await asyncio.to_thread(self.uploads.new_file))
         try:
             max_length = await self._receive_video(request, path)
-            await asyncio.to_thread(_check_video, path, self.want_audio)
+            # sound alone is enough when the clip is heard (a speech track asked for, or configured)
+            want_audio = self.want_audio if tracks is None else SPEECH_TRACK in tracks
+            await asyncio.to_thread(_check_video, path, want_audio)
             decode = {} if max_length is None else {"max_new_tokens": max_length}
             async with self._jobs:
                 try:
