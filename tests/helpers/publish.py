@@ -64,9 +64,10 @@ def tone_messages(seconds: float, piece_s: float = 0.02, rate: int = 48_000, cha
             for i in range(n)]
 
 
-def tone_track(hz: float = 440.0, rate: int = 48_000):
+def tone_track(hz: float = 440.0, rate: int = 48_000, *, beep_every_s: float | None = None, beep_s: float = 0.2):
     """An aiortc audio track playing a continuous ``hz`` tone in 20 ms stereo frames, paced like
-    a microphone (start time + pts, as aiortc's own tracks)."""
+    a microphone (start time + pts, as aiortc's own tracks). With ``beep_every_s`` the tone
+    sounds only for ``beep_s`` at the start of each period (silence between)."""
     import asyncio
     import fractions
     import time
@@ -90,6 +91,9 @@ def tone_track(hz: float = 440.0, rate: int = 48_000):
                 if wait > 0:
                     await asyncio.sleep(wait)  # pacing, as a microphone delivers
             pcm = tone(samples / rate, rate, 2, hz, start_s=self.sent / rate)
+            if beep_every_s is not None:
+                t = (self.sent + np.arange(samples)) / rate
+                pcm[(t % beep_every_s) >= beep_s] = 0
             frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo")
             frame.sample_rate = rate
             frame.pts = self.sent
@@ -98,3 +102,22 @@ def tone_track(hz: float = 440.0, rate: int = 48_000):
             return frame
 
     return ToneTrack()
+
+
+def flash_track(every_s: float = 1.0, flash_s: float = 0.2, size: tuple[int, int] = (160, 120)):
+    """An aiortc video track at 30 fps, dark grey but white for ``flash_s`` at the start of each
+    ``every_s`` (its own clock, start time + pts, like :func:`tone_track`'s beeps)."""
+    from aiortc import VideoStreamTrack
+    from av import VideoFrame
+
+    class FlashTrack(VideoStreamTrack):
+        async def recv(self) -> VideoFrame:
+            pts, time_base = await self.next_timestamp()
+            t = float(pts * time_base)
+            w, h = size
+            frame = VideoFrame.from_ndarray(np.full((h, w, 3), 235 if t % every_s < flash_s else 30, np.uint8),
+                                            format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            return frame
+
+    return FlashTrack()

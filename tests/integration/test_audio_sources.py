@@ -188,6 +188,32 @@ async def test_probe_media_accepts_audio_only_files_when_audio_is_wanted_and_ref
     assert "not a media file" in probe_media(str(text), want_audio=True)
 
 
+async def test_http_with_video_and_audio_gives_both_on_one_media_clock(clips):
+    from aiohttp import web
+
+    clip = clips["h264_aac_ts_at_100s"]
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(clip.path)
+
+    app = web.Application()
+    app.router.add_get("/av.ts", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        # HTTP is live (drop-oldest): room enough that a consumer reading as fast as it can loses nothing
+        source = open_source("web", f"http://127.0.0.1:{port}/av.ts", audio=True, handoff_size=64,
+                             audio_handoff_size=400, end_on_eof=True)
+        frames, chunks = await read_all(source)
+    finally:
+        await runner.cleanup()
+    assert len(frames) == round(clip.duration_s * clip.fps)
+    assert_audio_timeline(chunks)
+    assert_aligned(clip, frames, chunks)
+
+
 # --------------------------------------------------------------------------- RTSP
 
 RTSP_BEEPS_S = tuple(1.0 + 1.5 * k for k in range(50))
@@ -237,6 +263,7 @@ async def test_rtsp_with_h264_and_aac_gives_frames_and_audio_on_one_media_clock(
     onsets, flashes = beep_onsets(chunks), flash_times(frames)
     assert len(onsets) >= 2 and len(flashes) >= 2, (onsets, flashes)
     pairs = [(heard, min(flashes, key=lambda seen: abs(seen - heard))) for heard in onsets]
+    print(f"\nRTSP H.264+AAC: beep - flash = {[round(h - s, 3) for h, s in pairs]} s")
     for heard, seen in pairs:  # the server started both tracks at once: a beep lands on its flash
         assert abs(heard - seen) < 1.0 / clip.fps, pairs
     # and beeps keep their 1.5 s spacing on media time
@@ -469,6 +496,7 @@ async def test_a_whip_publisher_with_a_microphone_track_gives_audio_chunks_besid
     assert_audio_timeline(chunks)
     heard = np.concatenate([c.samples for c in chunks])
     assert dominant_hz(heard[-16_000:]) == pytest.approx(440, abs=5)  # Opus there and back
+    print(f"\nWHIP: newest sound ends {chunks[-1].end_s:.3f} s, newest picture {frames[-1].pts_s:.3f} s")
     # one clock: the newest sound and the newest picture are within a fraction of a second
     assert abs(chunks[-1].end_s - frames[-1].pts_s) < 0.5, (chunks[-1].end_s, frames[-1].pts_s)
     assert frames[0].pts_s < 1.0 and chunks[0].pts_s < 1.0
@@ -490,3 +518,65 @@ def test_an_upload_with_sound_only_is_taken_when_audio_is_wanted(clips, tmp_path
         _check_video(neither, True)
     assert refused.value.status == 422 and "no video or audio stream" in refused.value.detail
     assert neither not in refused.value.detail  # the upload's name is never shown
+
+
+async def test_rtsp_audio_stays_in_order_and_on_its_pictures_across_a_reconnect(audio_rtsp_server, long_clips):
+    clip = long_clips["av"]
+    server = audio_rtsp_server({"av": clip.path})
+    statuses = StatusLog()
+    source = open_source("cam", server.url("av"), audio=True, on_status=statuses)
+    try:
+        before_frames, before_chunks = await collect_until(source, frames=20, chunks=40)
+        mark = statuses.mark()
+        await asyncio.to_thread(server.kill)
+        await statuses.wait_for(StreamState.STALLED, StreamState.RECONNECTING, since=mark, timeout_s=10)
+        mark = statuses.mark()
+        await asyncio.to_thread(server.start)  # same port; the file plays from its start again
+        await statuses.wait_for(StreamState.LIVE, since=mark, timeout_s=15)
+        after_frames, after_chunks = await collect_until(source, frames=45, chunks=90)
+    finally:
+        await source.aclose()
+    chunks = before_chunks + after_chunks
+    assert_audio_timeline(chunks)  # one timeline: never back, never overlapping across the outage
+    frames = before_frames + after_frames
+    assert np.all(np.diff([f.pts_s for f in frames]) > 0)
+    # after the reconnect, beeps still land on their flashes
+    new_chunks = [c for c in after_chunks if c.pts_s > after_frames[0].pts_s]
+    onsets, flashes = beep_onsets(new_chunks), flash_times(after_frames)
+    assert onsets and flashes, (onsets, flashes)
+    for heard in onsets:
+        assert min(abs(heard - seen) for seen in flashes) < 1.0 / clip.fps, (onsets, flashes)
+
+
+async def test_a_whip_publishers_beeps_land_on_its_flashes(audio_server):
+    """Sound and picture of one publisher, both paced by their own clocks from the same start:
+    a beep and a flash sent together arrive at the same media time (within the 0.1 s between
+    kept frames, windows.max_ingest_fps = 10, plus arrival jitter)."""
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from tests.helpers.publish import flash_track, tone_track
+
+    server, control = audio_server
+    pc = RTCPeerConnection()
+    pc.addTrack(flash_track(every_s=1.0, flash_s=0.2))
+    pc.addTrack(tone_track(hz=1000.0, beep_every_s=1.0, beep_s=0.2))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http, http.post(
+                server.url("/whip/mic"), data=pc.localDescription.sdp.encode(),
+                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {PUBLISH}"}) as r:
+            assert r.status == 201, await r.text()
+            answer = await r.text()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        frames, chunks = await read_pushed(control.sources["mic"], audio_s=4.5, frames=40, timeout_s=60)
+    finally:
+        await pc.close()
+    onsets = beep_onsets(chunks)
+    flashes = [f.pts_s for i, f in enumerate(frames) if f.image.mean() > 128
+               and (i == 0 or frames[i - 1].image.mean() <= 128)]  # the first white frame of each flash
+    pairs = [(heard, min(flashes, key=lambda seen: abs(seen - heard))) for heard in onsets if flashes]
+    print(f"\nWHIP: beep - flash = {[round(h - s, 3) for h, s in pairs]} s")
+    assert len(pairs) >= 3, (onsets, flashes)
+    for heard, seen in pairs[1:]:  # the first may be cut by the start
+        assert abs(heard - seen) < 0.2, pairs
