@@ -1,5 +1,5 @@
-"""Frame sources: one :class:`Source` interface (``async recv()``, idempotent ``aclose()``) and one
-module per kind. :func:`open_source` turns a URL into a source; :func:`sanitize_url` is what logs
+"""Frame (and, with ``audio=True``, audio) sources: one :class:`Source` interface (``async recv()``,
+idempotent ``aclose()``) and one module per kind; :mod:`.audio` holds the pure audio helpers. :func:`open_source` turns a URL into a source; :func:`sanitize_url` is what logs
 and status details show of a URL."""
 
 from streamcap.sources.backoff import Backoff

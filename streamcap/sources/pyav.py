@@ -7,7 +7,8 @@ module's docstring for the contract); this module is its reader thread.
 One demuxer
 -----------
 A connection opens the input once (``av.open``) and demuxes it: the first video stream and, with
-``audio=True``, the best audio stream (``container.streams.best("audio")``), through the one
+``audio=True``, the best audio stream (``container.streams.best("audio")``; a still cover picture,
+``attached_pic``, is then no video: a music file is sound), through the one
 ``demux``; :meth:`PyAVSource._route` hands each packet to its stream's handler. Audio is decoded,
 resampled to 16 kHz mono float32 (:class:`~streamcap.sources.audio.Resampler`), cut into 50 ms
 chunks (:class:`~streamcap.sources.audio.Chunker`) and posted with its container time, which the
@@ -202,8 +203,7 @@ def probe_media(path: str, *, want_audio: bool, timeout_s: float = 10.0) -> str 
     except (av.FFmpegError, OSError) as exc:
         return _unopenable_file_detail(path, exc)
     try:
-        stream = (container.streams.video[0] if container.streams.video
-                  else _best_audio(container) if want_audio else None)
+        stream = _picture(container, skip_cover=want_audio) or (_best_audio(container) if want_audio else None)
         if stream is None:
             return _no_video_detail(path, container, want_audio=want_audio)
         try:
@@ -219,6 +219,15 @@ def probe_media(path: str, *, want_audio: bool, timeout_s: float = 10.0) -> str 
         return f"cannot read {path}: truncated/corrupt: no {what} could be decoded"
     finally:
         container.close()
+
+
+def _picture(container: Any, *, skip_cover: bool) -> Any | None:
+    """The video stream to read: the first one; with ``skip_cover`` (audio wanted) the first that
+    is not a still cover picture (``attached_pic``: the album art of a music file, which is sound)."""
+    for stream in container.streams.video:
+        if not (skip_cover and stream.disposition & av.stream.Disposition.attached_pic):
+            return stream
+    return None
 
 
 def _best_audio(container: Any) -> Any | None:
@@ -287,7 +296,7 @@ class PyAVSource(ReaderSource):
                     detail = self._open_failure_detail(exc, time.monotonic() - started)
                     self._post(loop, Event(gen, Kind.OPEN_FAILED, detail))
                 return
-            video = container.streams.video[0] if container.streams.video else None
+            video = _picture(container, skip_cover=self.audio)
             sound = _best_audio(container) if self.audio else None
             if video is None and sound is None:
                 self._post(loop, Event(gen, Kind.OPEN_FAILED,

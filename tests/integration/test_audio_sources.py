@@ -162,6 +162,19 @@ async def test_an_audio_only_file_without_audio_true_keeps_todays_error(clips):
     await source.aclose()
 
 
+async def test_a_music_file_with_cover_art_is_read_as_sound_when_audio_is_wanted(tmp_path):
+    song = tmp_path / "song.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=1000:duration=2",
+                    "-f", "lavfi", "-i", "color=red:size=64x64:duration=1", "-map", "0", "-map", "1",
+                    "-c:a", "libmp3lame", "-c:v", "mjpeg", "-frames:v", "1", "-disposition:v", "attached_pic",
+                    str(song)], check=True, timeout=60)
+    frames, chunks = await read_all(open_source("song", str(song), audio=True))
+    assert frames == []  # the album cover is no picture of the stream
+    assert_audio_timeline(chunks)
+    assert sum(len(c.samples) for c in chunks) / AUDIO_RATE == pytest.approx(2.0, abs=0.1)
+    assert probe_media(str(song), want_audio=True) is None
+
+
 def _subtitles_only(path: Path) -> Path:
     srt = path.with_suffix(".srt")
     srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
