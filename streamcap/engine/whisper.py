@@ -12,7 +12,11 @@ repeated); the rules are Whisper's (``streamcap.engine.whisper_rules``).
 ``language=None`` detects the language first (one decoder call on ``<|startoftranscript|>``
 alone, the likeliest language token, as ``generate`` does); English-only models always use "en".
 ``no_speech_prob`` is P(``<|nospeech|>``) at the position after ``<|startoftranscript|>`` in the
-prefill; words are timed by the approximation documented in ``words_from_tokens``.
+prefill. Word times: when the engine's decoder outputs the alignment heads' cross-attention
+(``cross_qk``; ``engine.json`` ``"word_timing": "cross-attention"``) one more batched decoder call
+on each transcript's text gives them by dynamic time warping, as OpenAI's ``word_timestamps``
+(``aligned_word_times``); otherwise by the character-length approximation of
+``words_from_tokens`` (``word_timing`` says which this engine does).
 
 No torch, no transformers: ``tokenizers`` decodes text. Blocking; not thread-safe: one caller at a
 time (an executor thread).
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,8 @@ from streamcap.engine.whisper_rules import (
     Decoded,
     LogitRules,
     WhisperTokens,
+    WordSpan,
+    aligned_word_times,
     beam_search,
     greedy,
     log_softmax,
@@ -122,6 +128,8 @@ class WhisperEngine:
         self.providers = providers
         n = m.num_layers
         self._kv = [f"{k}_{i}" for i in range(n) for k in ("key", "value")]
+        self._has_qk = "cross_qk" in {o.name for o in self._decoder.get_outputs()}
+        self.word_timing = "cross-attention" if self._has_qk else "approximate"
         self._vocab = m.vocab_size
         self._starts_word = np.zeros(self._vocab, dtype=bool)
         for i in range(min(self._vocab, self.tokens.eot)):
@@ -138,13 +146,17 @@ class WhisperEngine:
         return self._encoder.run(None, {"input_features": feats})
 
     def _decode_call(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, index: np.ndarray,
-                     past: list[np.ndarray], cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+                     past: list[np.ndarray], cross: list[np.ndarray],
+                     with_qk: bool = False) -> tuple[np.ndarray, list[np.ndarray]] | tuple[np.ndarray, np.ndarray]:
+        """One decoder call → (logits, present K/V), or (logits, cross_qk) when ``with_qk``."""
         feed = {"input_ids": ids.astype(np.int64), "positions": positions.astype(np.int64),
                 "attention_mask": mask.astype(np.int64), "logit_index": index.astype(np.int64)}
         feed.update({f"past_{n}": a for n, a in zip(self._kv, past)})
         feed.update({f"cross_{n}": a for n, a in zip(self._kv, cross)})
         out = self._decoder.run(None, feed)
-        return out[0], out[1:]
+        if with_qk:
+            return out[0], out[-1]
+        return out[0], out[1:1 + len(self._kv)]
 
     def _empty_past(self, b: int) -> list[np.ndarray]:
         m = self.manifest
@@ -211,7 +223,8 @@ class WhisperEngine:
         tok = self.tokens
         prefixes = []
         for r, lang in zip(reqs, languages):
-            prompt_ids = self._tok.encode(" " + r.prompt.strip(), add_special_tokens=False).ids if r.prompt.strip() else []
+            text = r.prompt.strip()
+            prompt_ids = self._tok.encode(" " + text, add_special_tokens=False).ids if text else []
             prefixes.append(prefix_tokens(tok, multilingual=self.multilingual, language=lang, task=r.task,
                                           timestamps=r.timestamps, prompt_ids=prompt_ids))
         b = len(reqs)
@@ -254,22 +267,60 @@ class WhisperEngine:
             return out[:, 0]
 
         first = logits[:, 1]
+        cross0 = cross if beams == 1 else [c[::beams] for c in cross]
         if beams == 1:
             decoded = greedy(first, step, rules, max_new, eot=tok.eot)
         else:
             decoded = beam_search(first, step, rules, max_new, eot=tok.eot, num_beams=beams)
-        return [self._transcript(d, lang, float(ns), r) for d, lang, ns, r in zip(decoded, languages, no_speech, reqs)]
+        spans = [self._spans(d, r) for d, r in zip(decoded, reqs)]
+        if self._has_qk:
+            spans = self._align(decoded, spans, languages, reqs, cross0)
+        return [self._transcript(d, sp, lang, float(ns))
+                for d, sp, lang, ns in zip(decoded, spans, languages, no_speech)]
 
-    def _transcript(self, d: Decoded, language: str, no_speech: float, r: SpeechRequest) -> Transcript:
-        tok = self.tokens
-        text_ids = [t for t in d.tokens if t < tok.eot]
-        duration = len(r.audio) / AUDIO_RATE
+    def _spans(self, d: Decoded, r: SpeechRequest) -> list[WordSpan]:
+        """Words with the character-length approximation of their times."""
 
         def chars(ids: Sequence[int]) -> int:
             return len(self._tok.decode(list(ids), skip_special_tokens=False).strip())
 
-        spans = words_from_tokens(tok, d.tokens, d.logprobs, duration_s=duration,
-                                  starts_word=lambda t: bool(self._starts_word[t]), char_count=chars)
+        return words_from_tokens(self.tokens, d.tokens, d.logprobs, duration_s=len(r.audio) / AUDIO_RATE,
+                                 starts_word=lambda t: bool(self._starts_word[t]), char_count=chars)
+
+    def _align(self, decoded: list[Decoded], spans: list[list[WordSpan]], languages: list[str],
+               reqs: list[SpeechRequest], cross: list[np.ndarray]) -> list[list[WordSpan]]:
+        """The words' times by DTW on the alignment heads: one decoder call for the whole group on
+        ``sot lang task <|notimestamps|> text… EOT`` (no prompt, as OpenAI's find_alignment)."""
+        tok = self.tokens
+        seqs = []
+        for d, lang, r in zip(decoded, languages, reqs):
+            pre = prefix_tokens(tok, multilingual=self.multilingual, language=lang, task=r.task, timestamps=False)
+            seqs.append((pre, [t for t in d.tokens if t < tok.eot]))
+        b = len(seqs)
+        width = max(len(p) + len(t) + 1 for p, t in seqs)
+        ids = np.full((b, width), tok.eot, dtype=np.int64)
+        mask = np.zeros((b, width), dtype=np.int64)
+        for i, (p, t) in enumerate(seqs):
+            full = [*p, *t, tok.eot]
+            ids[i, width - len(full):] = full
+            mask[i, width - len(full):] = 1
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        _, qk = self._decode_call(ids, positions, mask, np.full((b, 1), width - 1), self._empty_past(b), cross,
+                                  with_qk=True)
+        out = []
+        for i, ((p, t), r, sp) in enumerate(zip(seqs, reqs, spans)):
+            if not t or sum(len(s.tokens) for s in sp) != len(t):
+                out.append(sp)
+                continue
+            first = width - (len(p) + len(t) + 1) + len(p) - 1  # the <|notimestamps|> row predicts text[0]
+            duration = len(r.audio) / AUDIO_RATE
+            times = aligned_word_times(qk[i, :, first:first + len(t) + 1], [s.tokens for s in sp], duration_s=duration)
+            out.append([replace(s, start_s=min(a, duration), end_s=min(max(a, e), duration))
+                        for s, (a, e) in zip(sp, times)])
+        return out
+
+    def _transcript(self, d: Decoded, spans: list[WordSpan], language: str, no_speech: float) -> Transcript:
+        text_ids = [t for t in d.tokens if t < self.tokens.eot]
         words = tuple(SpeechWord(self._tok.decode(list(s.tokens), skip_special_tokens=False).strip(),
                                  round(s.start_s, 3), round(s.end_s, 3), s.prob) for s in spans)
         return Transcript(text=self._tok.decode(text_ids, skip_special_tokens=False).strip(),

@@ -222,7 +222,7 @@ def beam_search(first_logits: np.ndarray, step: Step, rules: Sequence[LogitRules
             cand = np.stack([run_score[i][j] + rules[i].apply(log_softmax(logits[i * w + j]), run_toks[i][j])
                              for j in range(w)])
             flat = cand.reshape(-1)
-            top = np.argsort(-flat, kind="stable")[: 2 * w]
+            top = _top(flat, 2 * w)
             at_limit = n + 1 >= max_new[i]
             hits = np.array([int(c) % v == eot or at_limit for c in top])
             keep = top[np.argsort(-(flat[top] - big * hits), kind="stable")[:w]]
@@ -268,6 +268,18 @@ def beam_search(first_logits: np.ndarray, step: Step, rules: Sequence[LogitRules
     return out
 
 
+def _top(flat: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
+    if k < flat.shape[0]:
+        part = np.argpartition(-flat, k - 1)[:k]
+        kth = flat[part].min()
+        # every index tied with the k-th value competes, so ties break by index as a stable sort would
+        part = np.flatnonzero(flat >= kth)
+    else:
+        part = np.arange(flat.shape[0])
+    return part[np.argsort(-flat[part], kind="stable")][:k]
+
+
 @dataclass(frozen=True)
 class WordSpan:
     tokens: tuple[int, ...]
@@ -283,8 +295,9 @@ def words_from_tokens(tok: WhisperTokens, tokens: Sequence[int], logprobs: Seque
 
     Segments are the spans between timestamp tokens (``<|t0|> text <|t1|>``); text before the first
     timestamp, or with timestamps off, starts at 0, and text not closed by a timestamp ends at
-    ``duration_s``. A word starts at a token that ``starts_word`` (a leading space); tokens without
-    one (punctuation, word pieces) join the word before. **Approximation:** within its segment each
+    ``duration_s``; times are clamped to [0, ``duration_s``]. A word starts at a token that
+    ``starts_word`` (a leading space); tokens without one (punctuation, word pieces) join the word
+    before. **Approximation:** within its segment each
     word gets a share of the segment's time proportional to its number of characters
     (``char_count`` of its tokens, at least 1) — not a forced alignment. ``prob`` is the mean
     probability of the word's tokens.
@@ -292,7 +305,6 @@ def words_from_tokens(tok: WhisperTokens, tokens: Sequence[int], logprobs: Seque
     spans: list[WordSpan] = []
     seg: list[tuple[int, float]] = []
     seg_start = 0.0
-    last_time = 0.0
 
     def flush(end: float) -> None:
         words: list[list[tuple[int, float]]] = []
@@ -300,9 +312,10 @@ def words_from_tokens(tok: WhisperTokens, tokens: Sequence[int], logprobs: Seque
             if not words or starts_word(t):
                 words.append([])
             words[-1].append((t, lp))
-        end = max(end, seg_start)
+        start = min(seg_start, duration_s)
+        end = min(max(end, start), duration_s)
         weights = np.array([max(1, char_count([t for t, _ in w])) for w in words], dtype=np.float64)
-        edges = seg_start + (end - seg_start) * np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
+        edges = start + (end - start) * np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
         for k, w in enumerate(words):
             probs = np.exp([lp for _, lp in w])
             spans.append(WordSpan(tuple(t for t, _ in w), float(edges[k]), float(edges[k + 1]), float(probs.mean())))
@@ -313,15 +326,95 @@ def words_from_tokens(tok: WhisperTokens, tokens: Sequence[int], logprobs: Seque
             if seg:
                 flush(time)
                 seg = []
-            seg_start = last_time = time
+            seg_start = time
             continue
         if t >= tok.eot:
             continue  # other specials carry no text
         seg.append((t, lp))
     if seg:
-        flush(max(duration_s, last_time))
+        flush(duration_s)
     return spans
 
 
-__all__ = ["Decoded", "LogitRules", "WhisperTokens", "WordSpan", "beam_search", "greedy", "log_softmax",
-           "prefix_tokens", "words_from_tokens"]
+FRAMES_PER_S = 50  # encoder positions per second (1500 in 30 s)
+MEDIAN_WIDTH = 7
+
+
+def median_filter(x: np.ndarray, width: int = MEDIAN_WIDTH) -> np.ndarray:
+    """Median over a sliding window of ``width`` (odd) along the last axis, reflect-padded."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
+    return np.median(windows, axis=-1)
+
+
+def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dynamic time warping through ``cost`` (N, M), from (0, 0) to (N-1, M-1) by steps that
+    advance the row, the column or both; returns (rows, cols) of the path. Ties break as OpenAI's
+    ``dtw_cpu``: the diagonal only when strictly cheapest, then the row step, else the column step.
+    Computed one anti-diagonal at a time (vectorised)."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)
+    acc[0, 0] = 0.0
+    trace = np.full((n + 1, m + 1), -1, dtype=np.int8)
+    for d in range(2, n + m + 1):
+        i = np.arange(max(1, d - m), min(n, d - 1) + 1)
+        j = d - i
+        c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+        t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
+        acc[i, j] = cost[i - 1, j - 1] + np.choose(t, [c0, c1, c2])
+        trace[i, j] = t
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    i, j = n, m
+    path = []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        t = trace[i, j]
+        if t == 0:
+            i, j = i - 1, j - 1
+        elif t == 1:
+            i -= 1
+        else:
+            j -= 1
+    arr = np.array(path[::-1])
+    return arr[:, 0], arr[:, 1]
+
+
+def split_words(text_tokens: Sequence[int], starts_word: Callable[[int], bool]) -> list[list[int]]:
+    """Text tokens grouped into words: a word starts at a token with a leading space."""
+    words: list[list[int]] = []
+    for t in text_tokens:
+        if not words or starts_word(t):
+            words.append([])
+        words[-1].append(t)
+    return words
+
+
+def aligned_word_times(qk: np.ndarray, words: Sequence[Sequence[int]], *, duration_s: float,
+                       medfilt_width: int = MEDIAN_WIDTH) -> list[tuple[float, float]]:
+    """Word (start, end) times from the alignment heads' cross-attention logits, OpenAI's
+    ``find_alignment``: ``qk`` (A, n + 1, 1500) are the rows of the positions that predict each of
+    the n text tokens and then EOT (the decoder ran on ``sot… <|notimestamps|> text… EOT``). Softmax
+    over the frames of the audio, normalised per frame over tokens, median-filtered along time,
+    averaged over heads; dynamic time warping assigns each token a first frame; a word runs from
+    its first token's frame to the next word's."""
+    n_frames = int(min(qk.shape[-1], max(1, round(duration_s * FRAMES_PER_S))))
+    w = qk[:, :, :n_frames].astype(np.float64)
+    w = np.exp(w - w.max(axis=-1, keepdims=True))
+    w /= w.sum(axis=-1, keepdims=True)
+    mean, std = w.mean(axis=-2, keepdims=True), w.std(axis=-2, keepdims=True)
+    w = (w - mean) / np.where(std > 0, std, 1.0)
+    matrix = median_filter(w, medfilt_width).mean(axis=0)
+    rows, cols = dtw(-matrix)
+    jumps = np.pad(np.diff(rows), (1, 0), constant_values=1).astype(bool)
+    jump_times = cols[jumps] / FRAMES_PER_S
+    bounds = np.pad(np.cumsum([len(t) for t in words]), (1, 0))
+    return [(float(jump_times[bounds[k]]), float(jump_times[min(bounds[k + 1], len(jump_times) - 1)]))
+            for k in range(len(words))]
+
+
+__all__ = ["Decoded", "LogitRules", "WhisperTokens", "WordSpan", "aligned_word_times", "beam_search", "dtw",
+           "greedy", "log_softmax", "median_filter", "prefix_tokens", "split_words", "words_from_tokens"]

@@ -13,6 +13,9 @@ Two ONNX graphs, one copy of each weight:
   ``present_key/value_{i}`` (B, H, P+T, hd). The same graph is the prefill (T = prompt length,
   P = 0) and every step (T = 1); ``logit_index`` lets the prefill return the logits after the
   start-of-transcript token too (P(<|nospeech|>)) without projecting every prompt position.
+  When the checkpoint names ``alignment_heads`` the decoder also outputs ``cross_qk`` (B, A, T,
+  1500): those heads' cross-attention logits, for word times by dynamic time warping (as OpenAI's
+  ``find_alignment``).
 
 The output projection is the token embedding itself (Whisper ties them): the graph multiplies by
 the embedding initializer with ``Gemm(transB=1)``, so the matrix is stored once. The decoder
@@ -53,7 +56,7 @@ def _heads(t, b, h, hd):
     return t.view(b, -1, h, hd).transpose(1, 2)
 
 
-def _wrappers(model):
+def _wrappers(model, alignment_heads: list[list[int]] | None):
     import torch
     from torch import nn
 
@@ -61,6 +64,7 @@ def _wrappers(model):
     cfg = model.config
     h = cfg.decoder_attention_heads
     hd = cfg.d_model // h
+    heads = [(int(l), int(k)) for l, k in alignment_heads or []]
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
@@ -94,7 +98,7 @@ def _wrappers(model):
                 & (attention_mask > 0).unsqueeze(1).unsqueeze(1)
             bias = torch.where(allowed, torch.zeros((), dtype=x.dtype),
                                torch.full((), torch.finfo(x.dtype).min, dtype=x.dtype))
-            present = []
+            present, qks = [], []
             for i, layer in enumerate(self.dec.layers):
                 a = layer.self_attn
                 r = x
@@ -109,7 +113,9 @@ def _wrappers(model):
                 r = x
                 y = layer.encoder_attn_layer_norm(x)
                 q = _heads(c.q_proj(y) * c.scaling, b, h, hd)
-                w = torch.softmax(torch.matmul(q, cross[2 * i].transpose(-1, -2)), dim=-1)
+                qk = torch.matmul(q, cross[2 * i].transpose(-1, -2))
+                qks += [qk[:, k] for l, k in heads if l == i]
+                w = torch.softmax(qk, dim=-1)
                 x = r + c.out_proj(torch.matmul(w, cross[2 * i + 1]).transpose(1, 2).reshape(b, -1, h * hd))
                 r = x
                 y = layer.final_layer_norm(x)
@@ -119,7 +125,10 @@ def _wrappers(model):
             sel = torch.gather(x, 1, logit_index.unsqueeze(-1).expand(-1, -1, d))
             # tied output projection: Gemm on the embedding initializer itself (stored once)
             logits = torch.nn.functional.linear(sel.reshape(-1, d), self.dec.embed_tokens.weight)
-            return (logits.reshape(b, logit_index.shape[1], -1), *present)
+            logits = logits.reshape(b, logit_index.shape[1], -1)
+            if heads:  # the alignment heads' cross-attention logits, for word timing (B, A, T, 1500)
+                return (logits, *present, torch.stack(qks, dim=1))
+            return (logits, *present)
 
     return Encoder().eval(), Decoder().eval()
 
@@ -242,7 +251,13 @@ def export(checkpoint: Path, out: Path, opts: ExportOptions) -> Path:
     n_frames = cfg.max_source_positions * 2
     facts = whisper_facts(model, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    encoder, decoder = _wrappers(model)
+    align = facts["alignment_heads"]
+    if align and not all(0 <= l < n_layers and 0 <= k < heads for l, k in align):
+        log.warning("%s: alignment_heads %s do not fit %d layers x %d heads; word timing will be approximate",
+                    checkpoint, align, n_layers, heads)
+        align = None
+    encoder, decoder = _wrappers(model, align)
+    qk_out = ["cross_qk"] if align else []
     kv = [f"{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
     cross = [f"cross_{n}" for n in kv]
     past, present = [f"past_{n}" for n in kv], [f"present_{n}" for n in kv]
@@ -261,13 +276,14 @@ def export(checkpoint: Path, out: Path, opts: ExportOptions) -> Path:
                           dynamic_axes={"input_features": {0: "b"}, **{n: {0: "b"} for n in cross}})
         torch.onnx.export(decoder, (ids, pos, mask, index, *past_t, *cross_t), out / GRAPHS["decoder"],
                           input_names=["input_ids", "positions", "attention_mask", "logit_index", *past, *cross],
-                          output_names=["logits", *present], opset_version=opts.opset, dynamo=False,
+                          output_names=["logits", *present, *qk_out], opset_version=opts.opset, dynamo=False,
                           dynamic_axes={"input_ids": {0: "b", 1: "t"}, "positions": {0: "b", 1: "t"},
                                         "attention_mask": {0: "b", 1: "pt"}, "logit_index": {0: "b", 1: "s"},
                                         "logits": {0: "b", 1: "s"},
                                         **{n: {0: "b", 2: "p"} for n in past},
                                         **{n: {0: "b"} for n in cross},
-                                        **{n: {0: "b", 2: "pt"} for n in present}})
+                                        **{n: {0: "b", 2: "pt"} for n in present},
+                                        **{n: {0: "b", 2: "t"} for n in qk_out}})
     if not tie_output_projection(out / GRAPHS["decoder"]):
         raise ExportError(f"{checkpoint}: the output projection could not be tied to the token embedding")
     tok = copy_tokenizer(checkpoint, out)
@@ -285,6 +301,8 @@ def export(checkpoint: Path, out: Path, opts: ExportOptions) -> Path:
         "decoder": {"num_layers": n_layers, "num_heads": heads, "head_dim": head_dim, "d_model": int(cfg.d_model),
                     "vocab_size": int(cfg.vocab_size), "encoder_positions": int(cfg.max_source_positions)},
         "whisper": facts,
+        # "cross-attention": the decoder also outputs cross_qk (the alignment heads) for DTW word times
+        "word_timing": "cross-attention" if align else "approximate",
         "graphs": dict(GRAPHS),
     }
     return write_manifest(out, fields, [*GRAPHS.values(), tok])

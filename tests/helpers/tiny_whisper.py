@@ -20,7 +20,7 @@ N_TIMESTAMPS = 1501
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -78,7 +78,7 @@ def save_tiny_whisper(folder: Path, *, seed: int = 0, d_model: int = 32, layers:
     vocab_size = tok.get_vocab_size()
     space = tok.token_to_id("Ġ")
     # Whisper suppresses some punctuation and the non-text specials (startofprev second to last)
-    suppress = [tok.token_to_id(c) for c in ("#", "(", ")", "*", "+", "/", "<", "=", ">", "@", "[", "]", "^", "_", "{", "|", "}", "~")]
+    suppress = [tok.token_to_id(c) for c in "#()*+/<=>@[]^_{|}~"]
     suppress += [ids["<|translate|>"], ids["<|transcribe|>"], ids["<|startoflm|>"], ids["<|startofprev|>"],
                  ids["<|nospeech|>"]]
     cfg = WhisperConfig(

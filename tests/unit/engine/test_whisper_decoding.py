@@ -128,3 +128,64 @@ def test_words_split_at_leading_spaces_and_share_the_segment_by_characters():
     assert spans[1].end_s == pytest.approx(0.6)
     assert (spans[2].start_s, spans[2].end_s) == (pytest.approx(0.6), 2.0)
     assert spans[0].prob == pytest.approx(np.exp(-0.1))
+
+
+def _dtw_reference(x):
+    """OpenAI's dtw_cpu + backtrace, cell by cell."""
+    n, m = x.shape
+    cost = np.full((n + 1, m + 1), np.inf)
+    trace = -np.ones((n + 1, m + 1))
+    cost[0, 0] = 0
+    for j in range(1, m + 1):
+        for i in range(1, n + 1):
+            c0, c1, c2 = cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]
+            if c0 < c1 and c0 < c2:
+                c, t = c0, 0
+            elif c1 < c0 and c1 < c2:
+                c, t = c1, 1
+            else:
+                c, t = c2, 2
+            cost[i, j] = x[i - 1, j - 1] + c
+            trace[i, j] = t
+    i, j = n, m
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    path = []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        if trace[i, j] == 0:
+            i, j = i - 1, j - 1
+        elif trace[i, j] == 1:
+            i -= 1
+        else:
+            j -= 1
+    return np.array(path[::-1]).T
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_dtw_takes_the_reference_path(seed):
+    from streamcap.engine.whisper_rules import dtw
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(int(rng.integers(1, 9)), int(rng.integers(1, 30))))
+    if seed % 2:
+        x = np.round(x)  # ties
+    rows, cols = dtw(x)
+    ref = _dtw_reference(x)
+    assert np.array_equal(rows, ref[0]) and np.array_equal(cols, ref[1])
+
+
+def test_aligned_word_times_follow_the_attention_diagonal():
+    from streamcap.engine.whisper_rules import FRAMES_PER_S, aligned_word_times
+
+    # 4 tokens + EOT; token k attends to frames around 10·k (0.2 s apart)
+    n_rows, frames = 5, 1500
+    qk = np.full((2, n_rows, frames), -5.0)
+    for k in range(n_rows):
+        qk[:, k, 10 * k:10 * k + 10] = 5.0
+    times = aligned_word_times(qk, [[1, 2], [3], [4]], duration_s=1.2)
+    starts = [a for a, _ in times]
+    assert starts == sorted(starts) and starts[0] == 0.0
+    assert starts[1] == pytest.approx(20 / FRAMES_PER_S, abs=0.05)
+    assert starts[2] == pytest.approx(30 / FRAMES_PER_S, abs=0.05)
+    assert all(a <= e for a, e in times) and times[-1][1] <= 1.2
