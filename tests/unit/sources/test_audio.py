@@ -210,3 +210,87 @@ async def test_an_audio_only_stream_drives_the_media_clock_and_goes_live():
     chunks = await _run(source)
     assert [round(c.pts_s, 6) for c in chunks] == [0.0, 0.05, 0.1, 0.15]
     assert [s.state.value for s in statuses] == ["starting", "live", "ended"]
+
+
+# --------------------------------------------------------------------------- push sources
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.ns = 1_000_000_000
+
+    def __call__(self) -> int:
+        return self.ns
+
+    def advance(self, seconds: float) -> None:
+        self.ns += round(seconds * 1e9)
+
+
+def _push(**kwargs):
+    from streamcap.sources.push import PushSource
+
+    clock = _Clock()
+    drops: list[str] = []
+    return PushSource("p", clock=clock, on_drop=drops.append, **kwargs), clock, drops
+
+
+def _drain(source) -> list:
+    items = []
+    while source._queue:
+        items.append(_pop(source))
+    return items
+
+
+def _pop(source):
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(source.recv())
+    finally:
+        loop.close()
+
+
+def test_pushed_audio_continues_across_jitter_and_restarts_after_a_pause():
+    source, clock, _ = _push(audio=True)
+    twenty_ms = np.full(320, 0.1, np.float32)
+    source.push(np.zeros((4, 4, 3), np.uint8))  # the first frame starts the clock: media 0
+    for jitter in (0.02, 0.035, 0.005, 0.02):  # 20 ms pieces arriving unevenly
+        clock.advance(jitter)
+        source.push_audio(twenty_ms)
+    clock.advance(2.0)  # the publisher paused
+    source.push_audio(twenty_ms)
+    items = _drain(source)
+    chunks = [i for i in items if isinstance(i, AudioChunk)]
+    starts = [round(c.pts_s, 4) for c in chunks]
+    assert starts[:4] == [0.0, 0.02, 0.04, 0.06]  # continuous: jitter leaves no gaps
+    assert starts[4] == pytest.approx(2.08 - 0.02)  # after the pause: arrival (2.08 s) less its 20 ms
+    assert isinstance(items[0], Frame) and items[0].pts_s == 0.0
+
+
+def test_pushed_audio_is_cut_into_chunks_bounded_and_dropped_oldest_first():
+    source, clock, drops = _push(audio=True, max_queued_audio=4)
+    source.push_audio(np.zeros(CHUNK_SAMPLES * 3 + 10, np.float32))  # 4 chunks
+    source.push_audio(np.zeros(CHUNK_SAMPLES * 2, np.float32))  # 2 more: the 2 oldest dropped
+    chunks = _drain(source)
+    assert [len(c.samples) for c in chunks] == [CHUNK_SAMPLES, 10, CHUNK_SAMPLES, CHUNK_SAMPLES]
+    assert [c.seq for c in chunks] == [2, 3, 4, 5]
+    assert drops == ["audio_full", "audio_full"]
+    for a, b in zip(chunks, chunks[1:]):
+        assert b.pts_s == pytest.approx(a.end_s)
+
+
+def test_a_push_source_without_audio_true_discards_pushed_audio():
+    source, _, _ = _push()
+    assert not source.wants_audio
+    assert source.push_audio(np.zeros(320, np.float32)) is True
+    assert not source._queue and source.state.value == "starting"
+
+
+def test_audio_anchor_follows_the_publishers_clock_and_reanchors_when_it_strays():
+    from streamcap.sources.push import AudioAnchor
+
+    anchor = AudioAnchor()
+    assert anchor.media_s(1000.0, 0.5) == 0.5  # anchored at arrival
+    assert anchor.media_s(1000.02, 0.53) == pytest.approx(0.52)  # the clock, not the jittery arrival
+    assert anchor.media_s(1000.04, 0.55) == pytest.approx(0.54)
+    assert anchor.media_s(5000.0, 0.57) == 0.57  # the clock jumped: re-anchored
+    assert anchor.media_s(None, 0.6) == 0.6
