@@ -67,3 +67,19 @@ def test_a_clip_made_twice_is_identical():
     a = sm.make_clip(_PLAN, sm.load_script())
     b = sm.make_clip(_PLAN, sm.load_script())
     assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+
+def test_narration_is_a_16k_wav_with_its_manifest(tmp_path):
+    from streamcap.sources.synthetic import load_narration
+    from tools import narration
+
+    manifest = narration.write_narration(tmp_path / "demo-narration" / "narration.wav")
+    samples = load_narration(tmp_path / "demo-narration" / "narration.wav")
+    on_disk = json.loads((tmp_path / "demo-narration" / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert 60 <= manifest["words"] <= 90 and len(manifest["voices"]) >= 2
+    assert manifest["tool"]["name"] == "espeak-ng" and manifest["tool"]["licence"].startswith("GPL-3.0")
+    assert len(samples) / 16_000 == pytest.approx(manifest["duration_s"], abs=1e-3)
+    lines = manifest["lines"]
+    assert all(a["end_s"] < b["start_s"] for a, b in zip(lines, lines[1:]))
+    assert lines[-1]["end_s"] <= manifest["duration_s"]
