@@ -219,7 +219,9 @@ def parse_source_url(url: str) -> SourceSpec:
 #: options of decoding sources (:class:`~streamcap.sources.reader.ReaderSource`) that do not
 #: apply to synthetic or push ones
 NETWORK_TUNING = frozenset({"stall_timeout_s", "open_timeout_s", "read_timeout_s", "backoff", "rng",
-                            "max_failures", "end_on_eof", "audio_handoff_size"})
+                            "max_failures", "end_on_eof"})
+#: handoff sizes: decoding and synthetic sources take them, push sources have their own queues
+HANDOFF_OPTIONS = frozenset({"handoff_size", "audio_handoff_size"})
 
 
 def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
@@ -228,13 +230,12 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
     Files, RTSP(S) and HTTP(S) are read by :class:`~streamcap.sources.pyav.PyAVSource`, webcams
     by :class:`~streamcap.sources.opencv.OpenCVSource`. ``kwargs`` go to the source class: the
     hooks of :class:`~streamcap.sources.base.Source` (``on_status``, ``on_drop``,
-    ``on_reconnect``, ``clock``, ``frame_transform``, ``audio``), ``handoff_size``, and the tuning
-    of :class:`~streamcap.sources.reader.ReaderSource` (``stall_timeout_s``, ``open_timeout_s``,
-    ``read_timeout_s``, ``backoff``, ``rng``, ``max_failures``, ``end_on_eof``,
-    ``audio_handoff_size``), which a
-    synthetic source, having no decoder, ignores, and a push source ignores along with
-    ``handoff_size`` — so one set of options, ``streamcap.runtime.config.source_options(config)``,
-    can be passed for every stream.
+    ``on_reconnect``, ``clock``, ``frame_transform``, ``audio``), ``handoff_size`` and
+    ``audio_handoff_size``, and the tuning of :class:`~streamcap.sources.reader.ReaderSource`
+    (``stall_timeout_s``, ``open_timeout_s``, ``read_timeout_s``, ``backoff``, ``rng``,
+    ``max_failures``, ``end_on_eof``), which a synthetic source, having no decoder, ignores, and
+    a push source ignores along with the handoff sizes — so one set of options,
+    ``streamcap.runtime.config.source_options(config)``, can be passed for every stream.
 
     ``audio=True`` (default False): ``recv()`` also returns the stream's sound as
     :class:`~streamcap.core.types.AudioChunk` s on the frames' media clock, and a file or
@@ -251,7 +252,7 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
         from streamcap.sources.push import PushSource
 
         # no decoder handoff either: publishers push into the source's own bounded queue
-        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING and k != "handoff_size"}
+        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING and k not in HANDOFF_OPTIONS}
         return PushSource(stream_id, **own)
     if spec.kind is SourceKind.WEBCAM:
         from streamcap.sources.opencv import OpenCVSource
