@@ -9,7 +9,7 @@ Audio: a source opened with ``audio=True`` also returns
 same media clock as its frames), interleaved with the frames in about media-time order; a stream
 without a picture may then deliver audio only. With ``audio=False`` (the default) ``recv()``
 returns frames only, and a source never decodes audio. Kinds without sound (webcams through
-OpenCV, ``synthetic:``) accept ``audio=True`` and deliver frames only.
+OpenCV, ``synthetic:`` without a narration) accept ``audio=True`` and deliver frames only.
 
 Threading contract: hooks (``on_status``, ``on_drop``, ``on_reconnect``) are always called on the
 event loop thread, never from a decoder thread, so they may touch loop state directly.
