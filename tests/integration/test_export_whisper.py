@@ -282,12 +282,16 @@ def test_manifest_records_the_export(whisper):
     assert whisper["engine"].languages == tuple(w["languages"])
 
 
-def test_caption_loader_refuses_a_speech_engine(whisper):
+def test_caption_and_speech_loaders_refuse_each_others_engines(whisper):
+    from pathlib import Path
+
     from streamcap.core.errors import EngineLoadError
-    from streamcap.engine.manifest import load_manifest
+    from streamcap.engine.manifest import load_manifest, load_speech_manifest
 
     with pytest.raises(EngineLoadError, match="load_speech_engine"):
         load_manifest(whisper["dir"])
+    with pytest.raises(EngineLoadError, match="load_engine"):
+        load_speech_manifest(Path(__file__).parents[2] / "engines" / "shapes-git")
 
 
 def test_int8_export_without_alignment_heads_runs_with_approximate_word_times(whisper):
