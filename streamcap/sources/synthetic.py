@@ -40,10 +40,12 @@ from streamcap.core.errors import SourceEnded
 from streamcap.sources.base import Source
 from streamcap.demo.synthetic import Storyline
 from streamcap.core.types import AUDIO_RATE, AudioChunk, DropReason, Frame, StreamState
+from streamcap.sources.audio import CHUNK_SAMPLES
 
-#: length of each narration chunk (1600 samples at 16 kHz)
-NARRATION_CHUNK_S = 0.1
-_CHUNK_SAMPLES = round(NARRATION_CHUNK_S * AUDIO_RATE)
+#: length of each narration chunk: the decoding sources' (50 ms), so ``audio_handoff_size`` means
+#: the same time for every kind of source
+_CHUNK_SAMPLES = CHUNK_SAMPLES
+NARRATION_CHUNK_S = _CHUNK_SAMPLES / AUDIO_RATE
 
 
 def load_narration(path: str | Path) -> np.ndarray:
@@ -105,7 +107,7 @@ class SyntheticShapesSource(Source):
         handoff_size: int = 4,
         narration: str | Path | None = None,
         narration_gap_s: float = 2.0,
-        audio_handoff_size: int = 20,
+        audio_handoff_size: int = 40,
         **hooks: Any,
     ) -> None:
         super().__init__(stream_id, live=realtime, **hooks)

@@ -1,5 +1,5 @@
 """The ``synthetic:shapes`` source's narration: AudioChunks of a looped WAV in step with the frames
-on one media clock (unpaced here; the paced source is in tests/integration/test_synthetic_audio.py)."""
+on one media clock (unpaced here; the paced source is in tests/integration/test_synthetic_narration_paced.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from streamcap.core.types import AUDIO_RATE, AudioChunk, Frame
 from streamcap.sources.synthetic import NarrationLoop, SyntheticShapesSource, load_narration
 from tools.speech_media import write_wav
 
-CHUNK = 1600  # 100 ms
+CHUNK = 800  # 50 ms, as the decoding sources
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ async def test_narration_chunks_interleave_with_frames_on_one_clock(narration_wa
     frames = [i for i in items if isinstance(i, Frame)]
     chunks = [i for i in items if isinstance(i, AudioChunk)]
     assert [f.seq for f in frames] == list(range(30))
-    assert [c.seq for c in chunks] == list(range(30))  # 3.0 s of 100 ms chunks
-    assert [c.pts_s for c in chunks] == pytest.approx([k * 0.1 for k in range(30)])
+    assert [c.seq for c in chunks] == list(range(60))  # 3.0 s of 50 ms chunks
+    assert [c.pts_s for c in chunks] == pytest.approx([k * 0.05 for k in range(60)])
     assert all(len(c.samples) == CHUNK and c.samples.dtype == np.float32 for c in chunks)
     assert all(c.stream == "demo" for c in chunks)
     # in step: each chunk comes after the frames before its end and before the frame at its end
