@@ -9,7 +9,9 @@
 - :func:`word_error_rate`: WER with substitutions, deletions and insertions, computed by
   ``jiwer`` (its Levenshtein alignment) on normalised text.
 - :func:`words_in_quiet`: emitted words whose media time falls inside a stretch of the truth
-  where nothing is said (inserted silence or noise): each is a hallucination.
+  where nothing is said (inserted silence or noise). Whisper's word times stretch a sentence's
+  first and last words across the pause next to them, so this also counts real words;
+  :func:`hallucinations_in_quiet` counts only the words the WER alignment calls insertions.
 
 Pure functions, no I/O except :func:`load_truth`.
 """
@@ -153,6 +155,37 @@ def words_in_quiet(words: Iterable[Any], quiet: Iterable[Any], *, margin_s: floa
                 found.append(QuietWord(str(get(word, "text", "")), start, end, kind))
                 break
     return found
+
+
+def inserted_words(reference: str, words: Sequence[Any]) -> list[Any]:
+    """The emitted ``words`` (objects or dicts with ``text``) that the WER alignment against
+    ``reference`` counts as insertions: words nobody said. A word that normalises to several
+    tokens is inserted when any of its tokens is; one that normalises to nothing never is."""
+    def text_of(item: Any) -> str:
+        return str(item.get("text", "") if isinstance(item, dict) else getattr(item, "text", ""))
+
+    owner: list[int] = []  # the word index of each normalised token
+    for i, word in enumerate(words):
+        owner += [i] * len(normalize(text_of(word)).split())
+    ref = normalize(reference)
+    if not owner:
+        return []
+    if not ref:
+        return list(words)
+    hyp = " ".join(normalize(text_of(w)) for w in words).split()
+    out = jiwer.process_words(ref, " ".join(hyp))
+    hit = sorted({owner[j] for chunk in out.alignments[0] if chunk.type == "insert"
+                  for j in range(chunk.hyp_start_idx, chunk.hyp_end_idx)})
+    return [words[i] for i in hit]
+
+
+def hallucinations_in_quiet(reference: str, words: Sequence[Any], quiet: Iterable[Any], *,
+                            margin_s: float = 0.25) -> list[QuietWord]:
+    """Words nobody said (:func:`inserted_words`) whose media time falls in a quiet stretch
+    (:func:`words_in_quiet`). Unlike :func:`words_in_quiet` alone, a real word whose timestamps
+    spread into the silence next to it (Whisper's word times stretch the first and last words of
+    a sentence across a pause) is not counted."""
+    return words_in_quiet(inserted_words(reference, words), quiet, margin_s=margin_s)
 
 
 @dataclass(frozen=True)

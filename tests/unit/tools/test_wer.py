@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from tools.wer import load_truth, normalize, number_words, ordinal_words, word_error_rate, words_in_quiet
+from tools.wer import (
+    hallucinations_in_quiet,
+    inserted_words,
+    load_truth,
+    normalize,
+    number_words,
+    ordinal_words,
+    word_error_rate,
+    words_in_quiet,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -93,3 +102,24 @@ def test_load_truth_reads_a_speech_media_file(tmp_path):
     path.write_text(json.dumps({"schema": "other"}))
     with pytest.raises(ValueError):
         load_truth(path)
+
+
+def test_inserted_words_are_those_nobody_said():
+    words = [_Word("The", 0.0, 0.2), _Word("cat,", 0.2, 0.5), _Word("you", 3.0, 3.2),
+             _Word("sat.", 5.0, 5.3), _Word("uh", 5.3, 5.4)]
+    assert [w.text for w in inserted_words("The cat sat.", words)] == ["you"]
+    assert inserted_words("The cat sat.", []) == []
+    assert [w.text for w in inserted_words("", words[:2])] == ["The", "cat,"]
+
+
+def test_hallucinations_in_quiet_leave_out_real_words_stretched_over_a_pause():
+    quiet = [{"kind": "silence", "start_s": 2.0, "end_s": 4.5}]
+    words = [
+        _Word("Rain", 0.5, 1.0),
+        _Word("again.", 1.0, 4.0),  # said before the pause, its end time stretched into it
+        _Word("Thank", 3.0, 3.2), _Word("you.", 3.2, 3.4),  # said by nobody, in the silence
+        _Word("Sun", 4.4, 5.0),
+    ]
+    assert [w.text for w in words_in_quiet(words, quiet)] == ["again.", "Thank", "you."]
+    found = hallucinations_in_quiet("Rain again. Sun", words, quiet)
+    assert [(w.text, w.kind) for w in found] == [("Thank", "silence"), ("you.", "silence")]
