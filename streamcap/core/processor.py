@@ -141,6 +141,7 @@ class StreamCounters:
     media_s: float | None = None  # pts of the newest frame
     last_window_end_s: float | None = None
     audio_s: float | None = None  # media time the newest audio ends at
+    last_audio_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -182,8 +183,8 @@ class StreamProcessor:
         self._make_alert_id = make_alert_id or (lambda: f"{settings.stream}-{next(ids)}")
         video_tracks = [t for t in settings.tracks if t.input == "video"]
         longest = max((t.window_s + t.stride_s for t in video_tracks), default=0.0)
-        need = min_ring_capacity(longest, settings.max_ingest_fps) + 2
-        if video_tracks and settings.ring_capacity < need:
+        need = min_ring_capacity(longest, settings.max_ingest_fps) + 2 if video_tracks else 0
+        if settings.ring_capacity < need:
             raise ConfigError(f"pipeline.ring_capacity={settings.ring_capacity} cannot hold a "
                               f"{longest - min(t.stride_s for t in video_tracks):g}s window at "
                               f"{settings.max_ingest_fps:g} fps (needs {need})")
@@ -417,6 +418,7 @@ class StreamProcessor:
             return []
         c = self.counters
         c.last_frame_ns = chunk.capture_ns  # audio is life too: an audio-only stream is not stalled
+        c.last_audio_ns = chunk.capture_ns
         if not (math.isfinite(chunk.pts_s) and abs(chunk.pts_s) <= MAX_MEDIA_S):
             self._drop(DropReason.BAD_PTS, now_ns, unit="frame", count=1)
             return []
@@ -436,6 +438,18 @@ class StreamProcessor:
                 windows.append(w)
         self._in_flight += len(windows)
         return windows
+
+    def plan_speech(self) -> list[Window]:
+        """Speech windows due now without new audio (call after a speech result: audio that came
+        while a window was out may already make the next one due)."""
+        windows = [w for t in self._speech.values() if (w := t.policy.plan()) is not None]
+        self._in_flight += len(windows)
+        return windows
+
+    def audio_silent_for(self, now_ns: int) -> float:
+        """Seconds since the last audio chunk came (inf before any)."""
+        last = self.counters.last_audio_ns
+        return math.inf if last is None else (now_ns - last) / _NS
 
     def flush_speech(self) -> list[Window]:
         """The source ended: the last speech windows (committing every word heard), if any."""

@@ -29,8 +29,9 @@ voice-activity detector:
   drops its oldest audio (counted in :attr:`SpeechPolicy.dropped_s`, reason ``speech_overflow``);
   a file's reader is told to wait (:meth:`SpeechPolicy.room_s`) and nothing is lost.
 
-Each FINAL caption carries its words with start/end on media time (``Caption.words``); its
-``seq`` comes from the stream's shared counter. Not thread-safe: one owner calls every method.
+Each caption carries its words with start/end on media time (``Caption.words``), kept inside
+the speech the VAD heard (:func:`clamp_to_speech` for cross-attention-aligned times,
+:func:`warp_onto_speech` for coarse ones); its ``seq`` comes from the stream's shared counter. Not thread-safe: one owner calls every method.
 """
 
 from __future__ import annotations
@@ -108,15 +109,43 @@ def warp_onto_speech(words: Sequence[SpeechWord], spans: Sequence[tuple[float, f
     if total <= 0 or last <= first:
         return list(words)
 
-    def warp(t: float) -> float:
+    def warp(t: float) -> tuple[float, int]:
         x = (min(max(t, first), last) - first) / (last - first) * total
-        for a, b in merged:
+        for i, (a, b) in enumerate(merged):
             if x <= b - a:
-                return a + x
+                return a + x, i
             x -= b - a
-        return merged[-1][1]
+        return merged[-1][1], len(merged) - 1
 
-    return [replace(w, start_s=warp(w.start_s), end_s=max(warp(w.start_s), warp(w.end_s))) for w in words]
+    out = []
+    for w in words:
+        start, i = warp(w.start_s)
+        end, j = warp(w.end_s)
+        if j != i:  # a word does not run across a silence: it ends with the speech it starts in
+            end = merged[i][1]
+        out.append(replace(w, start_s=start, end_s=max(start, end)))
+    return out
+
+
+def clamp_to_speech(words: Sequence[SpeechWord], spans: Sequence[tuple[float, float]]) -> list[SpeechWord]:
+    """Keep aligned word times inside the speech the VAD heard.
+
+    Cross-attention alignment is good inside a sentence but stretches the word before a pause
+    into the silence after it, and starts the word after a pause too early. A word overlapping
+    stretches of speech is cut to the one it overlaps most; a word overlapping none is left as is."""
+    out = []
+    for w in words:
+        best, most = None, 0.0
+        for a, b in spans:
+            overlap = min(b, w.end_s) - max(a, w.start_s)
+            if overlap > most or (overlap == most == 0.0 and best is None and a <= w.start_s <= b):
+                best, most = (a, b), overlap
+        if best is None:
+            out.append(w)
+            continue
+        start = min(max(w.start_s, best[0]), best[1])
+        out.append(replace(w, start_s=start, end_s=max(start, min(w.end_s, best[1]))))
+    return out
 
 
 def word_key(text: str) -> str:
@@ -308,6 +337,10 @@ class SpeechPolicy:
     def _is_full(self, samples: int) -> bool:
         return samples >= self._capacity - AUDIO_RATE // 10
 
+    def plan(self) -> Window | None:
+        """The window due now, if any (after a result: the audio that came meanwhile)."""
+        return self._plan()
+
     def flush(self) -> Window | None:
         """The source ended: one last window committing every word heard, or None."""
         if self._in_flight is not None or self._start_s is None or not self._n:
@@ -369,10 +402,13 @@ class SpeechPolicy:
         return out
 
     def _placed(self, window: Window, transcript: Transcript) -> list[SpeechWord]:
-        """The transcript's words on media time, inside the window, moved onto the speech the
-        VAD heard (:func:`warp_onto_speech`)."""
-        return warp_onto_speech(self._placed_raw(window, transcript),
-                                [(a - _SPAN_PAD_S, b + _SPAN_PAD_S) for a, b in self._speech_spans])
+        """The transcript's words on media time, inside the window; words timed only coarsely
+        (not ``aligned``) are moved onto the speech the VAD heard (:func:`warp_onto_speech`)."""
+        words = self._placed_raw(window, transcript)
+        spans = [(a - _SPAN_PAD_S, b + _SPAN_PAD_S) for a, b in self._speech_spans]
+        if transcript.aligned:
+            return clamp_to_speech(words, spans)
+        return warp_onto_speech(words, spans)
 
     def _placed_raw(self, window: Window, transcript: Transcript) -> list[SpeechWord]:
         out = []
@@ -441,4 +477,5 @@ class SpeechPolicy:
         return [self._final(words, dummy)]
 
 
-__all__ = ["SpeechPolicy", "SpeechSettings", "common_prefix", "drop_seam_repeat", "warp_onto_speech", "word_key"]
+__all__ = ["SpeechPolicy", "SpeechSettings", "clamp_to_speech", "common_prefix", "drop_seam_repeat",
+           "warp_onto_speech", "word_key"]

@@ -123,6 +123,7 @@ class Transcript:
     no_speech_prob: float  # P(<|nospeech|>) at the first step
     avg_logprob: float  # mean log-probability per generated token (<= 0)
     tokens: tuple[int, ...] = ()  # generated token ids (special and timestamp tokens included)
+    aligned: bool = False  # word times from the cross-attention alignment (else spread over segments)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

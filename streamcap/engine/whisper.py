@@ -325,7 +325,8 @@ class WhisperEngine:
                                  round(s.start_s, 3), round(s.end_s, 3), s.prob) for s in spans)
         return Transcript(text=self._tok.decode(text_ids, skip_special_tokens=False).strip(),
                           words=tuple(w for w in words if w.text), language=language, no_speech_prob=no_speech,
-                          avg_logprob=d.avg_logprob, tokens=tuple(d.tokens))
+                          avg_logprob=d.avg_logprob, tokens=tuple(d.tokens),
+                          aligned=self.word_timing == "cross-attention")
 
     def close(self) -> None:
         self._encoder = self._decoder = None  # type: ignore[assignment]

@@ -179,6 +179,7 @@ class StreamRunner:
         self.vad = pipeline.new_vad(stream_id) if self.processor.hears else None
         self._speech_prob = 0.0
         self._speech_progress = asyncio.Event()  # a speech window came back: a file's reader may go on
+        self._side_tasks: set[asyncio.Task] = set()  # windows queued from a status change
         self.source: Source | None = None
         self.task: asyncio.Task | None = None
         self._windows_done = asyncio.Event()
@@ -205,6 +206,13 @@ class StreamRunner:
     def _on_status(self, status: Status) -> None:
         self.dispatch(self.processor.feed_status(status.state, status.detail, status.code,
                                                  now_ns=self.p.clock(), extra=status.extra))
+        if status.state in (StreamState.STALLED, StreamState.RECONNECTING) and self.processor.hears:
+            # no more audio is coming for now: the words heard so far are an utterance's end
+            self._queue_soon(self.processor.flush_speech())
+
+    async def _queue_windows(self, windows: list[Window]) -> None:
+        for w in windows:
+            await self.p.worker_for(self, w.track).queue.put(w, live=self.live)
 
     def _on_drop(self, reason: str) -> None:
         self.dispatch(self.processor.feed_drop(reason, self.p.clock()))
@@ -252,9 +260,9 @@ class StreamRunner:
 
     async def _run(self) -> None:
         source = self.open_source()
-        t = self.processor.track(VIDEO_TRACK)
-        log.info("stream %s: opening %s (%s, window %.2fs stride %.2fs)", self.id, self.safe_url,
-                 "live" if self.live else "file", t.window_s, t.stride_s)
+        tracks = ", ".join(f"{t.name} {'window %.2fs stride %.2fs' % (t.window_s, t.stride_s) if t.input == 'video' else 'chunk %.2fs' % t.stride_s}"
+                           for t in (self.processor.track(n) for n in self.processor.tracks))
+        log.info("stream %s: opening %s (%s; %s)", self.id, self.safe_url, "live" if self.live else "file", tracks)
         shape = self.processor.settings.frame_shape
         pre = self.p.engine.preprocessing
         while True:
@@ -266,6 +274,8 @@ class StreamRunner:
                 await self._feed_audio(frame)
                 continue
             self.p.metrics.frames_in_total.labels(stream=self.metric_label).inc()
+            if not self.processor.sees:
+                continue  # a speech-only stream: the picture is not captioned
             if frame.image.shape != shape:
                 frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s, resize_frame(frame.image, pre))
             windows = self.processor.feed_frame(frame, self.p.clock())
@@ -316,6 +326,24 @@ class StreamRunner:
         self.dispatch(self.processor.feed_result(window, result, now_ns))
         if window.audio is not None:
             self._speech_progress.set()
+            if self.live:  # the audio that came meanwhile may make the next window due now
+                self._queue_soon(self.processor.plan_speech())
+
+    def speech_tick(self, now_ns: int) -> None:
+        """A live stream whose audio stopped coming (a muted microphone, a track that ended)
+        without its source stalling: once no chunk came for longer than an utterance's end,
+        the words heard are committed."""
+        p = self.processor
+        if self.live and p.hears and p.audio_silent_for(now_ns) > self.p.config.speech.end_silence_s + 0.5:
+            self._queue_soon(p.flush_speech())
+
+    def _queue_soon(self, windows: list[Window]) -> None:
+        if not windows:
+            return
+        self._windows_done.clear()
+        task = asyncio.get_running_loop().create_task(self._queue_windows(windows))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def on_window_dropped(self, window: Window, reason: DropReason) -> None:
         self.dispatch(self.processor.window_dropped(window, reason, self.p.clock()))
@@ -679,6 +707,7 @@ class Pipeline:
             now = self.clock()
             for runner in list(self.runners.values()):
                 runner.dispatch(runner.processor.tick(now))
+                runner.speech_tick(now)
 
 
 __all__ = ["EngineWorker", "Pipeline", "StreamRunner", "WindowQueue", "describe_failure"]

@@ -106,7 +106,8 @@ class Service:
             WhipRoutes(server, self.pipeline, cfg.webrtc, max_ingest_fps=fps, streams=self.push_streams,
                        max_pixels=cfg.ingest.max_pixels),
             ApiRoutes(server, self.pipeline, cfg.ingest, max_body_bytes=max_body, subtitle_rules=cfg.subtitles.rules(),
-                      admission=cfg.admission, uploads=uploads),
+                      admission=cfg.admission, uploads=uploads,
+                      want_audio=self.pipeline.speech_engine is not None),
         ]
         self.server = server
         await self.server.start()

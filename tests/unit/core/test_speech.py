@@ -11,6 +11,7 @@ from streamcap.core.speech import (
     SpeechPolicy,
     SpeechSettings,
     common_prefix,
+    clamp_to_speech,
     drop_seam_repeat,
     warp_onto_speech,
     word_key,
@@ -195,8 +196,7 @@ def test_word_times_are_moved_onto_the_speech_the_vad_heard():
     words = [SpeechWord(t, i * 2.0, i * 2.0 + 1.5) for i, t in enumerate(["a", "b", "c", "d", "e"])]  # 0..9.5
     spans = [(2.0, 4.0), (6.0, 8.0)]
     warped = warp_onto_speech(words, spans)
-    inside = lambda t: any(a - 1e-9 <= t <= b + 1e-9 for a, b in spans)  # noqa: E731
-    assert all(inside(w.start_s) and inside(w.end_s) for w in warped)
+    assert all(any(a - 1e-9 <= w.start_s <= w.end_s <= b + 1e-9 for a, b in spans) for w in warped)
     assert [w.text for w in warped] == ["a", "b", "c", "d", "e"]
     assert warped[0].start_s == 2.0 and warped[-1].end_s == 8.0
     assert all(x.start_s <= y.start_s for x, y in zip(warped, warped[1:]))
@@ -236,3 +236,12 @@ def test_a_final_pass_that_stopped_early_is_heard_again_from_the_last_committed_
     caps = p.result(again, transcript(rel(again, [("three", 2.0, 3.0), ("four.", 3.1, 3.9)])))
     assert [c.text for c in caps] == ["three four."]
     assert feed_span(p, 4.8, 6.0, prob=0.05) == []  # heard out: no third pass
+
+
+def test_aligned_words_stretched_over_a_pause_are_cut_back_to_their_speech():
+    spans = [(0.5, 5.1), (7.4, 12.0)]
+    words = [SpeechWord("comes", 4.2, 4.6), SpeechWord("up.", 4.66, 6.34), SpeechWord("She", 6.01, 7.9),
+             SpeechWord("sets", 7.9, 8.2), SpeechWord("hm", 6.2, 6.4)]
+    got = clamp_to_speech(words, spans)
+    assert [(w.text, w.start_s, w.end_s) for w in got] == [
+        ("comes", 4.2, 4.6), ("up.", 4.66, 5.1), ("She", 7.4, 7.9), ("sets", 7.9, 8.2), ("hm", 6.2, 6.4)]
