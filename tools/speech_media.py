@@ -176,7 +176,8 @@ class Spoken:
 class Espeak:
     """Our binding of ``libespeak-ng`` (synchronous mode, one synthesis at a time)."""
 
-    def __init__(self, library: str) -> None:
+    def __init__(self, library: str, data_path: str | None = None) -> None:
+        self.library = library
         self._lib = ctypes.CDLL(library)
         lib = self._lib
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -193,7 +194,8 @@ class Espeak:
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
-        self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_DONT_EXIT)
+        path = data_path.encode() if data_path is not None else None
+        self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, path, _INITIALIZE_DONT_EXIT)
         if self.rate <= 0:
             raise MediaToolError(f"espeak_Initialize failed ({self.rate}): is espeak-ng-data installed?")
         self._lock = threading.Lock()
@@ -241,24 +243,28 @@ class Espeak:
         return Spoken((pcm.astype(np.float32) / 32768.0), self.rate, events)
 
 
-def find_espeak_library() -> str | None:
-    """The path of libespeak-ng: the ``espeakng-loader`` wheel's when installed, else the system's."""
+def find_espeak_library() -> tuple[str, str | None] | None:
+    """libespeak-ng and its data folder (None: the library's own default): the system's
+    (Debian's ``libespeak-ng1``, the same version as the ``espeak-ng`` command, so clips match
+    across machines set up by ``tools/system-deps.sh``), else the ``espeakng-loader`` wheel's."""
+    system = ctypes.util.find_library("espeak-ng")
+    if system is not None:
+        return system, None
     try:
         import espeakng_loader  # type: ignore[import-not-found]  # optional (PyPI)
-
-        return str(espeakng_loader.get_library_path())
     except ImportError:
-        pass
-    return ctypes.util.find_library("espeak-ng")
+        return None
+    return str(espeakng_loader.get_library_path()), str(espeakng_loader.get_data_path())
 
 
 @functools.cache
 def _espeak() -> Espeak | None:
-    library = find_espeak_library()
-    if library is None:
+    found = find_espeak_library()
+    if found is None:
         return None
+    library, data = found
     try:
-        return Espeak(library)
+        return Espeak(library, data)
     except OSError as exc:  # boundary: an unloadable library means the command fallback
         log.warning("cannot load %s (%s): timing sentences only", library, exc)
         return None
@@ -718,6 +724,7 @@ def generate(out_dir: Path | str, *, with_video: bool = False, seed: int = SEED,
         "schema": "streamcap-speech-index/1",
         "generator": "tools/speech_media.py",
         "tts": espeak_version(),
+        "tts_library": (find_espeak_library() or ("none: the espeak-ng command", None))[0],
         "tts_licence": "espeak-ng is GPL-3.0, run as a tool; the script and the audio are ours",
         "sample_rate": RATE,
         "word_timing": talk["word_timing"],

@@ -83,3 +83,13 @@ def test_narration_is_a_16k_wav_with_its_manifest(tmp_path):
     lines = manifest["lines"]
     assert all(a["end_s"] < b["start_s"] for a, b in zip(lines, lines[1:]))
     assert lines[-1]["end_s"] <= manifest["duration_s"]
+
+
+def test_the_espeakng_loader_wheel_library_works_with_its_data_folder():
+    loader = pytest.importorskip("espeakng_loader")  # optional: the system library comes first
+    engine = sm.Espeak(str(loader.get_library_path()), str(loader.get_data_path()))
+    text = sm.load_script()[2]
+    spoken = engine.speak(text, "en-us", 160)
+    assert spoken.rate == 22_050 and len(spoken.samples) > spoken.rate
+    starts = sm.assign_events(text, spoken.word_events, len(spoken.samples) / spoken.rate)
+    assert len(starts) == len(sm.word_spans(text))
