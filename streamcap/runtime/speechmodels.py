@@ -35,16 +35,14 @@ def load_speech(cfg: Config) -> tuple[object, Callable[[], object]]:
     return engine, lambda: SileroVad(vad_path, verify_hash=False)
 
 
-#: the demo's narration (tools/narration.py, installed by `streamcap models install demo-narration`)
+#: the demo's narration (tools/narration.py, made by tools/setup.sh with the export extra)
 DEMO_NARRATION = Path(__file__).resolve().parents[2] / "engines" / "demo-narration" / "narration.wav"
 
 
 def demo_source_url(cfg: Config) -> str:
     """The demo stream: the shapes world, speaking its narration when the speech track is on."""
-    from urllib.parse import quote
-
     from streamcap.runtime.config import DEMO_SOURCE_URL
 
     if wants_speech(cfg) and DEMO_NARRATION.is_file():
-        return f"{DEMO_SOURCE_URL}&narration={quote(str(DEMO_NARRATION))}"
+        return f"{DEMO_SOURCE_URL}&narration=demo"
     return DEMO_SOURCE_URL

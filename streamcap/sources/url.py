@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -124,7 +125,23 @@ def _parse_bool(url: str, name: str, value: str) -> bool:
     raise _bad(url, f"option {name}={value!r} is not a boolean (use 1 or 0)")
 
 
+#: narrations a synthetic stream may speak: ``narration=NAME`` is ``engines/NAME-narration/narration.wav``
+#: (a name, never a path: a client adding a stream cannot make the server read a file of its choosing)
+NARRATIONS_DIR = Path(__file__).resolve().parents[2] / "engines"
+_NARRATION_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def _parse_narration(url: str, name: str, value: str) -> str:
+    if not _NARRATION_NAME.fullmatch(value):
+        raise _bad(url, f"option {name} must be a narration name (like 'demo'), not a path")
+    path = NARRATIONS_DIR / f"{value}-narration" / "narration.wav"
+    if not path.is_file():
+        raise _bad(url, f"narration {value!r} is not installed (tools/setup.sh cpu,export makes the demo's)")
+    return str(path)
+
+
 _SYNTHETIC_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
+    "narration": _parse_narration,
     "seed": lambda u, n, v: _parse_int(u, n, v, 0, 2**31 - 1),
     "fps": lambda u, n, v: _parse_float(u, n, v, MIN_FPS, MAX_FPS),
     "size": _parse_size,

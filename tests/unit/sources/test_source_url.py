@@ -174,3 +174,18 @@ def test_open_source_takes_the_configured_options_for_every_kind(url):
         assert source._stall_timeout_s == options["stall_timeout_s"]
         assert (source._open_timeout_s, source._read_timeout_s) == (options["open_timeout_s"],
                                                                     options["read_timeout_s"])
+
+
+def test_a_synthetic_narration_is_a_name_under_engines_never_a_path(tmp_path, monkeypatch):
+    from streamcap.sources import url as url_module
+
+    monkeypatch.setattr(url_module, "NARRATIONS_DIR", tmp_path)
+    (tmp_path / "demo-narration").mkdir()
+    (tmp_path / "demo-narration" / "narration.wav").write_bytes(b"RIFF")
+    spec = parse_source_url("synthetic:shapes?narration=demo")
+    assert spec.options["narration"] == str(tmp_path / "demo-narration" / "narration.wav")
+    for bad in ("../../etc/passwd", "/etc/passwd", "Demo", "demo/x"):
+        with pytest.raises(BadSourceURL, match="narration name"):
+            parse_source_url(f"synthetic:shapes?narration={bad}")
+    with pytest.raises(BadSourceURL, match="not installed"):
+        parse_source_url("synthetic:shapes?narration=lecture")
