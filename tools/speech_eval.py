@@ -145,14 +145,16 @@ def offline_wer(engine, wav: Path, truth) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-async def stream_through_rtsp(url: str, engine_path: str, *, language: str | None, timeout_s: float) -> Recorder:
+async def stream_through_rtsp(url: str, engine_path: str, *, language: str | None, timeout_s: float,
+                              speech: dict | None = None) -> Recorder:
     from streamcap.engine.base import load_engine_from_config
     from streamcap.runtime.config import Config
     from streamcap.runtime.metrics import Metrics
     from streamcap.runtime.pipeline import Pipeline
     from streamcap.runtime.speechmodels import load_speech
 
-    cfg = Config.model_validate({"speech": {"enabled": True, "engine_path": engine_path, "language": language},
+    cfg = Config.model_validate({"speech": {"enabled": True, "engine_path": engine_path, "language": language,
+                                            **(speech or {})},
                                  "network": {"end_on_eof": True}})
     engine = await asyncio.to_thread(load_engine_from_config, cfg.engine)
     speech_engine, vad_factory = await asyncio.to_thread(load_speech, cfg)
@@ -165,7 +167,9 @@ async def stream_through_rtsp(url: str, engine_path: str, *, language: str | Non
     return rec
 
 
-def evaluate(media: Path, clip: str, engine_path: str, *, language: str | None = "en") -> dict:
+def evaluate(media: Path, clip: str, engine_path: str, *, language: str | None = "en",
+             speech: dict | None = None) -> dict:
+    """Serve ``clip`` over RTSP, caption it live and score it; ``speech``: ``[speech]`` settings."""
     from streamcap.engine.whisper import load_speech_engine
     from tools.rtsp import RtspServer
 
@@ -180,14 +184,15 @@ def evaluate(media: Path, clip: str, engine_path: str, *, language: str | None =
           flush=True)
     with RtspServer({clip: mp4}) as server:
         rec = asyncio.run(stream_through_rtsp(f"rtsp://127.0.0.1:{server.port}/{clip}", engine_path,
-                                              language=language, timeout_s=truth.duration_s * 3 + 120))
+                                              language=language, timeout_s=truth.duration_s * 3 + 120,
+                                              speech=speech))
     finals = sorted((h.caption for h in rec.heard if h.caption.state is CaptionState.FINAL), key=lambda c: c.seq)
     streaming = word_error_rate(truth.text, [c.text for c in finals])
     quiet = words_in_quiet([w for c in finals for w in c.words], truth.quiet)
     print("offline whole-clip WER of the same engine ...", file=sys.stderr, flush=True)
     offline = offline_wer(load_speech_engine(engine_path), wav, truth)
     return {
-        "clip": clip, "engine": Path(engine_path).name, "duration_s": truth.duration_s,
+        "clip": clip, "engine": Path(engine_path).name, "duration_s": truth.duration_s, "speech": speech or {},
         "reference_words": streaming.reference_words,
         "streaming_wer": round(streaming.wer, 4),
         "streaming_errors": {"substitutions": streaming.substitutions, "deletions": streaming.deletions,
@@ -197,6 +202,7 @@ def evaluate(media: Path, clip: str, engine_path: str, *, language: str | None =
         "words_in_quiet": [{"text": q.text, "start_s": round(q.start_s, 2), "kind": q.kind} for q in quiet],
         "latency": latencies(truth, rec.heard),
         "finals": len(finals),
+        "finals_text": " ".join(c.text for c in finals),
         "partials": sum(1 for h in rec.heard if h.caption.state is CaptionState.PARTIAL),
     }
 
@@ -221,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", default="talk", help="which clip (default: talk, every clip end to end)")
     ap.add_argument("--engine", default=str(REPO / "engines" / "whisper-base"), help="Whisper engine folder")
     ap.add_argument("--language", default="en", help="spoken language given to Whisper ('' = detect)")
+    ap.add_argument("--min-chunk", type=float, help="speech.min_chunk_s (default: the config's)")
+    ap.add_argument("--margin", type=float, help="speech.commit_margin_s (default: the config's)")
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args(argv)
-    report = evaluate(Path(args.media), args.clip, args.engine, language=args.language or None)
+    speech = {k: v for k, v in (("min_chunk_s", args.min_chunk), ("commit_margin_s", args.margin)) if v is not None}
+    report = evaluate(Path(args.media), args.clip, args.engine, language=args.language or None,
+                      speech=speech or None)
     text = json.dumps(report, indent=1)
     print(text)
     print(markdown(report))

@@ -12,8 +12,10 @@ voice-activity detector:
   initial prompt (text committed before the buffer). One window per stream is in flight at a time:
   each window depends on what the previous one committed; the next is planned by the next chunk.
 - **LocalAgreement-2**: a word is committed (FINAL) once two successive hypotheses agree on it
-  (the longest common prefix of the new hypothesis and the previous one's uncommitted tail); the
-  rest stays tentative (PARTIAL). Words from before the committed end are dropped, and an n-gram
+  (the longest common prefix of the new hypothesis and the previous one's uncommitted tail) and
+  it ends at least ``commit_margin_s`` before the audio heard (a word at the very end may be cut
+  off, and two windows a short chunk apart can agree on the same wrong guess); the rest stays
+  tentative (PARTIAL). Words from before the committed end are dropped, and an n-gram
   (1–5 words) repeating the committed tail at the seam is removed.
 - **End of an utterance**: once the VAD has heard ``end_silence_s`` of silence after speech, one
   last window (``final_pass``) covers the utterance and all its words are committed at once — the
@@ -71,7 +73,9 @@ class SpeechSettings:
     no_speech_threshold: float
     logprob_threshold: float
     no_speech_alone: float  # a no-speech probability this high is silence whatever the log-prob
-    prompt_chars: int  # committed text given as the initial prompt
+    prompt_chars: int
+    commit_margin_s: float = 0.0  # a word ending this close to its window's end is never committed
+    # by agreement (it may be cut off: two windows a short chunk apart agree on the same wrong word)  # committed text given as the initial prompt
 
     def __post_init__(self) -> None:
         if not 0 < self.min_chunk_s < self.max_window_s:
@@ -385,6 +389,8 @@ class SpeechPolicy:
             commit, self._hypothesis = words, []
         else:
             n = common_prefix(words, self._hypothesis)
+            while n and words[n - 1].end_s > window.end_s - s.commit_margin_s:
+                n -= 1  # too close to the end of what was heard
             commit, self._hypothesis = words[:n], words[n:]
             if not commit and window.audio is not None and self._is_full(len(window.audio)):
                 # a full buffer that never agrees: commit what is older than its last second

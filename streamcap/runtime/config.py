@@ -182,6 +182,9 @@ class SpeechConfig(_Model):
                                                                     "counts as silence.")
     logprob_threshold: float = Field(-1.0, le=0, description="Average log-probability below which a likely "
                                                               "no-speech window is silence.")
+    commit_margin_s: float = Field(0.4, ge=0, le=5, description="A word ending this close to the end of the "
+                                                                "audio heard is not committed by agreement "
+                                                                "yet (it may be cut off).")
     no_speech_alone: float = Field(0.8, gt=0, le=1, description="A no-speech probability from which a window "
                                                                  "is silence whatever its log-prob (Whisper "
                                                                  "says 'you' to silence, sure of it).")
@@ -201,7 +204,7 @@ class SpeechConfig(_Model):
                               vad_threshold=self.vad_threshold, end_silence_s=self.end_silence_s, pad_s=self.pad_s,
                               no_speech_threshold=self.no_speech_threshold,
                               logprob_threshold=self.logprob_threshold, no_speech_alone=self.no_speech_alone,
-                              prompt_chars=self.prompt_chars)
+                              prompt_chars=self.prompt_chars, commit_margin_s=self.commit_margin_s)
 
     def installed(self) -> bool:
         return ((Path(self.engine_path).expanduser() / "engine.json").is_file()

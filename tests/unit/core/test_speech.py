@@ -245,3 +245,24 @@ def test_aligned_words_stretched_over_a_pause_are_cut_back_to_their_speech():
     got = clamp_to_speech(words, spans)
     assert [(w.text, w.start_s, w.end_s) for w in got] == [
         ("comes", 4.2, 4.6), ("up.", 4.66, 5.1), ("She", 7.4, 7.9), ("sets", 7.9, 8.2), ("hm", 6.2, 6.4)]
+
+
+def test_a_word_at_the_very_end_of_the_audio_is_not_committed_by_agreement():
+    p = policy(commit_margin_s=0.4)
+    (_, w1), = feed_span(p, 0.0, 1.0, prob=0.9)
+    p.result(w1, transcript(rel(w1, [("Good", 0.1, 0.4), ("mor", 0.7, 1.0)])))
+    (_, w2), = feed_span(p, 1.0, 2.0, prob=0.9)
+    caps = p.result(w2, transcript(rel(w2, [("Good", 0.1, 0.4), ("mor", 0.7, 1.0)])))
+    assert [c.text for c in caps if c.state is CaptionState.FINAL] == ["Good mor"]  # 1 s before the end
+    p2 = policy(commit_margin_s=0.4, min_chunk_s=0.1)
+    v1 = [w for _, w in feed_span(p2, 0.0, 0.1, prob=0.9)][0]
+    p2.result(v1, transcript([]))
+    v1 = [w for _, w in feed_span(p2, 0.1, 1.0, prob=0.9)][0]  # planned with the first chunk after the result
+    assert v1.end_s == pytest.approx(0.2)
+    p2.result(v1, transcript([]))
+    planned = [w for _, w in feed_span(p2, 0.2, 1.0, prob=0.9)]
+    w_a = planned[0]
+    p2.result(w_a, transcript(rel(w_a, [("Good", 0.0, 0.2), ("mor", 0.2, w_a.end_s)])))
+    (_, w_b), = feed_span(p2, 1.0, 1.1, prob=0.9)
+    caps = p2.result(w_b, transcript(rel(w_b, [("Good", 0.0, 0.2), ("mor", 0.2, w_b.end_s - 0.1)])))
+    assert [c.text for c in caps if c.state is CaptionState.FINAL] == ["Good"]  # "mor" ends at the edge
