@@ -7,6 +7,7 @@ call from one executor thread. Not thread-safe: one caller at a time.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Hashable, Sequence
@@ -34,6 +35,41 @@ def _session(path, opts, providers):
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
+def session_setup(manifest, *, provider: str, providers: Sequence[str] | None, intra_op_threads: int | None,
+                  provider_options: dict | None, trt_cache_dir: str | os.PathLike | None):
+    """ONNX Runtime session options and the chosen ``[(provider, options)]`` for an engine folder's
+    graphs (its ``manifest``: precision and folder key the TensorRT cache). Raises EngineLoadError
+    for an unknown or unavailable provider. Shared by the caption and speech engines."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3
+    available = ort.get_available_providers()
+    if providers is None:
+        if provider not in PROVIDERS:
+            raise EngineLoadError(f"unknown engine provider {provider!r} (choose from {', '.join(PROVIDERS)})")
+        providers = PROVIDERS[provider]
+    providers = list(providers)
+    missing = [p for p in providers if p not in available]
+    if missing:
+        hint = (" (install the gpu extra: pip install 'streamcap[gpu]', on a machine with an NVIDIA GPU)"
+                if any(p != "CPUExecutionProvider" for p in missing) else "")
+        raise EngineLoadError(f"ONNX Runtime execution provider(s) {missing} not available here "
+                              f"(available: {available}){hint}")
+    provider_options = dict(provider_options or {})
+    if "TensorrtExecutionProvider" in providers and "TensorrtExecutionProvider" not in provider_options:
+        from streamcap.engine.trt_options import manifest_digest, tensorrt_provider_options
+
+        cache = Path(trt_cache_dir or Path.home() / ".cache" / "streamcap" / "trt")
+        trt_opts = tensorrt_provider_options(cache, manifest_digest(manifest.folder),
+                                             fp16=manifest.precision == "fp16", ort_version=ort.__version__)
+        Path(trt_opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        provider_options["TensorrtExecutionProvider"] = trt_opts
+    return opts, providers, [(p, provider_options.get(p, {})) for p in providers]
+
+
 class OnnxCaptionEngine(WindowEngine):
     """A ``CaptionEngine`` on ONNX Runtime (CPU by default)."""
 
@@ -41,11 +77,9 @@ class OnnxCaptionEngine(WindowEngine):
                  intra_op_threads: int | None = None, verify_hashes: bool = True,
                  frame_cache_size: int = 256, provider_options: dict | None = None,
                  trt_cache_dir: str | os.PathLike | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
+        if importlib.util.find_spec("onnxruntime") is None:
             raise EngineLoadError("ONNX Runtime is not installed: pip install 'streamcap[cpu]' "
-                                  "(or 'streamcap[gpu]' on an NVIDIA GPU)") from e
+                                  "(or 'streamcap[gpu]' on an NVIDIA GPU)")
         from tokenizers import Tokenizer
 
         self.manifest = m = load_manifest(path, verify_hashes=verify_hashes)
@@ -53,35 +87,9 @@ class OnnxCaptionEngine(WindowEngine):
         self.frames_per_window = m.frames_per_window
         self.window_s = m.window_s
         self.preprocessing = m.preprocessing
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        opts.log_severity_level = 3
-        available = ort.get_available_providers()
-        if providers is None:
-            if provider not in PROVIDERS:
-                raise EngineLoadError(f"unknown engine provider {provider!r} (choose from {', '.join(PROVIDERS)})")
-            providers = PROVIDERS[provider]
-        providers = list(providers)
-        missing = [p for p in providers if p not in available]
-        if missing:
-            hint = (" (install the gpu extra: pip install 'streamcap[gpu]', on a machine with an NVIDIA GPU)"
-                    if any(p != "CPUExecutionProvider" for p in missing) else "")
-            raise EngineLoadError(f"ONNX Runtime execution provider(s) {missing} not available here "
-                                  f"(available: {available}){hint}")
-        provider_options = dict(provider_options or {})
-        if "TensorrtExecutionProvider" in providers and "TensorrtExecutionProvider" not in provider_options:
-            from streamcap.engine.trt_options import (
-                manifest_digest,
-                tensorrt_provider_options,
-            )
-
-            cache = Path(trt_cache_dir or Path.home() / ".cache" / "streamcap" / "trt")
-            trt_opts = tensorrt_provider_options(cache, manifest_digest(m.folder), fp16=m.precision == "fp16",
-                                                 ort_version=ort.__version__)
-            Path(trt_opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-            provider_options["TensorrtExecutionProvider"] = trt_opts
-        chosen = [(p, provider_options.get(p, {})) for p in providers]
+        opts, providers, chosen = session_setup(m, provider=provider, providers=providers,
+                                                intra_op_threads=intra_op_threads,
+                                                provider_options=provider_options, trt_cache_dir=trt_cache_dir)
         try:
             self._vision = _session(m.path(m.graphs["vision_encoder"]), opts, chosen)
             self._prefill = _session(m.path(m.graphs["decoder_prefill"]), opts, chosen)

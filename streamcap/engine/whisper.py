@@ -28,7 +28,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -88,37 +87,16 @@ class WhisperEngine:
                                   "(or 'streamcap[gpu]' on an NVIDIA GPU)") from e
         from tokenizers import Tokenizer
 
-        from streamcap.engine.onnx import PROVIDERS
+        from streamcap.engine.onnx import session_setup
 
         self.manifest = m = load_speech_manifest(path, verify_hashes=verify_hashes)
         self.name = m.name
         self.tokens = WhisperTokens.from_facts(m.whisper)
         self.multilingual = bool(m.whisper.get("is_multilingual", len(self.tokens.languages) > 1))
         self.languages: tuple[str, ...] = tuple(self.tokens.languages) if self.multilingual else ("en",)
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        opts.log_severity_level = 3
-        available = ort.get_available_providers()
-        if providers is None:
-            if provider not in PROVIDERS:
-                raise EngineLoadError(f"unknown engine provider {provider!r} (choose from {', '.join(PROVIDERS)})")
-            providers = PROVIDERS[provider]
-        providers = list(providers)
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise EngineLoadError(f"ONNX Runtime execution provider(s) {missing} not available here "
-                                  f"(available: {available})")
-        provider_options = dict(provider_options or {})
-        if "TensorrtExecutionProvider" in providers and "TensorrtExecutionProvider" not in provider_options:
-            from streamcap.engine.trt_options import manifest_digest, tensorrt_provider_options
-
-            cache = Path(trt_cache_dir or Path.home() / ".cache" / "streamcap" / "trt")
-            trt_opts = tensorrt_provider_options(cache, manifest_digest(m.folder), fp16=m.precision == "fp16",
-                                                 ort_version=ort.__version__)
-            Path(trt_opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-            provider_options["TensorrtExecutionProvider"] = trt_opts
-        chosen = [(p, provider_options.get(p, {})) for p in providers]
+        opts, providers, chosen = session_setup(m, provider=provider, providers=providers,
+                                                intra_op_threads=intra_op_threads,
+                                                provider_options=provider_options, trt_cache_dir=trt_cache_dir)
         try:
             self._encoder = ort.InferenceSession(str(m.path(m.graphs["encoder"])), opts, providers=chosen)
             self._decoder = ort.InferenceSession(str(m.path(m.graphs["decoder"])), opts, providers=chosen)
