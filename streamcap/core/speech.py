@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -201,6 +202,7 @@ class SpeechPolicy:
         self._retried = False  # an utterance's final pass was repeated once for words it missed
         # LocalAgreement state
         self._committed: list[SpeechWord] = []  # every committed word still needed (tail + prompt)
+        self._recent: deque[SpeechWord] = deque(maxlen=8)  # the last committed words, for repeats
         self._committed_end_s = -math.inf
         self._hypothesis: list[SpeechWord] = []  # the previous hypothesis' uncommitted tail
         self._last_partial = ""
@@ -383,8 +385,12 @@ class SpeechPolicy:
                   or transcript.no_speech_prob >= s.no_speech_alone)
         words = [] if silent else self._placed(window, transcript)
         words = [w for w in words if w.start_s >= self._committed_end_s - 0.1]
-        if words and abs(words[0].start_s - self._committed_end_s) < 1.0:
-            del words[:drop_seam_repeat(self._committed, words)]
+        if words:
+            # the committed text said again at the start (a seam, or Whisper echoing its prompt at
+            # the start of the next utterance): a single word only right at the seam
+            repeat = drop_seam_repeat(list(self._recent), words)
+            if repeat >= 2 or (repeat == 1 and abs(words[0].start_s - self._committed_end_s) < 1.0):
+                del words[:repeat]
         if window.final_pass:
             commit, self._hypothesis = words, []
         else:
@@ -433,6 +439,7 @@ class SpeechPolicy:
 
     def _final(self, words: list[SpeechWord], window: Window) -> Caption:
         self._committed.extend(words)
+        self._recent.extend(words)
         self._committed_end_s = max(self._committed_end_s, words[-1].end_s)
         return self._caption(CaptionState.FINAL, words, window)
 

@@ -33,7 +33,8 @@ from streamcap.sources.backoff import Backoff
 
 DEFAULT_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "shapes-git")
 #: where `streamcap models install whisper-base silero-vad` puts the speech models
-DEFAULT_SPEECH_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "whisper-base")
+#: int8: on 2 cores it carried 2 live speech streams (fp32: 1) with a lower streaming WER (docs/speech.md)
+DEFAULT_SPEECH_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "whisper-base-int8")
 DEFAULT_VAD = str(Path(__file__).resolve().parents[2] / "engines" / "silero-vad")
 DEMO_SOURCE_URL = "synthetic:shapes?seed=7&fps=10&size=320x240&scene_s=6"
 
@@ -151,7 +152,8 @@ class SpeechConfig(_Model):
                                              "arguments (the demo) turns it on when the models are installed "
                                              "(`streamcap models install whisper-base silero-vad`).")
     engine_path: str = Field(DEFAULT_SPEECH_ENGINE, description="Whisper engine folder (engine.json of kind "
-                                                                "whisper): whisper-base or whisper-base-int8.")
+                                                                "speech): whisper-base-int8 (default), "
+                                                                "whisper-base (fp32) or whisper-tiny.en.")
     vad_path: str = Field(DEFAULT_VAD, description="Silero VAD folder (engine.json + silero_vad.onnx).")
     language: str | None = Field(None, min_length=2, max_length=8,
                                  description="Spoken language (ISO 639-1, e.g. `en`); unset = detect per window "
@@ -718,12 +720,14 @@ def markdown_reference() -> str:
                            ("network", NetworkConfig), ("ingest", IngestConfig),
                            ("webrtc", WebRTCConfig), ("admission", AdmissionConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
                            ("alerts.health", HealthAlertConfig), ("subtitles", SubtitlesConfig),
-                           ("subtitles.live", LiveSubtitlesConfig)]:
+                           ("subtitles.live", LiveSubtitlesConfig), ("speech", SpeechConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default if f.default_factory is None else f.default_factory()
             if section == "engine" and name == "path":
                 default = "engines/shapes-git (bundled demo)"
+            elif section == "speech" and name in ("engine_path", "vad_path"):
+                default = "engines/" + Path(str(default)).name  # not this checkout's absolute path
             lines.append(f"| `{name}` | `{default}` | {f.description} |")
         lines.append("")
     lines += ["## [[alerts.rules]]", "", "| key | default | description |", "|---|---|---|"]

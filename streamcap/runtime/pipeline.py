@@ -299,14 +299,16 @@ class StreamRunner:
 
     async def _feed_audio(self, chunk: AudioChunk) -> None:
         """One audio chunk: VAD (off the loop), then the processor; its speech windows queued.
-        A file's reader waits while the speech buffer is full and a window is out (nothing lost)."""
+        A file's reader waits while a speech window is out (nothing lost, the same captions on
+        every run)."""
         if self.vad is None or not len(chunk.samples):
             return
         self.p.metrics.audio_in_seconds_total.labels(stream=self.metric_label).inc(len(chunk.samples) / AUDIO_RATE)
         p = self.processor
         if not self.live:
-            need_s = len(chunk.samples) / AUDIO_RATE
-            while p.audio_room_s() < need_s and p.speech_in_flight:
+            # a file is heard in lockstep: no audio is read while a speech window is out, so the
+            # windows (and the captions) depend on the file only, never on the machine's speed
+            while p.speech_in_flight:
                 self._speech_progress.clear()
                 await self._speech_progress.wait()
         probs = await asyncio.get_running_loop().run_in_executor(self.p.vad_executor, self.vad.probabilities,

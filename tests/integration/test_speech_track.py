@@ -12,7 +12,6 @@ Speed is not asserted here (tools/speech_eval.py and tools/bench_speech.py measu
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -194,6 +193,34 @@ async def test_upload_captions_speech_as_json_and_vtt(svc, http, clip):
         cues = [" ".join(c.text.split()) for c in webvtt.from_buffer(io.StringIO(await r.text())).captions]
     assert cues and not any(c.startswith("[") for c in cues)  # speech only: no picture cues
     assert word_error_rate(truth.text, cues).wer <= MAX_WER
+    sound_only = {"video": base64.b64encode(clip.with_suffix(".wav").read_bytes()).decode()}  # a stream may be audio-only
+    async with http.post(svc.url("/v1/captions?tracks=speech&format=jsonl"), json=sound_only,
+                         headers=_auth(PUBLISH)) as r:
+        assert r.status == 200, await r.text()
+        lines = [json.loads(line) for line in (await r.text()).splitlines()]
+    assert lines and {d["track"] for d in lines} == {"speech"}
+    assert word_error_rate(truth.text, [d["text"] for d in lines]).wer <= MAX_WER
     async with http.post(svc.url("/v1/captions?tracks=smell"), json=body, headers=_auth(PUBLISH)) as r:
         assert r.status == 400 and "tracks" in (await r.json())["error"]["detail"]
-    await asyncio.sleep(0)  # (nothing to wait for: each answer above came after its job)
+
+
+async def test_a_live_stream_serves_its_speech_track_as_webvtt_and_chapters(svc, http, clip):
+    """A stream of the clip (read as a file, live rules off): once its last word is a final on the
+    websocket, the speech track's chapters and live WebVTT playlist carry it."""
+    truth = _truth(clip)
+    last = truth.sentences[-1]["words"][-1]["text"].strip(".").lower()
+    ws = svc.url(f"/ws?streams=talk&token={VIEW}").replace("http://", "ws://", 1)
+    async with WireClient(ws) as viewer:
+        svc.pipeline.add_stream("talk", str(clip))
+        await viewer.wait_for(lambda: any(m.track == "speech" and m.state.value == "final" and last in m.text.lower()
+                                          for m in viewer.of(wire.CaptionMsg, "talk")),
+                              truth.duration_s + 120, "the clip's last word as a speech final")
+    async with http.get(svc.url("/v1/streams/talk/chapters?track=speech"), headers=_auth(VIEW)) as r:
+        assert r.status == 200, await r.text()
+        chapters = (await r.json())["chapters"]
+    assert any(last in c["title"].lower() for c in chapters), chapters
+    async with http.get(svc.url("/v1/streams/talk/subtitles.m3u8?track=speech"), headers=_auth(VIEW)) as r:
+        assert r.status == 200
+        assert "#EXTM3U" in await r.text()
+    async with http.get(svc.url("/v1/streams/talk/chapters?track=smell"), headers=_auth(VIEW)) as r:
+        assert r.status == 400

@@ -14,7 +14,8 @@ and alerts. The scope each route needs is its row in :data:`streamcap.server.acc
   ``ingest.max_clip_jobs`` at once. The upload is stored in the streamcap upload folder
   (:mod:`streamcap.server.uploads`); no answer ever names that file.
 * ``GET /v1/streams/{id}/chapters?since=S`` (view): the stream's chapters from media second S.
-* ``GET /v1/streams/{id}/subtitles.m3u8`` and ``.../subtitles/{n}.vtt`` (view): live WebVTT (HLS).
+* ``GET /v1/streams/{id}/subtitles.m3u8`` and ``.../subtitles/{n}.vtt`` (view): live WebVTT (HLS);
+  ``?track=speech`` for the speech track's (also on ``.../chapters``).
 * ``GET /v1/alerts`` (view): recent alerts; ``POST /v1/alerts/{id}/ack`` (view) acknowledges one.
 
 Errors are ``{"error": {"code": ..., "detail": ...}}`` with a 4xx status: 400 bad JSON (parsed by
@@ -81,9 +82,9 @@ class StreamControl(Protocol):
     async def caption_clip(self, path: str, *, decode: dict | None = None,
                            tracks: tuple[str, ...] | None = None) -> list[Caption]: ...
 
-    def chapters(self, stream_id: str, since_s: float = 0.0) -> list[Chapter]: ...
+    def chapters(self, stream_id: str, since_s: float = 0.0, track: str = "video") -> list[Chapter]: ...
 
-    def live_subtitles(self, stream_id: str) -> LiveVttSegmenter | None: ...
+    def live_subtitles(self, stream_id: str, track: str = "video") -> LiveVttSegmenter | None: ...
 
 
 class ApiRoutes:
@@ -168,20 +169,24 @@ class ApiRoutes:
             return error_response(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "since must be media seconds >= 0")
         if sid not in self.control.stream_ids():
             return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no stream {sid!r}")
-        chapters = self.control.chapters(sid, since)
+        chapters = self.control.chapters(sid, since, _track(request))
         return json_response(HTTPStatus.OK, documents.chapters(sid, since, chapters))
 
     def _live_vtt(self, request: web.Request):
         sid = request.match_info["stream"]
-        segmenter = self.control.live_subtitles(sid) if sid in self.control.stream_ids() else None
+        track = _track(request)
+        segmenter = self.control.live_subtitles(sid, track) if sid in self.control.stream_ids() else None
         if segmenter is None:
-            raise HttpError(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no live subtitles for stream {sid!r}")
+            raise HttpError(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND,
+                            f"no live subtitles for stream {sid!r}" + (f" (track {track})" if track != "video" else ""))
         return segmenter
 
     async def live_playlist(self, request: web.Request) -> web.Response:
         """The HLS media playlist of the stream's live WebVTT segments (players poll it)."""
         segmenter = self._live_vtt(request)
-        text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt")  # never a token: clients send it as a header
+        query = "" if _track(request) == "video" else f"?track={_track(request)}"
+        # never a token in the segment URLs: clients send it as a header
+        text = segmenter.playlist(lambda n: f"subtitles/{n}.vtt{query}")
         return response(HTTPStatus.OK, text, "application/vnd.apple.mpegurl", {"Cache-Control": "no-cache"})
 
     async def live_segment(self, request: web.Request) -> web.Response:
@@ -373,6 +378,14 @@ def _check_video(path: str, want_audio: bool = False) -> None:
     if Path(path).stat().st_size == 0:
         raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"the video is empty ({words})")
     raise HttpError(HTTPStatus.UNPROCESSABLE_ENTITY, ErrorCode.UNDECODABLE_VIDEO, words)
+
+
+def _track(request: web.Request) -> str:
+    """``?track=video|speech`` (default video): which caption track's live WebVTT or chapters."""
+    track = request.query.get("track", "video")
+    if track not in ("video", "speech"):
+        raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "track must be video or speech")
+    return track
 
 
 def _tracks(value: str | None) -> tuple[str, ...] | None:

@@ -266,3 +266,18 @@ def test_a_word_at_the_very_end_of_the_audio_is_not_committed_by_agreement():
     (_, w_b), = feed_span(p2, 1.0, 1.1, prob=0.9)
     caps = p2.result(w_b, transcript(rel(w_b, [("Good", 0.0, 0.2), ("mor", 0.2, w_b.end_s - 0.1)])))
     assert [c.text for c in caps if c.state is CaptionState.FINAL] == ["Good"]  # "mor" ends at the edge
+
+
+def test_whisper_echoing_the_last_words_at_the_next_utterance_is_not_committed_again():
+    p = policy()
+    planned = feed_span(p, 0.0, 2.0, prob=0.9) + feed_span(p, 2.0, 2.6, prob=0.05)
+    p.result(planned[0][1], transcript([]))
+    (_, fin), = feed_span(p, 2.6, 2.7, prob=0.05)
+    p.result(fin, transcript(rel(fin, [("the", 0.2, 0.4), ("park", 0.5, 0.9), ("fills", 1.0, 1.4)])))
+    feed_span(p, 2.7, 5.0, prob=0.05)  # a pause: the buffer is cut, the words become prompt
+    planned = feed_span(p, 5.0, 7.0, prob=0.9) + feed_span(p, 7.0, 7.6, prob=0.05)
+    p.result(planned[0][1], transcript([]))
+    (_, fin2), = feed_span(p, 7.6, 7.7, prob=0.05)
+    echo = [("the", 5.0, 5.1), ("park", 5.1, 5.2), ("fills", 5.2, 5.3), ("A", 5.4, 5.5), ("dog", 5.6, 6.0)]
+    caps = p.result(fin2, transcript(rel(fin2, echo)))
+    assert [c.text for c in caps] == ["A dog"]
