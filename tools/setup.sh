@@ -7,7 +7,7 @@
 # With the export extra it also installs the speech models (`streamcap models install whisper-base
 # silero-vad`: pinned wheels in tools/model-requirements.txt, converted and exported into
 # engines/whisper-base, engines/whisper-base-int8 and engines/silero-vad; ~700 MB, about a minute
-# the first time, well under a second once installed).
+# the first time, well under a second once installed; with the test extra also whisper-tiny.en).
 # Needs Python 3.11+ with venv; on Debian/Ubuntu installs python3-venv when missing (root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 if [[ ",$extras," == *",export,"* ]]; then
   # idempotent: skipped when the installed engine folders match the pinned wheels
-  .venv/bin/streamcap models install whisper-base silero-vad
+  models="whisper-base silero-vad"
+  # the tests also check tiny.en against ctranslate2 (70 MB more, about 15 s)
+  if [[ ",$extras," == *",test,"* ]]; then models="$models whisper-tiny.en"; fi
+  .venv/bin/streamcap models install $models
   # the demo's narration: our own text spoken by espeak-ng (the espeakng-loader wheel bundles it)
   if [ ! -f engines/demo-narration/narration.wav ]; then
     echo "making the demo narration (engines/demo-narration) ..." >&2

@@ -59,8 +59,6 @@ def test_greedy_tokens_equal_ctranslate2s(name, clips, require_system):
     from streamcap.engine.mel import log_mel_batch
     from streamcap.engine.whisper import SpeechRequest, load_speech_engine
 
-    if name == "whisper-tiny.en" and not (ENGINES / name / "engine.json").is_file():
-        pytest.skip("whisper-tiny.en is not installed (optional: streamcap models install whisper-tiny.en)")
     engine_dir, ct2_dir = _models(require_system, name)
     engine = load_speech_engine(engine_dir, intra_op_threads=2)
     reference = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", intra_threads=2)
