@@ -228,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--language", default="en", help="spoken language given to Whisper ('' = detect)")
     ap.add_argument("--min-chunk", type=float, help="speech.min_chunk_s (default: the config's)")
     ap.add_argument("--margin", type=float, help="speech.commit_margin_s (default: the config's)")
+    ap.add_argument("--agree-gap", type=float, help="speech.agree_gap_s (default: the config's)")
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args(argv)
-    speech = {k: v for k, v in (("min_chunk_s", args.min_chunk), ("commit_margin_s", args.margin)) if v is not None}
+    speech = {k: v for k, v in (("min_chunk_s", args.min_chunk), ("commit_margin_s", args.margin),
+                                ("agree_gap_s", args.agree_gap)) if v is not None}
     report = evaluate(Path(args.media), args.clip, args.engine, language=args.language or None,
                       speech=speech or None)
     text = json.dumps(report, indent=1)

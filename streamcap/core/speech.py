@@ -15,7 +15,9 @@ voice-activity detector:
   (the longest common prefix of the new hypothesis and the previous one's uncommitted tail) and
   it ends at least ``commit_margin_s`` before the audio heard (a word at the very end may be cut
   off, and two windows a short chunk apart can agree on the same wrong guess); the rest stays
-  tentative (PARTIAL). Words from before the committed end are dropped, and an n-gram
+  tentative (PARTIAL). With ``agree_gap_s`` > 0 the new hypothesis is compared with the latest one
+  whose audio ended at least that long before, so windows may come every short chunk (quick
+  partials) while agreement still needs two clearly different hearings. Words from before the committed end are dropped, and an n-gram
   (1–5 words) repeating the committed tail at the seam is removed.
 - **End of an utterance**: once the VAD has heard ``end_silence_s`` of silence after speech, one
   last window (``final_pass``) covers the utterance and all its words are committed at once — the
@@ -76,7 +78,10 @@ class SpeechSettings:
     no_speech_alone: float  # a no-speech probability this high is silence whatever the log-prob
     prompt_chars: int
     commit_margin_s: float = 0.0  # a word ending this close to its window's end is never committed
-    # by agreement (it may be cut off: two windows a short chunk apart agree on the same wrong word)  # committed text given as the initial prompt
+    # by agreement (it may be cut off: two windows a short chunk apart agree on the same wrong word)
+    agree_gap_s: float = 0.0  # > 0: agree with the latest hypothesis whose audio ended at least this
+    # long before (windows can come every short chunk for quick partials while agreement still
+    # compares hypotheses that heard clearly different audio)  # committed text given as the initial prompt
 
     def __post_init__(self) -> None:
         if not 0 < self.min_chunk_s < self.max_window_s:
@@ -203,6 +208,7 @@ class SpeechPolicy:
         # LocalAgreement state
         self._committed: list[SpeechWord] = []  # every committed word still needed (tail + prompt)
         self._recent: deque[SpeechWord] = deque(maxlen=8)  # the last committed words, for repeats
+        self._history: deque[tuple[float, list[SpeechWord]]] = deque(maxlen=16)  # (window end, words)
         self._committed_end_s = -math.inf
         self._hypothesis: list[SpeechWord] = []  # the previous hypothesis' uncommitted tail
         self._last_partial = ""
@@ -393,8 +399,16 @@ class SpeechPolicy:
                 del words[:repeat]
         if window.final_pass:
             commit, self._hypothesis = words, []
+            self._history.clear()
         else:
-            n = common_prefix(words, self._hypothesis)
+            if s.agree_gap_s > 0:
+                ref = next((ws for end, ws in reversed(self._history) if end <= window.end_s - s.agree_gap_s + 1e-9),
+                           None)
+                ref_words = [] if ref is None else [w for w in ref if w.start_s >= self._committed_end_s - 0.1]
+                n = common_prefix(words, ref_words)
+                self._history.append((window.end_s, list(words)))
+            else:
+                n = common_prefix(words, self._hypothesis)
             while n and words[n - 1].end_s > window.end_s - s.commit_margin_s:
                 n -= 1  # too close to the end of what was heard
             commit, self._hypothesis = words[:n], words[n:]

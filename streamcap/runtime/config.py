@@ -166,8 +166,10 @@ class SpeechConfig(_Model):
     queue_size: int = Field(16, ge=1, le=1024, description="Speech windows waiting for the engine; when full a "
                                                            "live stream's oldest waiting window is dropped "
                                                            "(engine_busy) and planned again with more audio.")
-    min_chunk_s: float = Field(1.0, ge=0.2, le=10, description="New audio between two recognitions while "
-                                                               "someone speaks (live streams).")
+    min_chunk_s: float = Field(0.5, ge=0.2, le=10, description="New audio between two recognitions while "
+                                                               "someone speaks (live streams; a minimum: "
+                                                               "when a call takes longer the next one "
+                                                               "simply hears more).")
     file_min_chunk_s: float = Field(4.0, ge=0.2, le=25, description="The same for files and uploads "
                                                                     "(fewer, longer recognitions).")
     max_window_s: float = Field(30.0, ge=2, le=30, description="Most audio in one recognition (Whisper hears "
@@ -184,6 +186,10 @@ class SpeechConfig(_Model):
                                                                     "counts as silence.")
     logprob_threshold: float = Field(-1.0, le=0, description="Average log-probability below which a likely "
                                                               "no-speech window is silence.")
+    agree_gap_s: float = Field(0.9, ge=0, le=10, description="0: a word is committed when two successive "
+                                                           "recognitions agree; > 0: when one agrees with "
+                                                           "the latest whose audio ended at least this long "
+                                                           "before (short min_chunk_s for quick partials).")
     commit_margin_s: float = Field(0.4, ge=0, le=5, description="A word ending this close to the end of the "
                                                                 "audio heard is not committed by agreement "
                                                                 "yet (it may be cut off).")
@@ -206,7 +212,8 @@ class SpeechConfig(_Model):
                               vad_threshold=self.vad_threshold, end_silence_s=self.end_silence_s, pad_s=self.pad_s,
                               no_speech_threshold=self.no_speech_threshold,
                               logprob_threshold=self.logprob_threshold, no_speech_alone=self.no_speech_alone,
-                              prompt_chars=self.prompt_chars, commit_margin_s=self.commit_margin_s)
+                              prompt_chars=self.prompt_chars, commit_margin_s=self.commit_margin_s,
+                              agree_gap_s=self.agree_gap_s)
 
     def installed(self) -> bool:
         return ((Path(self.engine_path).expanduser() / "engine.json").is_file()

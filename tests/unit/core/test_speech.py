@@ -281,3 +281,18 @@ def test_whisper_echoing_the_last_words_at_the_next_utterance_is_not_committed_a
     echo = [("the", 5.0, 5.1), ("park", 5.1, 5.2), ("fills", 5.2, 5.3), ("A", 5.4, 5.5), ("dog", 5.6, 6.0)]
     caps = p.result(fin2, transcript(rel(fin2, echo)))
     assert [c.text for c in caps] == ["A dog"]
+
+
+def test_with_an_agree_gap_a_word_is_committed_only_against_a_hearing_far_enough_before():
+    p = policy(min_chunk_s=0.5, agree_gap_s=0.9, commit_margin_s=0.0)
+    heard = [("Good", 0.1, 0.4), ("morning", 0.5, 0.9)]
+    finals = []
+    t = 0.0
+    while t < 3.0:
+        for _, w in feed_span(p, t, t + 0.1, prob=0.9):
+            finals += [c for c in p.result(w, transcript(rel(w, [x for x in heard if x[2] <= w.end_s])))
+                       if c.state is CaptionState.FINAL]
+            if finals:
+                assert w.end_s >= 0.5 + 0.9 - 1e-6  # the first hearing with the word ended at 0.5 s or later
+        t = round(t + 0.1, 6)
+    assert [c.text for c in finals] == ["Good", "morning"] or [c.text for c in finals] == ["Good morning"]
