@@ -42,7 +42,6 @@ from streamcap.core.speech import word_key
 from streamcap.core.types import SPEECH_TRACK, CaptionState
 from tools.wer import load_truth, word_error_rate, words_in_quiet
 
-REPO = Path(__file__).resolve().parents[1]
 MATCH_SLACK_S = 1.0
 
 
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--media", default=str(Path.home() / ".cache" / "streamcap" / "speech-media"),
                     help="folder of tools.speech_media output (made when missing)")
     ap.add_argument("--clip", default="talk", help="which clip (default: talk, every clip end to end)")
-    ap.add_argument("--engine", default=str(REPO / "engines" / "whisper-base"), help="Whisper engine folder")
+    ap.add_argument("--engine", help="Whisper engine folder (default: speech.engine_path, whisper-base-int8)")
     ap.add_argument("--language", default="en", help="spoken language given to Whisper ('' = detect)")
     ap.add_argument("--min-chunk", type=float, help="speech.min_chunk_s (default: the config's)")
     ap.add_argument("--margin", type=float, help="speech.commit_margin_s (default: the config's)")
@@ -233,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     speech = {k: v for k, v in (("min_chunk_s", args.min_chunk), ("commit_margin_s", args.margin),
                                 ("agree_gap_s", args.agree_gap)) if v is not None}
+    if args.engine is None:
+        from streamcap.runtime.config import Config
+
+        args.engine = Config().speech.engine_path
     report = evaluate(Path(args.media), args.clip, args.engine, language=args.language or None,
                       speech=speech or None)
     text = json.dumps(report, indent=1)

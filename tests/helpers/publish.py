@@ -66,13 +66,11 @@ def tone_messages(seconds: float, piece_s: float = 0.02, rate: int = 48_000, cha
 
 def tone_track(hz: float = 440.0, rate: int = 48_000, *, beep_every_s: float | None = None, beep_s: float = 0.2):
     """An aiortc audio track playing a continuous ``hz`` tone in 20 ms stereo frames, paced like
-    a microphone (start time + pts, as aiortc's own tracks). With ``beep_every_s`` the tone
+    a microphone by aiortc's own audio track (start time + pts). With ``beep_every_s`` the tone
     sounds only for ``beep_s`` at the start of each period (silence between)."""
-    import asyncio
     import fractions
-    import time
 
-    from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+    from aiortc.mediastreams import AudioStreamTrack
     from av import AudioFrame
 
     class ToneTrack(AudioStreamTrack):
@@ -81,15 +79,8 @@ def tone_track(hz: float = 440.0, rate: int = 48_000, *, beep_every_s: float | N
             self.sent = 0  # samples sent
 
         async def recv(self) -> AudioFrame:
-            if self.readyState != "live":
-                raise MediaStreamError
-            samples = rate // 50
-            if self.sent == 0:
-                self._start_at = time.time()
-            else:
-                wait = self._start_at + self.sent / rate - time.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)  # pacing, as a microphone delivers
+            await super().recv()  # aiortc's silent 20 ms frame, delivered on its own clock: the pacing
+            samples = rate // 50  # the same 20 ms
             pcm = tone(samples / rate, rate, 2, hz, start_s=self.sent / rate)
             if beep_every_s is not None:
                 t = (self.sent + np.arange(samples)) / rate

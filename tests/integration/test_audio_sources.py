@@ -66,6 +66,18 @@ def assert_aligned(clip: BeepClip, frames: list[Frame], chunks: list[AudioChunk]
         assert abs(heard - (written + offset_s)) < step, (heard, written)
 
 
+async def _whip_answer(server, pc, stream: str) -> str:
+    """POST ``pc``'s offer to ``/whip/{stream}`` with the publish token; the answer (201 asserted)."""
+    import aiohttp
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http, http.post(
+            server.url(f"/whip/{stream}"), data=pc.localDescription.sdp.encode(),
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {PUBLISH}"}) as r:
+        assert r.status == 201, await r.text()
+        return await r.text()
+
+
 async def read_all(source) -> tuple[list[Frame], list[AudioChunk]]:
     frames, chunks = [], []
     try:
@@ -484,7 +496,6 @@ async def test_audio_to_a_stream_without_a_speech_track_is_refused_clearly(audio
 
 
 async def test_a_whip_publisher_with_a_microphone_track_gives_audio_chunks_beside_its_frames(audio_server):
-    import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
     from tests.helpers.publish import tone_track
@@ -494,12 +505,7 @@ async def test_a_whip_publisher_with_a_microphone_track_gives_audio_chunks_besid
     pc.addTrack(VideoStreamTrack())  # aiortc's green test picture, 30 fps
     pc.addTrack(tone_track(hz=440.0))
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        async with aiohttp.ClientSession() as http, http.post(
-                server.url("/whip/mic"), data=pc.localDescription.sdp.encode(),
-                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {PUBLISH}"}) as r:
-            assert r.status == 201, await r.text()
-            answer = await r.text()
+        answer = await _whip_answer(server, pc, "mic")
         assert "m=audio" in answer
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         source = control.sources["mic"]  # made by the offer, before its answer
@@ -565,7 +571,6 @@ async def test_a_whip_publishers_beeps_land_on_its_flashes(audio_server):
     """Sound and picture of one publisher, both paced by their own clocks from the same start:
     a beep and a flash sent together arrive at the same media time (within the 0.1 s between
     kept frames, windows.max_ingest_fps = 10, plus arrival jitter)."""
-    import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from tests.helpers.publish import flash_track, tone_track
@@ -575,12 +580,7 @@ async def test_a_whip_publishers_beeps_land_on_its_flashes(audio_server):
     pc.addTrack(flash_track(every_s=1.0, flash_s=0.2))
     pc.addTrack(tone_track(hz=1000.0, beep_every_s=1.0, beep_s=0.2))
     try:
-        await pc.setLocalDescription(await pc.createOffer())
-        async with aiohttp.ClientSession() as http, http.post(
-                server.url("/whip/mic"), data=pc.localDescription.sdp.encode(),
-                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {PUBLISH}"}) as r:
-            assert r.status == 201, await r.text()
-            answer = await r.text()
+        answer = await _whip_answer(server, pc, "mic")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         frames, chunks = await read_pushed(control.sources["mic"], audio_s=4.5, frames=40, timeout_s=60)
     finally:
