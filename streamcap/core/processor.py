@@ -62,6 +62,7 @@ from streamcap.core.types import (
     DropPolicy,
     DropReason,
     Frame,
+    SceneObject,
     StreamState,
     Transcript,
     Window,
@@ -153,6 +154,7 @@ class _Track:
     live_vtt: LiveVttSegmenter | None
     history: deque[Caption]
     finals: list[Caption] = field(default_factory=list)
+    seen: tuple[float, tuple[SceneObject, ...]] | None = None  # newest window's end and its objects
 
 
 @dataclass(slots=True)
@@ -275,6 +277,16 @@ class StreamProcessor:
             return sorted(every, key=lambda c: (c.start_s, c.seq))
         t = self._tracks.get(track) or self._speech.get(track)
         return [] if t is None else list(t.finals)
+
+    def latest_frame(self) -> Frame | None:
+        """The newest frame the ring holds (the stream's picture now), or None."""
+        pts = self.ring.latest_pts_s
+        return None if pts is None else self.ring.nearest(pts)
+
+    def latest_objects(self, track: str = VIDEO_TRACK) -> tuple[float, tuple[SceneObject, ...]] | None:
+        """The newest captioned window's end (media s) and the objects it counted, or None."""
+        t = self._tracks.get(track)
+        return None if t is None else t.seen
 
     def live_vtt(self, track: str = VIDEO_TRACK) -> LiveVttSegmenter | None:
         t = self._tracks.get(track) or self._speech.get(track)
@@ -493,6 +505,7 @@ class StreamProcessor:
         c = self.counters
         c.windows_captioned += 1
         c.last_window_end_s = window.end_s
+        t.seen = (window.end_s, result.objects)
         cut = self.picture.cut_before(window.start_s) if t.settings.input == "video" else None
         latency_s = max(0.0, (now_ns - window.newest_capture_ns) / _NS)
         for caption in t.stabilizer.observe(window.index, window.start_s, window.end_s, result,

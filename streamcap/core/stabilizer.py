@@ -5,7 +5,8 @@ One :class:`CaptionStabilizer` per stream. It follows LocalAgreement (whisper_st
 Here a hypothesis is a whole caption, compared after :func:`normalize_text`.
 
 - Every window whose text differs from the previous partial yields a PARTIAL (live overlays);
-  an unchanged scene does not repeat it.
+  an unchanged scene does not repeat it. A scene describer's structured objects count as part of
+  the partial: a window whose counts or motions changed (same text) yields one too.
 - A text becomes FINAL when ``agree`` consecutive windows say it and it differs from the current
   final. A single odd window cannot flip the final (hysteresis), and a scene that stays the same
   never produces a second final.
@@ -35,12 +36,17 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from streamcap.core.types import VIDEO_TRACK, Caption, CaptionResult, CaptionState
+from streamcap.core.types import VIDEO_TRACK, Caption, CaptionResult, CaptionState, SceneObject
 
 
 def normalize_text(text: str) -> str:
     """The form captions are compared in: lowercase, whitespace collapsed, trimmed."""
     return " ".join(text.lower().split())
+
+
+def objects_key(objects: tuple[SceneObject, ...]) -> tuple:
+    """What of a window's objects a partial reports: labels, counts, motions (boxes move always)."""
+    return tuple((o.label, o.count, o.motion) for o in objects)
 
 
 @dataclass(slots=True)
@@ -56,6 +62,7 @@ class _Run:
     window_index: int
     capture_ns: int
     fresh: int = 0  # trailing windows of the run that start after a cut during the current final
+    objects: tuple[SceneObject, ...] = ()  # the latest window's structured objects
 
 
 class CaptionStabilizer:
@@ -86,7 +93,7 @@ class CaptionStabilizer:
         self._run: _Run | None = None
         self._final: Caption | None = None  # the open final, its span extended as windows agree
         self._final_norm: str | None = None
-        self._last_partial_norm: str | None = None
+        self._last_partial_norm: tuple | None = None
 
     @property
     def stream(self) -> str:
@@ -129,10 +136,11 @@ class CaptionStabilizer:
             return []
 
         out: list[Caption] = []
-        if norm != self._last_partial_norm:
-            self._last_partial_norm = norm
+        partial_key = (norm, objects_key(result.objects))
+        if partial_key != self._last_partial_norm:
+            self._last_partial_norm = partial_key
             out.append(self._caption(CaptionState.PARTIAL, result.text, start_s, end_s, result.score,
-                                     window_index, capture_ns))
+                                     window_index, capture_ns, result.objects))
 
         fresh = (cut_s is not None and self._fresh_agree is not None and cut_s <= start_s + 1e-6
                  and (self._final is None or cut_s > self._final.start_s))
@@ -142,13 +150,14 @@ class CaptionStabilizer:
             run.score_sum += result.score
             run.window_index, run.capture_ns = window_index, capture_ns
             run.fresh = run.fresh + 1 if fresh else 0
+            run.objects = result.objects
         else:
             run = self._run = _Run(norm, result.text, 1, start_s, end_s, result.score, window_index,
-                                   capture_ns, 1 if fresh else 0)
+                                   capture_ns, 1 if fresh else 0, result.objects)
 
         if self._final is not None and norm == self._final_norm:
             self._final = replace(self._final, end_s=max(self._final.end_s, end_s),
-                                  window_index=window_index, capture_ns=capture_ns)
+                                  window_index=window_index, capture_ns=capture_ns, objects=result.objects)
             self._last_final_end_s = self._final.end_s
         elif run.length >= self._agree or (self._fresh_agree is not None and run.fresh >= self._fresh_agree):
             out.append(self._commit(run))
@@ -182,7 +191,7 @@ class CaptionStabilizer:
         self._close_final()
         start_s = min(max(run.start_s, self._last_final_end_s), run.end_s)
         final = self._caption(CaptionState.FINAL, run.text, start_s, run.end_s,
-                              run.score_sum / run.length, run.window_index, run.capture_ns)
+                              run.score_sum / run.length, run.window_index, run.capture_ns, run.objects)
         self._final, self._final_norm = final, run.norm
         self._last_final_end_s = final.end_s
         return final
@@ -193,7 +202,7 @@ class CaptionStabilizer:
         self._final, self._final_norm = None, None
 
     def _caption(self, state: CaptionState, text: str, start_s: float, end_s: float, score: float,
-                 window_index: int, capture_ns: int) -> Caption:
+                 window_index: int, capture_ns: int, objects: tuple[SceneObject, ...] = ()) -> Caption:
         return Caption(stream=self._stream, seq=next(self._seq), state=state, text=text.strip(),
                        start_s=start_s, end_s=end_s, score=score, window_index=window_index,
-                       capture_ns=capture_ns, track=self._track)
+                       capture_ns=capture_ns, track=self._track, objects=objects)

@@ -150,12 +150,31 @@ class Window:
         return max(f.capture_ns for f in self.frames)
 
 
+MOTIONS = ("left", "right", "towards", "away", "still", "moving")
+"""How a group of objects moved over a window, as seen by the scene describer: a direction across or
+along the view, ``still``, or ``moving`` (it moved but no one direction holds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SceneObject:
+    """A group of same-class objects moving alike in one window (the scene describer's structured
+    output): ``count`` objects of ``label`` (a COCO class name) with ``motion`` (one of
+    :data:`MOTIONS`). ``boxes``: each object's box in the window's last frame, normalised
+    ``(x0, y0, x1, y1)`` in 0..1 of the picture (zones and snapshots use them)."""
+
+    label: str
+    count: int
+    motion: str
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class CaptionResult:
     """What an engine says about one window."""
 
     text: str
     score: float  # mean log-probability per generated token (≤ 0; higher is surer)
+    objects: tuple[SceneObject, ...] = ()  # what a scene describer counted (caption models: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +192,7 @@ class Caption:
     capture_ns: int = 0  # newest frame behind it, for glass-to-caption latency
     track: str = VIDEO_TRACK  # which caption track of the stream said it
     words: tuple[SpeechWord, ...] = ()  # speech captions: each word on the stream's media time
+    objects: tuple[SceneObject, ...] = ()  # scene describer: what the newest window behind it counted
 
 
 @dataclass(frozen=True, slots=True)

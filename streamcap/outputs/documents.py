@@ -28,6 +28,7 @@ from streamcap.core.errors import ErrorCode
 from streamcap.core.secrets import redact_text, sanitize_url
 from streamcap.core.types import Alert, Caption
 from streamcap.outputs.chapters import Chapter
+from streamcap.outputs.wire import objects_json
 
 HTTP_DOCUMENTS_VERSION = 1
 
@@ -136,6 +137,8 @@ def _caption_item(c: Caption) -> dict[str, Any]:
                             "score": round(c.score, 4), "track": c.track}
     if c.words:
         item["words"] = [{"w": w.text, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in c.words]
+    if c.objects:
+        item["objects"] = objects_json(c.objects)
     return item
 
 

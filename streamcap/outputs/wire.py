@@ -37,6 +37,8 @@ from streamcap.core.types import (
     AlertPhase,
     Caption,
     CaptionState,
+    MOTIONS,
+    SceneObject,
     Severity,
     SpeechWord,
     Status,
@@ -107,6 +109,7 @@ class CaptionMsg:
     window: int  # window index behind the caption, -1 when unknown
     track: str = VIDEO_TRACK  # the stream's caption track ("video" when the field is absent)
     words: tuple[SpeechWord, ...] = ()  # speech: each word with its media time
+    objects: tuple[SceneObject, ...] = ()  # scene describer: counted objects by class and motion
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +234,15 @@ def encode_caption(c: Caption, *, with_track: bool = False) -> str:
         msg["track"] = c.track
     if c.words:
         msg["words"] = [{"w": w.text, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in c.words]
+    if c.objects:
+        msg["objects"] = objects_json(c.objects)
     return _dumps(msg)
+
+
+def objects_json(objects: Iterable[SceneObject]) -> list[dict[str, Any]]:
+    """The wire form of a scene describer's objects (captions, JSON Lines, documents)."""
+    return [{"label": o.label, "count": o.count, "motion": o.motion,
+             "boxes": [[round(v, 4) for v in b] for b in o.boxes]} for o in objects]
 
 
 def encode_status(s: Status) -> str:
@@ -415,6 +426,38 @@ def _words(name: str, value: Any) -> tuple[SpeechWord, ...]:
     return tuple(out)
 
 
+MAX_OBJECTS = 100  # object groups in one caption message
+MAX_BOXES = 200  # boxes in one group
+
+
+def _box(value: Any) -> tuple[float, float, float, float]:
+    if type(value) is not list or len(value) != 4:
+        raise ProtocolError("'boxes' items must be [x0, y0, x1, y1]")
+    x0, y0, x1, y1 = (_number(0)("box", v) for v in value)
+    if not (x0 <= x1 <= 1.0 and y0 <= y1 <= 1.0):
+        raise ProtocolError("'boxes' items must be normalised boxes with x0 <= x1 <= 1 and y0 <= y1 <= 1")
+    return (x0, y0, x1, y1)
+
+
+def _objects(name: str, value: Any) -> tuple[SceneObject, ...]:
+    if type(value) is not list or len(value) > MAX_OBJECTS:
+        raise ProtocolError(f"'{name}' must be a list of at most {MAX_OBJECTS} objects")
+    out = []
+    for item in value:
+        if type(item) is not dict or not {"label", "count", "motion"} <= set(item) <= {
+                "label", "count", "motion", "boxes"}:
+            raise ProtocolError(f"'{name}' items must be objects with label, count, motion (and boxes)")
+        motion = _string("motion", item["motion"])
+        if motion not in MOTIONS:
+            raise ProtocolError(f"'motion' must be one of {', '.join(MOTIONS)}")
+        boxes = item.get("boxes", [])
+        if type(boxes) is not list or len(boxes) > MAX_BOXES:
+            raise ProtocolError(f"'boxes' must be a list of at most {MAX_BOXES} boxes")
+        out.append(SceneObject(_short_string(64)("label", item["label"]), _integer(1)("count", item["count"]),
+                               motion, tuple(_box(b) for b in boxes)))
+    return tuple(out)
+
+
 def _optional_string(name: str, value: Any) -> str | None:
     return None if value is None else _string(name, value)
 
@@ -479,7 +522,7 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
             "score": _number(),
             "window": _integer(-1),
         },
-        {"track": _track, "words": _words},
+        {"track": _track, "words": _words, "objects": _objects},
     ),
     MessageType.STATUS: (
         StatusMsg,

@@ -363,3 +363,38 @@ def test_malformed_speech_words_are_refused(words) -> None:
     bad = json.loads(wire.encode_caption(CAPTIONS[-1])) | {"words": words}
     with pytest.raises(ProtocolError, match="words|w|start"):
         wire.decode_server_message(json.dumps(bad))
+
+
+def test_scene_objects_round_trip_and_match_the_schema(schema) -> None:
+    from streamcap.core.types import SceneObject
+
+    objects = (SceneObject("person", 2, "left", ((0.1, 0.2, 0.2, 0.6), (0.5, 0.25, 0.6, 0.7))),
+               SceneObject("car", 1, "still", ((0.0, 0.5, 0.3, 0.8),)))
+    caption = Caption("cam", 3, CaptionState.PARTIAL, "two people walk left and a car is parked", 0.0, 2.0,
+                      objects=objects)
+    text = wire.encode_caption(caption)
+    msg = wire.decode_server_message(text)
+    assert msg.objects == objects
+    _validator(schema, "ServerMessage").validate(json.loads(text))
+    # a caption without objects sends no field (clients written before it see nothing new)
+    assert "objects" not in json.loads(wire.encode_caption(CAPTIONS[-1]))
+
+
+@pytest.mark.parametrize("objects", [
+    [{"label": "person", "count": 0, "motion": "left"}],
+    [{"label": "person", "count": 1, "motion": "sideways"}],
+    [{"label": "", "count": 1, "motion": "left"}],
+    [{"label": "person", "count": 1}],
+    [{"label": "person", "count": 1, "motion": "left", "boxes": [[0.5, 0.1, 0.2, 0.3]]}],
+    [{"label": "person", "count": 1, "motion": "left", "boxes": [[0, 0, 2, 1]]}],
+    [{"label": "person", "count": 1, "motion": "left", "extra": 1}],
+    [{"label": "person", "count": 1, "motion": "left"}] * 101,
+    "person",
+])
+def test_malformed_scene_objects_are_refused_by_the_decoder_and_the_schema(schema, objects) -> None:
+    bad = json.loads(wire.encode_caption(CAPTIONS[-1])) | {"objects": objects}
+    with pytest.raises(ProtocolError):
+        wire.decode_server_message(json.dumps(bad))
+    boxes = [b for o in objects if isinstance(o, dict) for b in o.get("boxes", [])]
+    if not any(b[0] > b[2] for b in boxes):  # corner order is the decoder's check, not the schema's
+        assert not _validator(schema, "ServerMessage").is_valid(bad)
