@@ -150,9 +150,10 @@ class Window:
         return max(f.capture_ns for f in self.frames)
 
 
-MOTIONS = ("left", "right", "towards", "away", "still", "moving")
+MOTIONS = ("left", "right", "towards", "away", "still", "moving", "unknown")
 """How a group of objects moved over a window, as seen by the scene describer: a direction across or
-along the view, ``still``, or ``moving`` (it moved but no one direction holds)."""
+along the view, ``still``, ``moving`` (it moved but no one direction holds) or ``unknown`` (seen in
+too few frames to tell, e.g. just after a cut)."""
 
 
 @dataclass(frozen=True, slots=True)
