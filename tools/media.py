@@ -267,3 +267,48 @@ def render_beep_clip(
         raise
     partial.replace(out)
     return BeepClip(out, fps, duration_s, tuple(beeps_s), beep, tone_hz, video, audio_codec)
+
+
+OPENCV_DATA_PREFIX = "./usr/share/doc/opencv-doc/examples/data/"
+
+
+def fetch_opencv_data(cache_dir: Path | str, names: list[str] | tuple[str, ...]) -> dict[str, Path]:
+    """Return ``{name: path}`` for files of opencv-doc's ``examples/data`` folder (photos,
+    ``Megamind.avi``…), extracted into ``cache_dir/opencv-data/``; downloads ``opencv-doc`` once
+    for all the files not cached yet. A name the package lacks raises :class:`MediaToolError`."""
+    folder = Path(cache_dir) / "opencv-data"
+    paths = {name: folder / name for name in names}
+    for name in names:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"expected a plain file name of examples/data, got {name!r}")
+    missing = [n for n, p in paths.items() if not (p.is_file() and p.stat().st_size > 0)]
+    if not missing:
+        return paths
+    apt_get = _require_tool("apt-get", "apt")
+    dpkg_deb = _require_tool("dpkg-deb", "dpkg")
+    tar = _require_tool("tar", "tar")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="streamcap-opencv-data-") as tmp:
+        Path(tmp).chmod(0o755)  # apt's unprivileged _apt user must be able to write here
+        proc = subprocess.run([apt_get, "download", "opencv-doc"], cwd=tmp,
+                              capture_output=True, check=False)
+        debs = sorted(Path(tmp).glob("opencv-doc_*.deb"))
+        if proc.returncode != 0 or not debs:
+            raise MediaToolError(
+                "apt-get download opencv-doc failed (no network or no apt lists? try "
+                f"`apt-get update`): {_tail(proc.stderr)}")
+        members = [OPENCV_DATA_PREFIX + n for n in missing]
+        with subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(debs[0])],
+                              stdout=subprocess.PIPE) as deb:
+            untar = subprocess.run([tar, "-x", *members], cwd=tmp, stdin=deb.stdout,
+                                   capture_output=True, check=False)
+            assert deb.stdout is not None
+            deb.stdout.close()
+        if untar.returncode != 0:
+            raise MediaToolError(f"could not extract {missing} from {debs[0].name}: {_tail(untar.stderr)}")
+        for name, member in zip(missing, members):
+            extracted = Path(tmp) / member
+            partial = folder / f".{name}.{Path(tmp).name}"
+            shutil.move(str(extracted), partial)
+            partial.replace(paths[name])
+    return paths

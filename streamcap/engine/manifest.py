@@ -102,8 +102,10 @@ def load_manifest(folder: str | Path, *, verify_hashes: bool = True) -> Manifest
     mpath = folder / MANIFEST_NAME
     raw = _read_raw(folder)
     if raw.get("kind", "caption") != "caption":
+        loader = ("streamcap.engine.detector.load_detector" if raw.get("kind") == "describer"
+                  else "streamcap.engine.whisper.load_speech_engine")
         raise EngineLoadError(f"{mpath}: a {raw.get('kind')} engine ({raw.get('architecture')}), not a caption "
-                              "engine: load it with streamcap.engine.whisper.load_speech_engine")
+                              f"engine: load it with {loader}")
     try:
         m = Manifest(
             folder=folder, name=str(raw["name"]), architecture=str(raw["architecture"]),
