@@ -47,6 +47,7 @@ from streamcap.core.types import (
     CaptionResult,
     DropReason,
     Frame,
+    SceneObject,
     Status,
     StreamState,
     Transcript,
@@ -651,6 +652,17 @@ class Pipeline:
         if current is not None:
             finals.append(current)
         return chapters_since(chapters_from_finals(finals), since_s)
+
+    def picture(self, stream_id: str, track: str = VIDEO_TRACK
+                ) -> tuple[Frame | None, tuple[float, tuple[SceneObject, ...]] | None, float | None]:
+        """For snapshots: the stream's latest frame (a copy; None before its first), its newest
+        captioned window's ``(end_s, objects)`` (None before one) and the source picture's
+        width / height when known (a synthetic source's size, with frames stretched to the
+        engine's square; else None). KeyError: unknown stream."""
+        r = self.runners[stream_id]
+        size = r.spec.options.get("size") if r.spec is not None and r.spec.kind is SourceKind.SYNTHETIC else None
+        aspect = size[0] / size[1] if size and self.engine.preprocessing.resize == "stretch" else None
+        return r.processor.latest_frame(), r.processor.latest_objects(track), aspect
 
     def health(self) -> dict:
         now = self.clock()

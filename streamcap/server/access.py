@@ -79,6 +79,7 @@ ROUTE_ACCESS: Mapping[tuple[str, str], RouteAccess] = {
     ("GET", "/v1/streams/{stream}/chapters"): RouteAccess(Scope.VIEW),
     ("GET", "/v1/streams/{stream}/subtitles.m3u8"): RouteAccess(Scope.VIEW),
     ("GET", "/v1/streams/{stream}/subtitles/{n}.vtt"): RouteAccess(Scope.VIEW),
+    ("GET", "/v1/streams/{stream}/snapshot.jpg"): RouteAccess(Scope.VIEW),
     ("POST", "/v1/captions"): RouteAccess(Scope.PUBLISH),
     ("GET", "/v1/alerts"): RouteAccess(Scope.VIEW),
     ("POST", "/v1/alerts/{alert}/ack"): RouteAccess(Scope.VIEW),

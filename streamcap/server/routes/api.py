@@ -16,6 +16,10 @@ and alerts. The scope each route needs is its row in :data:`streamcap.server.acc
 * ``GET /v1/streams/{id}/chapters?since=S`` (view): the stream's chapters from media second S.
 * ``GET /v1/streams/{id}/subtitles.m3u8`` and ``.../subtitles/{n}.vtt`` (view): live WebVTT (HLS);
   ``?track=speech`` for the speech track's (also on ``.../chapters``).
+* ``GET /v1/streams/{id}/snapshot.jpg`` (view): the stream's latest picture as a JPEG;
+  ``?boxes=1`` draws the newest captioned window's object boxes with their labels, ``?width=N``
+  (64-1920) scales it. 404 for an unknown stream and for one without a picture yet. Encoded in a
+  worker thread, at most :data:`MAX_SNAPSHOT_JOBS` at once (:mod:`streamcap.server.snapshot`).
 * ``GET /v1/alerts`` (view): recent alerts; ``POST /v1/alerts/{id}/ack`` (view) acknowledges one.
 
 Errors are ``{"error": {"code": ..., "detail": ...}}`` with a 4xx status: 400 bad JSON (parsed by
@@ -52,6 +56,7 @@ from streamcap.outputs.wire import encode_caption
 from streamcap.runtime.config import AdmissionConfig, IngestConfig, is_valid_stream_id
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response, guarded, json_response, response
+from streamcap.server.snapshot import MAX_WIDTH, MIN_WIDTH, render_snapshot
 from streamcap.server.uploads import UploadFolder
 from streamcap.sources.pyav import probe_media
 from streamcap.sources.ingest import MAX_LENGTH_LIMIT, b64decode
@@ -66,6 +71,8 @@ API_JSON_LIMITS = jsonsafe.JsonLimits(max_depth=8, max_number_chars=64)
 UPLOADED = "the uploaded file"
 #: a live WebVTT segment number has at most this many digits (more is no segment)
 MAX_SEGMENT_DIGITS = 18
+#: snapshots encoded at once (each a worker thread for a few milliseconds); more wait their turn
+MAX_SNAPSHOT_JOBS = 2
 
 
 class StreamControl(Protocol):
@@ -86,6 +93,8 @@ class StreamControl(Protocol):
 
     def live_subtitles(self, stream_id: str, track: str = "video") -> LiveVttSegmenter | None: ...
 
+    def picture(self, stream_id: str, track: str = "video") -> tuple: ...
+
 
 class ApiRoutes:
     def __init__(self, server: Server, control: StreamControl, config: IngestConfig, *, max_body_bytes: int,
@@ -102,6 +111,7 @@ class ApiRoutes:
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = int(config.max_upload_mb * (1 << 20))
         self._jobs = asyncio.Semaphore(config.max_clip_jobs)
+        self._snapshot_jobs = asyncio.Semaphore(MAX_SNAPSHOT_JOBS)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/streams", guarded(self.list_streams)), web.post("/v1/streams", guarded(self.add_stream)),
@@ -110,6 +120,7 @@ class ApiRoutes:
                 web.get("/v1/streams/{stream}/chapters", guarded(self.chapters)),
                 web.get("/v1/streams/{stream}/subtitles.m3u8", guarded(self.live_playlist)),
                 web.get("/v1/streams/{stream}/subtitles/{n:\\d+}.vtt", guarded(self.live_segment)),
+                web.get("/v1/streams/{stream}/snapshot.jpg", guarded(self.snapshot)),
                 web.get("/v1/alerts", guarded(self.list_alerts)),
                 web.post("/v1/alerts/{alert}/ack", guarded(self.ack_alert))]
 
@@ -199,6 +210,33 @@ class ApiRoutes:
                                   f"segment {digits[:MAX_SEGMENT_DIGITS]} is not (or no longer) available")
         # a complete segment never changes
         return response(HTTPStatus.OK, text, "text/vtt", {"Cache-Control": "private, max-age=3600"})
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        """The stream's latest frame as a JPEG (``?boxes=1``: with the newest window's object boxes)."""
+        sid = request.match_info["stream"]
+        boxes = request.query.get("boxes", "0")
+        if boxes not in ("0", "1"):
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, "boxes must be 0 or 1")
+        width = None
+        if "width" in request.query:
+            text = request.query["width"]
+            if not (text.isdigit() and len(text) <= 5 and MIN_WIDTH <= int(text) <= MAX_WIDTH):
+                raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
+                                f"width must be whole pixels from {MIN_WIDTH} to {MAX_WIDTH}")
+            width = int(text)
+        if sid not in self.control.stream_ids():
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND, f"no stream {sid!r}")
+        frame, seen, aspect = self.control.picture(sid)  # on the loop, like every read of a stream
+        if frame is None:
+            return error_response(HTTPStatus.NOT_FOUND, ErrorCode.NOT_FOUND,
+                                  f"stream {sid!r} has no picture yet (no frame received, or no video track)")
+        objects = seen[1] if boxes == "1" and seen is not None else ()
+        async with self._snapshot_jobs:
+            data = await asyncio.to_thread(render_snapshot, frame.image, objects, width=width, aspect=aspect)
+        headers = {"X-Frame-Pts": f"{frame.pts_s:.3f}"}
+        if boxes == "1" and seen is not None:
+            headers["X-Objects-Window-End"] = f"{seen[0]:.3f}"
+        return response(HTTPStatus.OK, data, "image/jpeg", headers)
 
     # ------------------------------------------------------------------ alerts
 
