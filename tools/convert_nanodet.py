@@ -329,8 +329,8 @@ _GENERATED = re.compile(r"^(.*?)__\d+((?::\d+)?)$")
 
 def canonical_names(model_proto):
     """Rename tf2onnx's generated names (``pad_const__98``: a process-wide counter, different from
-    run to run) to ``pad_const__0``, ``__1``… in order of first use, and sort the initializers, so
-    that converting twice writes the same bytes."""
+    run to run) to ``pad_const__0``, ``__1``… in order of first use (graph inputs and outputs, then
+    nodes), and sort the initializers, so that converting twice writes the same bytes."""
     graph = model_proto.graph
     mapping: dict[str, str] = {}
 
@@ -341,6 +341,8 @@ def canonical_names(model_proto):
                 if m else name
         return mapping[name]
 
+    for value in (*graph.input, *graph.output):
+        value.name = rename(value.name)
     for node in graph.node:
         node.input[:] = [rename(n) if n else n for n in node.input]
         node.output[:] = [rename(n) for n in node.output]
