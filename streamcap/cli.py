@@ -72,7 +72,13 @@ def _tracks_flag(value: str) -> tuple[str, ...]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="configuration file (see docs/configuration.md)")
-    p.add_argument("--engine", metavar="PATH", help="engine folder (default: the bundled demo model)")
+    p.add_argument("--engine", metavar="PATH", help="caption engine folder (default: the bundled demo model); "
+                                                   "given, it watches every stream's picture unless "
+                                                   "--video-engine says otherwise")
+    p.add_argument("--video-engine", choices=["auto", "caption", "describer"],
+                   help="what watches the picture (pipeline.video_engine): the scene describer, the caption "
+                        "engine, or auto (default): the describer for real sources, the caption engine for "
+                        "synthetic:shapes")
     p.add_argument("--engine-provider", choices=["cpu", "cuda", "tensorrt", "tensorrt-native"],
                    help="engine runtime (engine.provider; default cpu)")
     p.add_argument("--beams", type=int, metavar="N", help="beam width (engine.num_beams; default 1 = greedy)")
@@ -117,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
     cap.add_argument("--chapters", action="store_true",
                      help="write chapters (consecutive similar finals merged) instead of captions")
+    cap.add_argument("--all-windows", action="store_true",
+                     help="with --format jsonl: one line per captioned window (what the engine said, with "
+                          "the describer's objects), not the stabilised finals: for evaluation")
     cap.add_argument("--tracks", type=_tracks_flag, metavar="LIST",
                      help="caption tracks, comma-separated: video, speech (default: video, plus speech when "
                           "speech.enabled). Speech is written as text, the picture as [bracketed] cues")
@@ -184,6 +193,9 @@ def _overrides(args: argparse.Namespace) -> dict:
             o.setdefault("server", {})[name] = getattr(args, name)
     if args.engine:
         o.setdefault("engine", {})["path"] = args.engine
+        o.setdefault("pipeline", {})["video_engine"] = "caption"  # the engine asked for is the one used
+    if getattr(args, "video_engine", None):
+        o.setdefault("pipeline", {})["video_engine"] = args.video_engine
     if args.engine_provider:
         o.setdefault("engine", {})["provider"] = args.engine_provider
     if args.beams:
@@ -248,12 +260,14 @@ async def _run(config: Config) -> int:
 
 
 async def _caption(config: Config, input_: str, fmt: str, output: str | None, progress: bool,
-                   chapters: bool = False, tracks: tuple[str, ...] | None = None) -> int:
+                   chapters: bool = False, tracks: tuple[str, ...] | None = None, all_windows: bool = False) -> int:
     """Caption ``input_`` (a file, or any source that ends: a finite RTSP stream ends when its
     server ends it) and write the result. Ctrl-C stops reading: what was read is captioned and
     written, and the exit status is 130 (a second Ctrl-C stops at once, still writing what is
     captioned)."""
-    from streamcap.engine.base import load_engine_from_config
+    from streamcap.core.events import ProgressEvent
+    from streamcap.engine.base import load_describer_from_config, load_engine_from_config, wants_describer
+    from streamcap.outputs.wire import objects_json
     from streamcap.runtime.metrics import Metrics
     from streamcap.runtime.pipeline import Pipeline
     from streamcap.sources.url import SourceKind, parse_source_url, sanitize_url
@@ -269,11 +283,14 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
     # a live stream that its server ends is over (streamcap run would reconnect)
     config = config.model_copy(update={
         "engine": config.engine.model_copy(update={"max_batch": 1}),
+        "describer": config.describer.model_copy(update={"max_batch": 1}),
         "network": config.network.model_copy(update={"end_on_eof": True})})
     spec = parse_source_url(input_)
     if spec.kind is SourceKind.FILE and not Path(spec.location).is_file():
         raise StreamcapError(f"no such file: {input_}", code="source_error")
     engine = await asyncio.to_thread(load_engine_from_config, config.engine)
+    describer = (await asyncio.to_thread(load_describer_from_config, config.describer, config.engine)
+                 if wants_describer(config) else None)
     # opening the container blocks: keep it off the event loop like every other decode
     duration = await asyncio.to_thread(_duration_s, spec.location) if spec.kind is SourceKind.FILE else None
     bar = None
@@ -299,7 +316,10 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
         speech_engine, vad_factory = await asyncio.to_thread(load_speech, config)
     pipeline = Pipeline(config, engine, metrics=Metrics(), on_caption=lambda c: None, on_status=on_status,
                         collect_finals=True, on_progress=on_progress, speech_engine=speech_engine,
-                        vad_factory=vad_factory)
+                        vad_factory=vad_factory, describer=describer)
+    windows: list = []  # --all-windows: every window's progress event (text and objects)
+    if all_windows:
+        pipeline.sinks.add("windows", lambda event: windows.append(event) if isinstance(event, ProgressEvent) else None)
     runner = pipeline.add_stream("file", input_, tracks=tracks)
     run_task = asyncio.ensure_future(pipeline.run(stop_when_idle=True))
     interrupts: list[asyncio.Future] = []
@@ -343,6 +363,13 @@ async def _caption(config: Config, input_: str, fmt: str, output: str | None, pr
             text = "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in found)
         else:  # chapters are not subtitles: one cue per chapter, however long
             text = chapters_to_webvtt(found) if fmt == "vtt" else chapters_to_srt(found)
+    elif all_windows:
+        import json
+
+        text = "".join(json.dumps({"type": "window", "track": w.track, "start": round(w.start_s, 3),
+                                   "end": round(w.media_s, 3), "text": w.text, "objects": objects_json(w.objects)},
+                                  ensure_ascii=False) + "\n" for w in windows)
+        written = f"{len(windows)} window(s)"
     elif fmt == "jsonl":  # every line names its track
         text, written = to_jsonl(finals, partial(encode_caption, with_track=True)), f"{len(finals)} caption(s)"
     else:
@@ -420,8 +447,11 @@ def main(argv: list[str] | None = None) -> int:
         fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "vtt")
         if fmt not in ("vtt", "srt", "jsonl"):
             raise StreamcapError(f"unknown output format {fmt!r} (use --format vtt|srt|jsonl)", code="bad_config")
+        if args.all_windows and (fmt != "jsonl" or args.chapters):
+            raise StreamcapError("--all-windows writes JSON Lines: use it with --format jsonl (not --chapters)",
+                                 code="bad_config")
         return asyncio.run(_caption(config, args.input, fmt, args.output, not args.no_progress, args.chapters,
-                                    args.tracks))
+                                    args.tracks, args.all_windows))
     except StreamcapError as e:
         print(f"streamcap: error: {e.detail}", file=sys.stderr)
         return 2

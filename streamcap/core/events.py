@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streamcap.core.types import VIDEO_TRACK, Alert, Caption, DropReason, Status
+from streamcap.core.types import VIDEO_TRACK, Alert, Caption, DropReason, SceneObject, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,7 @@ class ProgressEvent:
     track: str = VIDEO_TRACK
     start_s: float = 0.0
     text: str = ""
+    objects: tuple[SceneObject, ...] = ()  # the scene describer's objects for this window
 
 
 Event = CaptionEvent | AlertEvent | StatusEvent | DropEvent | ProgressEvent

@@ -508,15 +508,22 @@ class StreamProcessor:
         t.seen = (window.end_s, result.objects)
         cut = self.picture.cut_before(window.start_s) if t.settings.input == "video" else None
         latency_s = max(0.0, (now_ns - window.newest_capture_ns) / _NS)
+        newest_seq = None
         for caption in t.stabilizer.observe(window.index, window.start_s, window.end_s, result,
                                             window.newest_capture_ns, cut):
             self._publish(caption, latency_s, now_ns)
+            newest_seq = caption.seq
         final = t.stabilizer.current_final
         self._live_subtitles(t, final, window.end_s)
         if final is not None and t.alerts is not None:
             self._alerts(t.alerts.observe(self.stream, final.seq, final.text, final.start_s, final.end_s))
+        if t.alerts is not None and t.alerts.watches_objects:
+            # object rules look at every window (an empty one is what ends their alerts), at its newest frame
+            seq = newest_seq if newest_seq is not None else final.seq if final is not None else None
+            self._alerts(t.alerts.observe_objects(self.stream, seq, result.objects, window.end_s))
         self._collect_closed(t)
-        self._events.append(ProgressEvent(self.stream, window.end_s, window.track, window.start_s, result.text))
+        self._events.append(ProgressEvent(self.stream, window.end_s, window.track, window.start_s, result.text,
+                                          result.objects))
         return self.take_events()
 
     def _publish(self, caption: Caption, latency_s: float | None, now_ns: int) -> None:

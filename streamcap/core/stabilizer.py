@@ -21,6 +21,9 @@ Here a hypothesis is a whole caption, compared after :func:`normalize_text`.
   ``fresh_agree`` consecutive such windows agree, their text becomes final without waiting for
   ``agree`` (a window that straddles the cut is the usual reason a new scene needs one more
   window). Without cuts the rule is plain ``agree``.
+- Windows agree when their normalised texts are equal, or, for results that carry one, their
+  ``key`` (the scene describer's gist: coarse counts and main motion per kind of object); the
+  final then shows the latest agreeing window's text.
 - A result with empty text, or a score below ``min_score``, counts as disagreement: it breaks
   the agreeing run and yields no partial.
 - ``seq`` is per stream and strictly increasing across partials and finals.
@@ -130,13 +133,13 @@ class CaptionStabilizer:
             raise ValueError(f"stream {self._stream!r}: window {window_index} ends before it starts")
         self._last_window_index = window_index
 
-        norm = normalize_text(result.text)
+        norm = result.key if result.key is not None else normalize_text(result.text)
         if not norm or not result.score >= self._min_score:
             self._run = None  # disagreement
             return []
 
         out: list[Caption] = []
-        partial_key = (norm, objects_key(result.objects))
+        partial_key = (normalize_text(result.text), objects_key(result.objects))
         if partial_key != self._last_partial_norm:
             self._last_partial_norm = partial_key
             out.append(self._caption(CaptionState.PARTIAL, result.text, start_s, end_s, result.score,

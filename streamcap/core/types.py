@@ -176,6 +176,9 @@ class CaptionResult:
     text: str
     score: float  # mean log-probability per generated token (≤ 0; higher is surer)
     objects: tuple[SceneObject, ...] = ()  # what a scene describer counted (caption models: none)
+    # what windows must share to agree on a final (None: the normalised text); the scene describer's
+    # exact counts change from window to window, its gist (coarse counts, main motion) less often
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

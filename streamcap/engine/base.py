@@ -55,6 +55,28 @@ def load_engine_from_config(cfg) -> CaptionEngine:
     return load_engine(cfg.path, **options)
 
 
+def load_describer_from_config(cfg, engine_cfg=None) -> CaptionEngine | None:
+    """The scene describer of a ``DescriberConfig`` (``[describer]``), or None when its folder is
+    not there. ``engine_cfg``: the ``[engine]`` section, for the provider."""
+    from pathlib import Path
+
+    from streamcap.engine.describer import DescriberEngine
+
+    if not (Path(cfg.path).expanduser() / "engine.json").is_file():
+        return None
+    import os
+
+    provider = getattr(engine_cfg, "provider", "cpu")
+    return DescriberEngine(os.path.expanduser(cfg.path), provider="tensorrt" if provider == "tensorrt-native" else provider,
+                           intra_op_threads=cfg.threads or (os.cpu_count() or 1), precision=cfg.precision,
+                           frame_cache_size=cfg.frame_cache_frames)
+
+
+def wants_describer(config) -> bool:
+    """Whether some stream of ``config`` (a Config) may use the scene describer."""
+    return config.pipeline.video_engine != "caption" or any(s.engine not in (None, "caption") for s in config.sources)
+
+
 def decode_options_from_config(cfg) -> dict:
     """The decoding keywords of ``caption_batch`` from an ``EngineConfig``."""
     opts: dict = {"num_beams": cfg.num_beams, "repetition_penalty": cfg.repetition_penalty, "prompt": cfg.prompt}
@@ -66,7 +88,16 @@ def decode_options_from_config(cfg) -> dict:
 def load_engine(path: str, *, provider: str = "cpu", **options) -> CaptionEngine:
     """Load an engine folder by its manifest (``engine.json``). ``provider``: ``cpu``, ``cuda`` or
     ``tensorrt`` (ONNX Runtime execution providers) or ``tensorrt-native`` (TensorRT engines built
-    from the graphs and cached on disk)."""
+    from the graphs and cached on disk). A scene-describer folder (kind ``describer``) loads a
+    :class:`~streamcap.engine.describer.DescriberEngine` (ONNX Runtime; ``tensorrt-native`` runs
+    it on the TensorRT provider)."""
+    from streamcap.engine.describer import DescriberEngine, describer_kind
+
+    if describer_kind(path):
+        if provider == "tensorrt-native":
+            provider = "tensorrt"
+        options = {k: v for k, v in options.items() if k in ("intra_op_threads", "frame_cache_size", "precision")}
+        return DescriberEngine(path, provider=provider, **options)
     if provider == "tensorrt-native":
         from streamcap.engine.tensorrt import TensorRTCaptionEngine
 

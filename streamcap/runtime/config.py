@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from streamcap.alerts.objects import ObjectConditionConfig
 from streamcap.core.errors import ConfigError
 from streamcap.core.ids import STREAM_ID_RULE, is_valid_stream_id  # is_valid_stream_id: re-exported
 from streamcap.core.secrets import is_sample_token
@@ -36,6 +37,8 @@ DEFAULT_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "shapes-g
 #: int8: on 2 cores it carried 2 live speech streams (fp32: 1) with a lower streaming WER (docs/speech.md)
 DEFAULT_SPEECH_ENGINE = str(Path(__file__).resolve().parents[2] / "engines" / "whisper-base-int8")
 DEFAULT_VAD = str(Path(__file__).resolve().parents[2] / "engines" / "silero-vad")
+DEFAULT_DESCRIBER = str(Path(__file__).resolve().parents[2] / "engines" / "scene-describer")
+VideoEngineChoice = Literal["auto", "caption", "describer"]
 DEMO_SOURCE_URL = "synthetic:shapes?seed=7&fps=10&size=320x240&scene_s=6"
 
 
@@ -141,6 +144,28 @@ class EngineConfig(_Model):
     def decoding(self) -> DecodingConfig:
         """The global decoding settings (this section's decoding keys)."""
         return DecodingConfig(**{name: getattr(self, name) for name in DecodingConfig.model_fields})
+
+
+class DescriberConfig(_Model):
+    """The scene describer: a pretrained COCO detector (NanoDet) over each window's frames, with
+    tracking and motion words (docs/scene-describer.md). Real sources use it by default
+    (``pipeline.video_engine = "auto"``)."""
+
+    path: str = Field(DEFAULT_DESCRIBER, description="Scene-describer engine folder (engine.json of kind "
+                                                     "describer).")
+    precision: Literal["int8", "fp32"] = Field("int8", description="Detector weights: int8 convolutions (about "
+                                                                    "2x faster on CPU) or fp32.")
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = all cores).")
+    max_batch: int = Field(8, ge=1, le=64, description="Most windows (from any streams) described in one call.")
+    queue_size: int = Field(32, ge=1, le=1024,
+                            description="Windows waiting for the describer; when full, live streams drop their "
+                                        "oldest waiting window (reason engine_busy).")
+    frame_cache_frames: int = Field(1024, ge=0, le=100_000,
+                                    description="Per-frame detections kept so overlapping windows detect each "
+                                                "frame once (least recently used evicted; 0 = off).")
+
+    def available(self) -> bool:
+        return (Path(self.path).expanduser() / "engine.json").is_file()
 
 
 class SpeechConfig(_Model):
@@ -263,6 +288,11 @@ class PipelineConfig(_Model):
     health_tick_s: float = Field(0.25, gt=0, le=10,
                                  description="Seconds between stream-health checks (stall watchdog, health "
                                              "alerts).")
+    video_engine: VideoEngineChoice = Field(
+        "auto", description="What watches each stream's picture: `caption` (the [engine] model), `describer` (the "
+                            "scene describer) or `auto`: the describer for real sources (files, RTSP, HTTP, "
+                            "webcams, WHIP, ingest), the [engine] model for synthetic:shapes. A stream's own "
+                            "`engine` key overrides it.")
 
 
 class NetworkConfig(_Model):
@@ -387,6 +417,11 @@ class AlertRuleConfig(_Model):
     end_after_s: float = Field(0.0, ge=0, le=86400,
                                description="The alert ends once captions have not matched for this long (0: at the "
                                            "first final that does not match).")
+    objects: ObjectConditionConfig | None = Field(
+        None, description="Match the scene describer's objects in every window: `label` (a COCO class, or any), "
+                          "`min_count`/`max_count`, `motion` (any, or some of left, right, towards, away, still, "
+                          "moving, unknown), `zone` (a polygon of [x, y] in 0..1; an object is in it when the "
+                          "bottom centre of its box is). docs/alerts.md.")
 
     @model_validator(mode="after")
     def _valid_rule(self) -> AlertRuleConfig:
@@ -402,7 +437,8 @@ class AlertRuleConfig(_Model):
                     description=self.description,
                     threshold=default_threshold if self.threshold is None else self.threshold,
                     streams=frozenset(self.streams) or None, severity=Severity(self.severity),
-                    min_duration_s=self.min_duration_s, cooldown_s=self.cooldown_s, end_after_s=self.end_after_s)
+                    min_duration_s=self.min_duration_s, cooldown_s=self.cooldown_s, end_after_s=self.end_after_s,
+                    objects=self.objects.to_condition() if self.objects is not None else None)
 
 
 class HealthAlertConfig(_Model):
@@ -502,6 +538,8 @@ class SourceConfig(_Model):
     tracks: list[Literal["video", "speech"]] | None = Field(None, min_length=1, description="Caption tracks of "
                                                             "this stream (unset: video, plus speech when "
                                                             "[speech] is on).")
+    engine: VideoEngineChoice | None = Field(None, description="What watches this stream's picture: auto, caption "
+                                                               "or describer (unset: pipeline.video_engine).")
 
     @field_validator("id")
     @classmethod
@@ -518,6 +556,7 @@ class StreamConfig(_Model):
     stabilizer: StabilizerConfig = Field(description="Caption stabiliser of this stream.")
     decoding: DecodingConfig = Field(description="Decoding of this stream's windows.")
     tracks: tuple[str, ...] = Field(("video",), description="Caption tracks of this stream.")
+    engine: VideoEngineChoice = Field("auto", description="What watches this stream's picture.")
 
 
 class TokenConfig(_Model):
@@ -588,6 +627,7 @@ class Config(_Model):
     alerts: AlertsConfig = AlertsConfig()
     subtitles: SubtitlesConfig = SubtitlesConfig()
     speech: SpeechConfig = SpeechConfig()
+    describer: DescriberConfig = DescriberConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
 
     @model_validator(mode="after")
@@ -637,7 +677,8 @@ class Config(_Model):
             raise ConfigError(f"stream {stream!r}: its settings merged over the global ones are invalid:\n"
                               + "\n".join(problems))
         tracks = tuple(overrides.tracks) if overrides is not None and overrides.tracks else self.default_tracks()
-        return StreamConfig(**merged, tracks=tracks)
+        engine = overrides.engine if overrides is not None and overrides.engine else self.pipeline.video_engine
+        return StreamConfig(**merged, tracks=tracks, engine=engine)
 
     def default_tracks(self) -> tuple[str, ...]:
         """video, plus speech when ``[speech]`` is on."""
@@ -727,13 +768,14 @@ def markdown_reference() -> str:
                            ("network", NetworkConfig), ("ingest", IngestConfig),
                            ("webrtc", WebRTCConfig), ("admission", AdmissionConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
                            ("alerts.health", HealthAlertConfig), ("subtitles", SubtitlesConfig),
-                           ("subtitles.live", LiveSubtitlesConfig), ("speech", SpeechConfig)]:
+                           ("subtitles.live", LiveSubtitlesConfig), ("speech", SpeechConfig),
+                           ("describer", DescriberConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default if f.default_factory is None else f.default_factory()
             if section == "engine" and name == "path":
                 default = "engines/shapes-git (bundled demo)"
-            elif section == "speech" and name in ("engine_path", "vad_path"):
+            elif (section, name) in (("speech", "engine_path"), ("speech", "vad_path"), ("describer", "path")):
                 default = "engines/" + Path(str(default)).name  # not this checkout's absolute path
             lines.append(f"| `{name}` | `{default}` | {f.description} |")
         lines.append("")

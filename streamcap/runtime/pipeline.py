@@ -54,12 +54,13 @@ from streamcap.core.types import (
     Window,
 )
 from streamcap.engine.base import CaptionEngine
+from streamcap.engine.describer import DescriberEngine
 from streamcap.engine.preprocess import resize_frame
 from streamcap.outputs.chapters import Chapter, chapters_from_finals, chapters_since
 from streamcap.outputs.livevtt import LiveVttSegmenter
 from streamcap.runtime.config import Config, source_options
 from streamcap.runtime.metrics import Metrics
-from streamcap.runtime.settings import processor_settings
+from streamcap.runtime.settings import DESCRIBER, processor_settings, video_engine_key
 from streamcap.runtime.sinks import AlertLogSink, EventSink, MetricsSink, Sinks, callback_sink
 from streamcap.sources.base import Source
 from streamcap.sources.push import PushSource
@@ -153,7 +154,7 @@ class StreamRunner:
 
     def __init__(self, pipeline: Pipeline, stream_id: str, url: str, *, hidden: bool = False,
                  collect_finals: bool | None = None, decode: dict | None = None,
-                 tracks: tuple[str, ...] | None = None) -> None:
+                 tracks: tuple[str, ...] | None = None, engine: str | None = None) -> None:
         self.p = pipeline
         self.id = stream_id
         self.url = url
@@ -171,9 +172,16 @@ class StreamRunner:
             self.spec, self._bad_url = None, exc
         self.live = self.spec.live if self.spec is not None else True
         collect = pipeline.collect_finals if collect_finals is None else collect_finals
+        # what watches the picture: the caption model ("default") or the scene describer
+        choice = engine or pipeline.config.stream_config(stream_id).engine
+        self.engine_key = video_engine_key(choice, self.spec.kind if self.spec is not None else None,
+                                           describer=pipeline.describer is not None, stream_id=stream_id)
+        self.engine = pipeline.video_engines[self.engine_key]
+        self.aspect: float | None = None  # the source picture's width / height, once a frame came
         self.processor = StreamProcessor(
-            processor_settings(pipeline.config, stream_id, pipeline.engine, live=self.live, hidden=hidden,
-                               collect_finals=collect, health=pipeline.on_alert_wanted, tracks=tracks),
+            processor_settings(pipeline.config, stream_id, self.engine, live=self.live, hidden=hidden,
+                               collect_finals=collect, health=pipeline.on_alert_wanted, tracks=tracks,
+                               engine_key=self.engine_key),
             rules=() if hidden else pipeline.rules_for(stream_id), similarity=pipeline.similarity,
             make_alert_id=pipeline.new_alert_id)
         # the speech track's voice-activity detector (stateful: one per stream), run off the loop
@@ -227,12 +235,17 @@ class StreamRunner:
         if self._bad_url is not None or self.spec is None:
             raise self._bad_url or BadSourceURL(f"bad source URL {self.safe_url}")
         cfg = self.p.config
-        pre = self.p.engine.preprocessing
+        pre = self.engine.preprocessing
+
+        def transform(img):  # in the source's thread: note the picture's shape, resize for the engine
+            self.aspect = img.shape[1] / img.shape[0] if img.ndim == 3 and img.shape[0] else None
+            return resize_frame(img, pre)
+
         # one set of options for every kind: open_source gives each source the ones it takes
         kwargs: dict = {
             "on_status": self._on_status,
             "on_drop": self._on_drop,
-            "frame_transform": lambda img: resize_frame(img, pre),
+            "frame_transform": transform,
             "clock": self.p.clock,
             **source_options(cfg),
         }
@@ -265,7 +278,7 @@ class StreamRunner:
                            for t in (self.processor.track(n) for n in self.processor.tracks))
         log.info("stream %s: opening %s (%s; %s)", self.id, self.safe_url, "live" if self.live else "file", tracks)
         shape = self.processor.settings.frame_shape
-        pre = self.p.engine.preprocessing
+        pre = self.engine.preprocessing
         while True:
             try:
                 frame = await source.recv()
@@ -278,6 +291,8 @@ class StreamRunner:
             if not self.processor.sees:
                 continue  # a speech-only stream: the picture is not captioned
             if frame.image.shape != shape:
+                if self.aspect is None and frame.image.shape[0]:
+                    self.aspect = frame.image.shape[1] / frame.image.shape[0]
                 frame = Frame(frame.stream, frame.seq, frame.capture_ns, frame.pts_s, resize_frame(frame.image, pre))
             windows = self.processor.feed_frame(frame, self.p.clock())
             if windows:
@@ -358,14 +373,17 @@ class EngineWorker:
     """One engine, its bounded queue and its thread; results go back to their streams' runners."""
 
     def __init__(self, pipeline: Pipeline, name: str, engine, *, queue_size: int | None = None,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, executor: ThreadPoolExecutor | None = None) -> None:
         self.p = pipeline
         self.name = name
         self.engine = engine
         cfg = pipeline.config.engine
         self.max_batch = max_batch or cfg.max_batch
         self.queue = WindowQueue(queue_size or cfg.queue_size, self._drop)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamcap-engine-{name}")
+        # engines that share an executor take turns on its one thread (each waits for its own call,
+        # so their calls alternate in the executor's FIFO: none starves the other)
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamcap-engine-{name}")
+        self.describes = isinstance(engine, DescriberEngine)
         self._cache_seen: dict[str, int] = {}
         self.batches = 0
         self.busy = False
@@ -406,6 +424,8 @@ class EngineWorker:
             options: dict = {}
             if runner is not None:
                 options = {**dict(runner.processor.track(w.track).decoding), **runner.decode}
+                if self.describes:  # motion in box heights needs the picture's true shape
+                    options = {"aspect": round(runner.aspect, 3)} if runner.aspect else {}
             groups.setdefault(tuple(sorted(options.items(), key=lambda kv: kv[0])), []).append(i)
         results: list[CaptionResult | None] = [None] * len(batch)
         for options, idx in groups.items():
@@ -475,9 +495,14 @@ class Pipeline:
                  on_progress: Callable[[str, float], None] | None = None, on_alert: AlertSink | None = None,
                  similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None,
                  sinks: Mapping[str, EventSink] | None = None, speech_engine=None,
-                 vad_factory: Callable[[], object] | None = None) -> None:
+                 vad_factory: Callable[[], object] | None = None, describer: CaptionEngine | None = None) -> None:
         self.config = config
         self.engine = engine
+        # the scene describer (None: not installed or not wanted): real sources' default picture engine
+        self.describer = describer
+        self.video_engines: dict[str, CaptionEngine] = {"default": engine}
+        if describer is not None:
+            self.video_engines[DESCRIBER] = describer
         # the speech track's engine (a WhisperEngine) and a maker of per-stream VADs; None: no speech
         self.speech_engine = speech_engine
         self._vad_factory = vad_factory
@@ -508,7 +533,15 @@ class Pipeline:
             self._rules = [r.to_rule(acfg.semantic_threshold) for r in acfg.rules]
             if any(r.description for r in self._rules) and similarity is None:
                 raise StreamcapError("alert rules with a description need the text embedder", code="bad_config")
-        self.workers: dict[str, EngineWorker] = {"default": EngineWorker(self, "default", engine)}
+        # the picture engines share one thread: they take turns, and two engines never compete for
+        # the cores with two sets of ONNX Runtime threads (speech keeps its own: its calls are long)
+        self.video_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-engine-video")
+        self.workers: dict[str, EngineWorker] = {"default": EngineWorker(self, "default", engine,
+                                                                         executor=self.video_executor)}
+        if describer is not None:
+            dc = config.describer
+            self.workers[DESCRIBER] = EngineWorker(self, DESCRIBER, describer, queue_size=dc.queue_size,
+                                                   max_batch=dc.max_batch, executor=self.video_executor)
         if speech_engine is not None:
             sp = config.speech
             self.workers[SPEECH_TRACK] = EngineWorker(self, SPEECH_TRACK, speech_engine, queue_size=sp.queue_size,
@@ -561,14 +594,17 @@ class Pipeline:
         return [sid for sid, r in self.runners.items() if not r.hidden]
 
     def add_stream(self, stream_id: str, url: str, *, hidden: bool = False, collect_finals: bool | None = None,
-                   decode: dict | None = None, tracks: tuple[str, ...] | None = None) -> StreamRunner:
+                   decode: dict | None = None, tracks: tuple[str, ...] | None = None,
+                   engine: str | None = None) -> StreamRunner:
         """Add a stream (started at once when the pipeline runs). ``hidden`` streams are jobs:
         their captions and status are not published and they are not listed. ``tracks``
-        overrides the stream's configured caption tracks (``video``, ``speech``)."""
+        overrides the stream's configured caption tracks (``video``, ``speech``); ``engine`` its
+        picture engine (``auto``, ``caption``, ``describer``). Raises ConfigError when the
+        describer is asked for and not loaded."""
         if stream_id in self.runners:
             raise ValueError(f"stream {stream_id!r} already exists")
         runner = StreamRunner(self, stream_id, url, hidden=hidden, collect_finals=collect_finals, decode=decode,
-                              tracks=tracks)
+                              tracks=tracks, engine=engine)
         # (this pipeline, n): an engine shared by several pipelines never mixes their frame features
         runner.epoch = (self._alert_prefix, next(self._epochs))
         self.runners[stream_id] = runner
@@ -657,11 +693,10 @@ class Pipeline:
                 ) -> tuple[Frame | None, tuple[float, tuple[SceneObject, ...]] | None, float | None]:
         """For snapshots: the stream's latest frame (a copy; None before its first), its newest
         captioned window's ``(end_s, objects)`` (None before one) and the source picture's
-        width / height when known (a synthetic source's size, with frames stretched to the
-        engine's square; else None). KeyError: unknown stream."""
+        width / height (from its first decoded frame, when frames are stretched to the engine's
+        square; else None). KeyError: unknown stream."""
         r = self.runners[stream_id]
-        size = r.spec.options.get("size") if r.spec is not None and r.spec.kind is SourceKind.SYNTHETIC else None
-        aspect = size[0] / size[1] if size and self.engine.preprocessing.resize == "stretch" else None
+        aspect = r.aspect if r.engine.preprocessing.resize == "stretch" else None
         return r.processor.latest_frame(), r.processor.latest_objects(track), aspect
 
     def health(self) -> dict:
@@ -688,6 +723,11 @@ class Pipeline:
     async def run(self, *, stop_when_idle: bool = False) -> None:
         if self.vad_executor._shutdown:  # a pipeline run again after a previous run()
             self.vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-vad")
+        if self.video_executor._shutdown:
+            self.video_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamcap-engine-video")
+            for w in self.workers.values():
+                if w.name != SPEECH_TRACK:
+                    w._executor = self.video_executor
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg

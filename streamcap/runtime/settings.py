@@ -13,6 +13,7 @@ from streamcap.core.processor import LiveVttSettings, ProcessorSettings, Stabili
 from streamcap.core.errors import ConfigError
 from streamcap.core.types import SPEECH_TRACK, VIDEO_TRACK
 from streamcap.runtime.config import Config, StreamConfig
+from streamcap.sources.url import SourceKind
 
 
 def health_limits(cfg: Config) -> HealthLimits | None:
@@ -21,9 +22,30 @@ def health_limits(cfg: Config) -> HealthLimits | None:
     return HealthLimits(**h.model_dump(exclude={"enabled"})) if h.enabled else None
 
 
+DESCRIBER = "describer"  # the scene describer's key among the pipeline's picture engines
+
+
+def video_engine_key(choice: str, kind: SourceKind | None, *, describer: bool, stream_id: str = "") -> str:
+    """Which of the pipeline's picture engines watches a stream: ``"default"`` (the [engine]
+    caption model) or :data:`DESCRIBER`. ``choice``: ``auto`` (the describer for real sources,
+    the caption model for synthetic ones and when no describer is loaded), ``caption`` or
+    ``describer`` (ConfigError when it is not loaded)."""
+    if choice == "caption":
+        return "default"
+    if choice == DESCRIBER:
+        if not describer:
+            raise ConfigError(f"stream {stream_id}: the scene describer is not loaded (is describer.path an "
+                              "engine folder? engines/scene-describer ships with streamcap)")
+        return DESCRIBER
+    if choice != "auto":
+        raise ConfigError(f"stream {stream_id}: engine must be auto, caption or describer, not {choice!r}")
+    return DESCRIBER if describer and kind is not SourceKind.SYNTHETIC else "default"
+
+
 def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidden: bool = False,
                        collect_finals: bool = False, stream_cfg: StreamConfig | None = None,
-                       health: bool = True, tracks: tuple[str, ...] | None = None) -> ProcessorSettings:
+                       health: bool = True, tracks: tuple[str, ...] | None = None,
+                       engine_key: str = "default") -> ProcessorSettings:
     """The processor settings of ``stream_id`` whose video track ``engine`` captions.
 
     ``hidden`` streams (caption jobs) get no health alerts and no live WebVTT; ``health=False``
@@ -42,7 +64,7 @@ def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidde
         settle_s = live_cfg.settle_s if live_cfg.settle_s is not None else window_s + stab.agree * windows.stride_s
         live_vtt = LiveVttSettings(live_cfg.segment_s, live_cfg.window_segments, cfg.subtitles.rules(), settle_s)
     video = TrackSettings(
-        name=VIDEO_TRACK, window_s=window_s, stride_s=windows.stride_s,
+        name=VIDEO_TRACK, window_s=window_s, stride_s=windows.stride_s, engine=engine_key,
         frames_per_window=engine.frames_per_window,
         stabilizer=StabilizerSettings(stab.agree, stab.fresh_agree or None),
         decoding=tuple(sorted(sc.decoding.options().items())), live_vtt=live_vtt)
