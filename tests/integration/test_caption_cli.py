@@ -29,9 +29,13 @@ def _secs(ts: str) -> float:
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
+#: storyline (shapes) clips are captioned by the caption model, not the scene describer
+SHAPES = ["--video-engine", "caption"]
+
+
 def _caption(path, out, fmt) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streamcap.cli", "caption", str(path), "--format", fmt,
-                           "-o", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+                           "-o", str(out), "--no-progress", *SHAPES], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +227,8 @@ def test_caption_of_a_finite_rtsp_stream_ends_when_the_stream_does(rtsp_server, 
     out = tmp_path / "out.jsonl"
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "streamcap.cli", "caption", server.url("story"), "--format",
-                           "jsonl", "-o", str(out), "--no-progress"], capture_output=True, text=True, timeout=60)
+                           "jsonl", "-o", str(out), "--no-progress", *SHAPES], capture_output=True, text=True,
+                          timeout=60)
     took_s = time.monotonic() - t0
     print(f"\ncaption of a 14 s RTSP stream: exit {proc.returncode} after {took_s:.1f} s")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -243,8 +248,8 @@ def test_ctrl_c_during_caption_writes_what_was_captioned_and_exits_130(rtsp_serv
 
     server = rtsp_server({"story": storyline_video.path})  # 75 s: still going when interrupted
     out = tmp_path / "out.vtt"
-    proc = subprocess.Popen([sys.executable, "-m", "streamcap.cli", "caption", server.url("story"), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "streamcap.cli", "caption", server.url("story"), "-o", str(out),
+                             *SHAPES], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     chunks: queue.Queue[bytes] = queue.Queue()
 
     def pump() -> None:

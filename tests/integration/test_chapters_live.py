@@ -23,6 +23,8 @@ pytestmark = pytest.mark.integration
 
 SCENE_S = 6.0
 DURATION_S = 30.0
+#: storyline (shapes) clips are captioned by the caption model, not the scene describer
+SHAPES = ["--video-engine", "caption"]
 
 
 async def test_caption_chapters_gives_a_chapter_per_scene(tmp_path, require_system):
@@ -33,7 +35,7 @@ async def test_caption_chapters_gives_a_chapter_per_scene(tmp_path, require_syst
         require_system(f"cannot render a storyline: {exc}")
     out = tmp_path / "chapters.jsonl"
     proc = subprocess.run([sys.executable, "-m", "streamcap.cli", "caption", str(path), "--chapters",
-                           "-o", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+                           "-o", str(out), "--no-progress", *SHAPES], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     chapters = [json.loads(line) for line in out.read_text().splitlines()]
     truth = [story.caption_at(i * SCENE_S) for i in range(int(DURATION_S / SCENE_S))]
@@ -44,7 +46,7 @@ async def test_caption_chapters_gives_a_chapter_per_scene(tmp_path, require_syst
     assert "wrote 5 chapter(s)" in proc.stderr
     vtt = tmp_path / "chapters.vtt"
     proc = subprocess.run([sys.executable, "-m", "streamcap.cli", "caption", str(path), "--chapters",
-                           "-o", str(vtt), "--no-progress"], capture_output=True, text=True, timeout=300)
+                           "-o", str(vtt), "--no-progress", *SHAPES], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cues = webvtt.from_buffer(io.StringIO(vtt.read_text())).captions
     assert [" ".join(c.text.split()) for c in cues] == truth  # one cue per chapter, however long

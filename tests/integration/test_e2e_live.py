@@ -58,7 +58,9 @@ async def test_storyline_over_rtsp_gives_correct_timely_stable_finals(rtsp_serve
     server = rtsp_server({"story": storyline_video.path})
     story = storyline_video.storyline
     until_s = 45.0  # 7 scene changes at 6 s
-    async with Service(_config({"story": server.url("story")})) as svc, WireClient(_ws(svc)) as client:
+    # shapes clips: the caption model, not the scene describer
+    async with (Service(_config({"story": server.url("story")}, video_engine="caption")) as svc,
+                WireClient(_ws(svc)) as client):
         def far_enough():
             caps = client.of(CaptionMsg, "story")
             return caps and caps[-1].end >= until_s

@@ -43,8 +43,10 @@ def clip(tmp_path_factory, require_system):
 
 @pytest_asyncio.fixture
 async def svc():
+    # the uploads are storyline (shapes) clips: the caption model, not the scene describer
     cfg = load_config(None, environ={}, overrides={"server": {"port": 0}, "auth": {"tokens": TOKENS},
-                                                   "ingest": {"max_upload_mb": 4.0}})
+                                                   "ingest": {"max_upload_mb": 4.0},
+                                                   "pipeline": {"video_engine": "caption"}})
     async with Service(cfg) as service:
         yield service
 

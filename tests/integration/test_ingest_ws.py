@@ -31,7 +31,9 @@ WINDOW_S = 2.0  # the demo engine's window
 
 def _config(auth: dict | None = None, **ingest):
     return load_config(None, environ={}, overrides={
-        "server": {"port": 0}, "auth": {"tokens": TOKENS} if auth is None else auth, "ingest": ingest})
+        "server": {"port": 0}, "auth": {"tokens": TOKENS} if auth is None else auth, "ingest": ingest,
+        # the pushed frames are storyline shapes: the caption model, not the scene describer
+        "pipeline": {"video_engine": "caption"}})
 
 
 def _ingest_url(svc: Service, stream: str, token: str | None = PUBLISH) -> str:

@@ -47,7 +47,9 @@ def fake_camera(storyline_video, tmp_path, require_system):
 async def svc():
     cfg = load_config(None, environ={}, overrides={
         "server": {"port": 0}, "auth": {"tokens": [{"scope": "publish", "token": PUBLISH}]},
-        "webrtc": {"loopback_candidates": True}})
+        "webrtc": {"loopback_candidates": True},
+        # the fake camera plays a storyline (shapes): the caption model, not the scene describer
+        "pipeline": {"video_engine": "caption"}})
     async with Service(cfg) as service:
         yield service
 

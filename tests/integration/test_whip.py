@@ -26,13 +26,23 @@ SDP = "application/sdp"
 TIMEOUT_S = 90.0
 
 
-@pytest_asyncio.fixture
-async def svc():
-    cfg = load_config(None, environ={}, overrides={
+def _config(**pipeline):
+    return load_config(None, environ={}, overrides={
         "server": {"port": 0}, "auth": {"tokens": TOKENS},
         # publisher and server share this machine: offer loopback candidates (no network needed)
-        "webrtc": {"loopback_candidates": True}})
-    async with Service(cfg) as service:
+        "webrtc": {"loopback_candidates": True}, "pipeline": pipeline})
+
+
+@pytest_asyncio.fixture
+async def svc():
+    async with Service(_config()) as service:
+        yield service
+
+
+@pytest_asyncio.fixture
+async def shapes_svc():
+    """For storyline (shapes) publishers: the caption model, not the scene describer."""
+    async with Service(_config(video_engine="caption")) as service:
         yield service
 
 
@@ -114,19 +124,19 @@ class StorylineTrack(VideoStreamTrack):
         return frame
 
 
-async def test_a_resolution_change_mid_stream_keeps_the_captions_coming(svc, http):
+async def test_a_resolution_change_mid_stream_keeps_the_captions_coming(shapes_svc, http):
     story = Storyline(seed=9, scene_s=1000.0, aspect=16 / 9)
     track = StorylineTrack(story, switch_after=75, sizes=[(320, 180), (640, 360)])
     pc = RTCPeerConnection()
     pc.addTrack(track)
     try:
-        async with WireClient(_ws(svc, "cam")) as viewer:
-            await _publish(http, svc, pc)
-            whip = svc.server.extensions[1]
+        async with WireClient(_ws(shapes_svc, "cam")) as viewer:
+            await _publish(http, shapes_svc, pc)
+            whip = shapes_svc.server.extensions[1]
             session = await viewer.wait_for(lambda: next(iter(whip.sessions.values()), None), 10, "the session")
             await viewer.wait_for(lambda: len(session.sizes) == 2, TIMEOUT_S, "frames of both sizes")
-            at_switch = svc.pipeline.health()["cam"]["windows_captioned"]
-            await viewer.wait_for(lambda: svc.pipeline.health()["cam"]["windows_captioned"] >= at_switch + 6,
+            at_switch = shapes_svc.pipeline.health()["cam"]["windows_captioned"]
+            await viewer.wait_for(lambda: shapes_svc.pipeline.health()["cam"]["windows_captioned"] >= at_switch + 6,
                                   TIMEOUT_S, "six more windows after the switch")
             assert session.sizes == {(320, 180), (640, 360)}
             finals = {m.text for m in viewer.of(wire.CaptionMsg, "cam") if m.state.value == "final"}
