@@ -353,7 +353,10 @@ class StreamProcessor:
                 self._alerts(self.monitor.reconnect(now_ns))
             self._alerts(self.monitor.status(state, now_ns))
         if self.status.terminal:
-            self._close_alerts()
+            # a source that ends (a file read to its end) may still have windows out: their results
+            # can still start, update or end caption alerts, which close in finish() (ERROR and
+            # removal close them at once: no result is coming)
+            self._close_alerts(captions=state is not StreamState.ENDED or self._in_flight == 0)
 
     def _drop(self, reason: DropReason, now_ns: int, *, unit: str, count: int, track: str = VIDEO_TRACK) -> None:
         if count <= 0:
@@ -365,9 +368,11 @@ class StreamProcessor:
     def _alerts(self, alerts: list) -> None:
         self._events.extend(AlertEvent(a) for a in alerts)
 
-    def _close_alerts(self) -> None:
+    def _close_alerts(self, captions: bool = True) -> None:
         if self.monitor is not None:
             self._alerts(self.monitor.close())
+        if not captions:
+            return
         at = self.counters.media_s or 0.0
         for t in (*self._tracks.values(), *self._speech.values()):
             if t.alerts is not None:
@@ -579,4 +584,5 @@ class StreamProcessor:
                 self._speech_final(sp, caption)
             self._live_subtitles(sp, None, self.counters.audio_s, ended=True)  # type: ignore[arg-type]
         self._set_status(StreamState.ENDED, "end of stream", None, now_ns)
+        self._close_alerts()  # the alerts a file's last windows left open (closing twice adds nothing)
         return self.take_events()

@@ -217,3 +217,33 @@ def test_replaying_the_same_input_gives_the_same_events():
         return [(type(e).__name__, getattr(e, "caption", None)) for e in d.events]
 
     assert run() == run()
+
+
+def test_object_rules_see_every_window_and_a_files_last_windows_after_its_source_ended() -> None:
+    from streamcap.alerts.objects import ObjectCondition
+    from streamcap.core.types import CaptionResult, SceneObject
+
+    rule = Rule("someone", objects=ObjectCondition("person"), min_duration_s=1.0, end_after_s=0.0, cooldown_s=0.0)
+    p = StreamProcessor(settings(live=False), rules=[rule])
+    person = (SceneObject("person", 2, "left", ((0.1, 0.2, 0.2, 0.6), (0.5, 0.2, 0.6, 0.6))),)
+    events, out = [], []
+    for i in range(40):  # 4 s of frames; the windows are answered only at the end
+        now = int(i / FPS * NS)
+        out += p.feed_frame(Frame("cam", i, now, i / FPS, picture("red")), now)
+        events += p.take_events()
+    first, rest = [w for w in out if w.end_s <= 2.0], [w for w in out if w.end_s > 2.0]
+    for w in first:  # people: the alert starts
+        events += p.feed_result(w, CaptionResult("x", -0.1, person), 5 * NS)
+    assert [e.alert.phase for e in events if isinstance(e, AlertEvent)] == [AlertPhase.START]
+    # the file is read to its end while its last windows are still out (a slow engine)
+    events += p.feed_status(StreamState.ENDED, "end of file", now_ns=5 * NS)
+    for w in rest:  # people until 2.5 s, then nobody
+        objects = person if w.end_s <= 2.5 else ()
+        events += p.feed_result(w, CaptionResult("x", -0.1, objects), 6 * NS)
+    events += p.finish(7 * NS)
+    alerts = [e.alert for e in events if isinstance(e, AlertEvent)]
+    assert [a.phase for a in alerts] == [AlertPhase.START, AlertPhase.END]
+    start, end = alerts
+    assert start.detail.startswith("2 person") and start.start_s == pytest.approx(out[0].end_s)
+    # it ended at the first window without people, not when the source ended
+    assert end.end_s == pytest.approx(min(w.end_s for w in out if w.end_s > 2.5))
