@@ -463,7 +463,7 @@ def write_manifest(out: Path, model: dict, outputs: list[dict], include_fp32: bo
     files = [INT8_NAME] + ([FP32_NAME] if include_fp32 else []) + ["LICENSE", "NOTICE"]
     manifest = {
         "format": "streamcap-engine", "format_version": 2, "kind": "describer", "architecture": "nanodet",
-        "name": "scene-describer", "runtime": "onnxruntime", "frames_per_window": 6, "window_s": 2.0,
+        "name": "scene-describer", "runtime": "onnxruntime", "frames_per_window": 4, "window_s": 2.0,
         "detector": {
             "model": INT8_NAME, "model_fp32": FP32_NAME if include_fp32 else None,
             "input": INPUT_NAME, "input_size": list(INPUT_SIZE), "layout": "NCHW", "batch": 1,

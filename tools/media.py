@@ -312,3 +312,42 @@ def fetch_opencv_data(cache_dir: Path | str, names: list[str] | tuple[str, ...])
             shutil.move(str(extracted), partial)
             partial.replace(paths[name])
     return paths
+
+
+def make_emptying_clip(vtest: Path | str, path_out: Path | str, *, people_s: float = 12.0,
+                       empty_s: float = 8.0) -> Path:
+    """Write ``path_out`` (MJPEG AVI, 10 fps): the first ``people_s`` of ``vtest.avi``, then
+    ``empty_s`` of the same place with nobody in it — the median of frames spread over the
+    clip (walkers never stay, the background does), with a little noise so no two frames are
+    equal. For rules that must end when the scene empties."""
+    import cv2
+    import numpy as np
+
+    src, out = Path(vtest), Path(path_out)
+    cap = cv2.VideoCapture(str(src))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    if len(frames) < 100:
+        raise MediaToolError(f"{src.name}: only {len(frames)} frames readable")
+    background = np.median(np.stack(frames[::8]), axis=0).astype(np.uint8)
+    fps = 10.0
+    h, w = background.shape[:2]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise MediaToolError("OpenCV cannot write MJPEG AVI here")
+    rng = np.random.default_rng(0)
+    for frame in frames[: round(people_s * fps)]:
+        writer.write(frame)
+    for _ in range(round(empty_s * fps)):
+        noise = rng.integers(-2, 3, background.shape, dtype=np.int16)
+        writer.write(np.clip(background.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    writer.release()
+    partial.replace(out)
+    return out

@@ -11,8 +11,10 @@ and where the picture cut, and returns the caption text and the structured
    distance between box centres measured in box heights, against where each track is expected
    (moving on at the speed of its last two sightings, so two people crossing keep their tracks) (objects of one family — vehicles,
    two-wheelers — may swap labels between frames and still link). A track may miss up to
-   ``max_gap`` frames. A track counts when it was seen in ``min_frames`` frames (a one-frame
-   blip is not an object); its label is the one with the highest summed score.
+   ``max_gap`` frames; pieces of one object's track (hidden for a frame, or a link taken by a
+   neighbour) are stitched where one ends and the next begins on its path. A track counts when
+   it was seen in ``min_frames`` frames (a one-frame blip is not an object) with a mean score of
+   ``min_track_score``; its label is the one with the highest summed score.
 3. **Motion.** The camera's own movement is taken out of the box positions. Over the track, the
    least-squares slopes of the box's bottom centre (the feet or wheels) and of its log-height
    give a sideways displacement and a depth score (feet going down the picture and the box
@@ -61,6 +63,9 @@ class SceneSettings:
 
     describe: tuple[str, ...] = DESCRIBED  # classes the captions speak of
     min_frames: int = 2  # a track counts once seen in this many frames
+    # ... and when its detections average this score: NanoDet reports from 0.35, and the objects it
+    # keeps seeing at 0.35-0.45 in a still picture are mostly things shaped like people (posts, signs)
+    min_track_score: float = 0.45
     max_gap: int = 2  # frames a track may miss and still link
     min_iou: float = 0.1  # or centres within max_jump heights
     max_jump: float = 1.2  # centre distance per frame step, in box heights, for a link
@@ -167,7 +172,37 @@ def track_objects(frames: Sequence[Sequence[DetectionLike]], settings: SceneSett
         for bi, (box, label, score) in enumerate(boxes):
             if bi not in used_b:
                 tracks.append(Track([(i, box, label, score)]))
-    return [t for t in tracks if len(t.points) >= settings.min_frames]
+    tracks = _stitch(tracks, settings)
+    return [t for t in tracks if len(t.points) >= settings.min_frames and t.mean_score() >= settings.min_track_score]
+
+
+def _stitch(tracks: list[Track], settings: SceneSettings) -> list[Track]:
+    """Join the pieces of one object's track: a track that starts after another of its family
+    ended, where that one was heading (a person hidden for a frame behind another, or a link
+    stolen by a neighbour, leaves two pieces that would be counted twice)."""
+    tracks = sorted(tracks, key=lambda t: t.points[0][0])
+    merged = True
+    while merged:
+        merged = False
+        best = None
+        for a in tracks:
+            for b in tracks:
+                first = b.points[0][0]
+                gap = first - a.last_frame
+                if b is a or gap < 1 or gap > settings.max_gap + 1 or a.family != b.family:
+                    continue
+                pa, bb = a.predict(first), b.points[0][1]
+                h = max(pa[3] - pa[1], bb[3] - bb[1], 1e-3)
+                dist = math.hypot((pa[0] + pa[2] - bb[0] - bb[2]) / 2, pa[3] - bb[3]) / h
+                size = max(pa[3] - pa[1], bb[3] - bb[1]) / max(min(pa[3] - pa[1], bb[3] - bb[1]), 1e-3)
+                if dist <= settings.max_jump * gap and size <= 1.6 and (best is None or dist < best[0]):
+                    best = (dist, a, b)
+        if best is not None:
+            _, a, b = best
+            a.points.extend(b.points)
+            tracks.remove(b)
+            merged = True
+    return tracks
 
 
 def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
