@@ -104,6 +104,7 @@ class TrackSettings:
     decoding: tuple[tuple[str, object], ...] = ()  # per-track decoding overrides
     live_vtt: LiveVttSettings | None = None
     speech: SpeechSettings | None = None  # input="audio": the streaming recogniser's policy
+    sampling: str = "span"  # where a window's frames fall (streamcap.core.windowing.SAMPLINGS)
 
     def __post_init__(self) -> None:
         if self.input not in ("video", "audio"):
@@ -215,7 +216,8 @@ class StreamProcessor:
             self._tracks[t.name] = _Track(
                 settings=t,
                 planner=WindowPlanner(t.window_s, t.stride_s, t.frames_per_window,
-                                      max_backlog=settings.max_backlog if settings.live else None),
+                                      max_backlog=settings.max_backlog if settings.live else None,
+                                      sampling=t.sampling),
                 stabilizer=CaptionStabilizer(settings.stream, st.agree, min_score=st.min_score,
                                              fresh_agree=st.fresh_agree, track=t.name, seq=seq),
                 alerts=CaptionAlerts(list(rules), self._make_alert_id, similarity) if rules else None,

@@ -36,6 +36,10 @@ from streamcap.core.types import VIDEO_TRACK, Frame, Window
 # land a few ulps below the nominal end and must still close the window.
 PTS_EPSILON_S = 1e-6
 
+#: how a window's K frames are placed: ``span`` (both ends included: the caption models were
+#: trained so) or ``grid`` (a grid of window/K shared by consecutive windows: the scene describer)
+SAMPLINGS = ("span", "grid")
+
 #: the largest media time (seconds) a planner accepts: ~317 years, far beyond any real stream and
 #: still small enough that window starts stay exact to well under a microsecond
 MAX_MEDIA_S = 1e10
@@ -58,7 +62,10 @@ class WindowPlanner:
         frames_per_window: int,
         *,
         max_backlog: int | None = None,
+        sampling: str = "span",
     ) -> None:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if not (math.isfinite(window_s) and window_s > 0):
             raise ValueError(f"window_s must be a finite number > 0, got {window_s!r}")
         if not (math.isfinite(stride_s) and stride_s > 0):
@@ -71,6 +78,7 @@ class WindowPlanner:
         self._stride_s = float(stride_s)
         self._k = int(frames_per_window)
         self._max_backlog = max_backlog
+        self._sampling = sampling
         self._t0_s: float | None = None
         self._next_index = 0
         self._skipped_total = 0
@@ -166,9 +174,15 @@ class WindowPlanner:
         return [self.spec(i) for i in indices]
 
     def sample_targets(self, spec: WindowSpec) -> list[float]:
-        """K times evenly spaced over ``[start_s, end_s]``, both ends included."""
+        """K times evenly spaced over ``[start_s, end_s]``, both ends included (``span``); or
+        (``grid``) the K times ``end_s - j * window_s / K``: on a grid of ``window_s / K``, so
+        when the stride is a multiple of it consecutive windows share their frames (and a
+        per-frame cache hits), the newest target at the window's end."""
         span = spec.end_s - spec.start_s
         last = self._k - 1
+        if self._sampling == "grid":
+            step = span / self._k
+            return [spec.end_s - step * (last - j) for j in range(self._k)]
         return [spec.start_s + span * j / last for j in range(self._k)]
 
     def release_pts(self) -> float:

@@ -87,7 +87,10 @@ class DescriberEngine:
         self.detector = Detector(folder, **kwargs)
         self.manifest = raw
         self.name = str(raw.get("name", folder.name))
-        self.frames_per_window = int(raw.get("frames_per_window", 6))
+        self.frames_per_window = int(raw.get("frames_per_window", 4))
+        # frames on a grid of window_s / K (the last at the window's end): with the stride a
+        # multiple of it, windows share frames and each frame is detected once
+        self.frame_sampling = "grid"
         self.window_s = float(raw.get("window_s", 2.0))
         size = raw.get("detector", {}).get("input_size", [416, 416])
         self.preprocessing = Preprocessing(int(size[0]), resize="stretch")
@@ -118,7 +121,7 @@ class DescriberEngine:
 
     def caption_batch(self, windows: Sequence[Sequence[np.ndarray]], *, keys=None, aspect: float | None = None,
                       **_options) -> list[CaptionResult]:
-        """Describe each window (its frames evenly spaced over ``window_s``). ``aspect``: the
+        """Describe each window (its frames ``window_s / K`` apart, the pipeline's ``grid`` sampling). ``aspect``: the
         source picture's width / height (frames come stretched to the detector's square; motion
         is measured in box heights). Decoding options of the caption models (beams, prompt…) do
         not apply and are ignored."""

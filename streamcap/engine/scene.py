@@ -23,7 +23,8 @@ and where the picture cut, and returns the caption text and the structured
 4. **Words.** Groups by (label, motion), people first, then vehicles, then animals; counts as
    words. Cautious verbs: a person *walks* only when the box looks like a whole body (its bottom
    is inside the picture), else *moves*; *runs* only when the sideways speed is at least
-   ``run_speed`` heights per second. Vehicles and animals *move*; still ones *stay still* or,
+   ``run_speed`` heights per second and the track was seen in every frame, moving the same way
+   at each step. Vehicles and animals *move*; still ones *stay still* or,
    for vehicles, *are stationary* (still vehicles share one clause); coming closer is *approaches*.
    Nothing counted: "no people, vehicles or animals detected".
 """
@@ -218,6 +219,7 @@ class Motion:
     sideways: float  # signed, box heights over the window (+: right)
     depth: float  # signed score (+: towards the camera)
     speed: float  # sideways box heights per second
+    steady: bool = False  # seen in every frame, every step sideways the same way (speed words need it)
 
 
 def track_motion(track: Track, dt_s: float, settings: SceneSettings, frames: int,
@@ -246,7 +248,9 @@ def track_motion(track: Track, dt_s: float, settings: SceneSettings, frames: int
         motion = "towards" if depth > 0 else "away"
     else:
         motion = "moving"
-    return Motion(motion, sideways, depth, abs(vx))
+    steps = [b - a for a, b in zip(feet_x, feet_x[1:])]
+    steady = len(pts) == frames and (all(d > 0 for d in steps) or all(d < 0 for d in steps))
+    return Motion(motion, sideways, depth, abs(vx), steady)
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,10 @@ def describe_window(frames: Sequence[Sequence[DetectionLike]], dt_s: float, sett
         for (label, motion), members in ordered[: settings.max_groups]:
             n = len(members)
             whole = all(t.box[3] < settings.edge for t, _ in members)
-            running = motion in ("left", "right") and min(m.speed for _, m in members) >= settings.run_speed
+            # a run is claimed only for tracks seen in every frame moving one way at each step: a
+            # link that jumped between two people side by side looks fast too
+            running = motion in ("left", "right") and all(m.steady and m.speed >= settings.run_speed
+                                                           for _, m in members)
             verb = _verb(label, motion, n, whole=whole, running=running)
             if label in said:  # "three people walk left, two walk right, one stays still"
                 parts.append(f"{_count_word(n, article='one')} {verb}")

@@ -65,6 +65,7 @@ def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidde
         live_vtt = LiveVttSettings(live_cfg.segment_s, live_cfg.window_segments, cfg.subtitles.rules(), settle_s)
     video = TrackSettings(
         name=VIDEO_TRACK, window_s=window_s, stride_s=windows.stride_s, engine=engine_key,
+        sampling=getattr(engine, "frame_sampling", "span"),
         frames_per_window=engine.frames_per_window,
         stabilizer=StabilizerSettings(stab.agree, stab.fresh_agree or None),
         decoding=tuple(sorted(sc.decoding.options().items())), live_vtt=live_vtt)

@@ -198,3 +198,22 @@ def test_build_window_carries_spec_times_and_frames():
 def test_invalid_arguments_raise_clear_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WindowPlanner(**kwargs)
+
+
+def test_grid_sampling_puts_frames_on_a_grid_that_consecutive_windows_share() -> None:
+    from streamcap.core.windowing import WindowPlanner
+
+    planner = WindowPlanner(2.0, 0.5, 4, sampling="grid")
+    frames = [Frame("s", i, i, i / 10, np.zeros((2, 2, 3), np.uint8)) for i in range(80)]
+    picked = []
+    for f in frames:
+        for spec in planner.due(f.pts_s):
+            targets = planner.sample_targets(spec)
+            assert targets[-1] == pytest.approx(spec.end_s)  # the newest frame is the window's end
+            assert [b - a for a, b in zip(targets, targets[1:])] == pytest.approx([0.5] * 3)
+            picked.append([fr.seq for fr in pick_frames(frames[: f.seq + 1], targets)])
+    assert len(picked) > 10
+    for a, b in zip(picked, picked[1:]):
+        assert a[1:] == b[:-1]  # 3 of 4 frames shared with the next window: each frame is new once
+    with pytest.raises(ValueError, match="sampling"):
+        WindowPlanner(2.0, 0.5, 4, sampling="random")
