@@ -710,6 +710,7 @@ class Pipeline:
             status = p.status.current
             out[sid] = {
                 "state": status.state.value, "detail": status.detail, "url": r.safe_url,
+                "engine": "describer" if r.engine_key == DESCRIBER else "caption",
                 "frames_in": c.frames_in, "windows_captioned": c.windows_captioned,
                 "last_frame_age_s": None if c.last_frame_ns is None else round((now - c.last_frame_ns) / 1e9, 3),
                 "last_caption_age_s": None if c.last_caption_ns is None else round((now - c.last_caption_ns) / 1e9, 3),

@@ -12,7 +12,7 @@ import ssl
 
 from streamcap.server.auth import AccessPolicy, Scope
 from streamcap.runtime.config import Config
-from streamcap.engine.base import CaptionEngine, load_describer_from_config, load_engine_from_config, wants_describer
+from streamcap.engine.base import CaptionEngine, load_describer_from_config, load_engine_from_config
 from streamcap.runtime.metrics import Metrics
 from streamcap.runtime.pipeline import Pipeline, describe_failure
 from streamcap.runtime.sinks import HubSink
@@ -76,9 +76,9 @@ class Service:
         speech_engine = vad_factory = None
         if wants_speech(cfg):
             speech_engine, vad_factory = await asyncio.to_thread(load_speech, cfg)
-        # real sources' default picture engine (a few MB, loaded in well under a second)
-        describer = await asyncio.to_thread(load_describer_from_config, cfg.describer, cfg.engine) \
-            if wants_describer(cfg) else None
+        # real sources' default picture engine (a few MB, loaded in well under a second), loaded
+        # even when no configured stream uses it: streams added through the API may ask for it
+        describer = await asyncio.to_thread(load_describer_from_config, cfg.describer, cfg.engine)
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks={"hub": HubSink(self.hub)},
                                  similarity=similarity, warm_texts=warm, speech_engine=speech_engine,
                                  vad_factory=vad_factory, describer=describer)

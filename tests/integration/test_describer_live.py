@@ -28,11 +28,11 @@ STRIDE_S = 0.5
 PUBLISH = "publish-secret-123"
 
 
-def _config(sources: dict[str, str] | None = None, **more):
+def _config(sources: dict[str, str] | None = None, video_engine: str = "describer", **more):
     return load_config(None, environ={}, overrides={
         "server": {"port": 0}, "windows": {"stride_s": STRIDE_S},
         # vtest.avi is a real picture: "auto" picks the describer too; say it, the test is about it
-        "pipeline": {"video_engine": "describer"},
+        "pipeline": {"video_engine": video_engine},
         "sources": [{"id": k, "url": v} for k, v in (sources or {}).items()], **more})
 
 
@@ -67,19 +67,31 @@ def _check_described(caps: list[CaptionMsg], windows: int, seconds: float) -> No
     assert 0.7 / STRIDE_S < rate < 1.3 / STRIDE_S, rate
 
 
-async def test_vtest_over_rtsp_is_described_at_the_stride_with_structured_objects(rtsp_server, vtest_long_path):
+async def test_vtest_over_rtsp_is_described_at_the_stride_next_to_a_synthetic_stream(rtsp_server, vtest_long_path):
+    """auto: the RTSP camera gets the describer, the synthetic stream the caption model; the two
+    engines share one engine thread and both keep up."""
     server = rtsp_server({"vtest": vtest_long_path})
-    async with Service(_config({"cam": server.url("vtest")})) as svc, WireClient(_ws(svc, "cam")) as client:
+    sources = {"cam": server.url("vtest"), "shapes": "synthetic:shapes?seed=3&fps=10&size=320x240"}
+    async with Service(_config(sources, video_engine="auto")) as svc, WireClient(_ws(svc, "cam,shapes")) as client:
+        assert svc.pipeline.runners["cam"].engine_key == "describer"
+        assert svc.pipeline.runners["shapes"].engine_key == "default"
         await client.wait_for(lambda: any(m.state is StreamState.LIVE for m in client.of(StatusMsg, "cam")),
                               timeout=30, what="cam live")
         await client.wait_for(lambda: client.of(CaptionMsg, "cam"), timeout=30, what="a caption")
         w0, t0, n0 = _windows(svc, "cam"), time.monotonic(), len(client.of(CaptionMsg, "cam"))
+        s0 = _windows(svc, "shapes")
         await client.wait_for(lambda: _windows(svc, "cam") >= w0 + 16 or None, timeout=30,
                               what="16 more windows described")
-        w1, t1 = _windows(svc, "cam"), time.monotonic()
+        w1, t1, s1 = _windows(svc, "cam"), time.monotonic(), _windows(svc, "shapes")
+        health = svc.pipeline.health()
         metrics = svc.metrics.render()[0].decode()
     caps = client.of(CaptionMsg, "cam")
     _check_described(caps[n0:], w1 - w0, t1 - t0)
+    # the synthetic stream kept its pace beside it (the caption model's windows were not starved)
+    assert (s1 - s0) / (t1 - t0) > 0.7 / STRIDE_S
+    assert (health["cam"]["engine"], health["shapes"]["engine"]) == ("describer", "caption")
+    shapes = client.of(CaptionMsg, "shapes")
+    assert shapes and not any(c.objects for c in shapes)  # caption models count no objects
     # the describer detects each frame once: windows a stride apart share 3 of their 4 frames
     hits = [float(line.split()[-1]) for line in metrics.splitlines()
             if line.startswith("streamcap_frame_cache_total") and 'result="hit"' in line]

@@ -152,12 +152,21 @@ async def test_streams_are_added_listed_and_removed_at_runtime(svc, http):
     for bad, status, code in [({"id": "cam3", "url": "rtsp:/nohost"}, 400, "bad_source_url"),
                               ({"id": "cam3", "url": "/no/such/file.mp4"}, 403, "source_not_allowed"),
                               ({"id": "../x", "url": "synthetic:shapes"}, 400, "bad_stream_id"),
-                              ({"id": "cam3", "url": "synthetic:shapes", "extra": 1}, 400, "bad_request")]:
+                              ({"id": "cam3", "url": "synthetic:shapes", "extra": 1}, 400, "bad_request"),
+                              ({"id": "cam3", "url": "synthetic:shapes", "engine": "gpt"}, 400, "bad_request")]:
         async with http.post(svc.url("/v1/streams"), json=bad, headers=_auth(ADMIN)) as r:
             assert (r.status, (await r.json())["error"]["code"]) == (status, code)
     async with http.get(svc.url("/v1/streams"), headers=_auth(VIEW)) as r:
         listed = {s["id"]: s for s in (await r.json())["streams"]}
     assert set(listed) == {"demo", "cam2"} and listed["cam2"]["url"].startswith("synthetic:")
+    assert listed["cam2"]["engine"] == "caption"  # this server's pipeline.video_engine
+    # a stream's own engine: the scene describer watches this one, the caption model the others
+    async with http.post(svc.url("/v1/streams"), json={**new, "id": "cam4", "engine": "describer"},
+                         headers=_auth(ADMIN)) as r:
+        assert r.status == 201 and (await r.json())["engine"] == "describer"
+    assert svc.pipeline.runners["cam4"].engine_key == "describer"
+    async with http.delete(svc.url("/v1/streams/cam4"), headers=_auth(ADMIN)) as r:
+        assert r.status == 204
     runner = svc.pipeline.runners["cam2"]
     async with http.delete(svc.url("/v1/streams/cam2"), headers=_auth(ADMIN)) as r:
         assert r.status == 204

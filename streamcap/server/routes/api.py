@@ -44,7 +44,7 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from streamcap.core.errors import BadSourceURL, ErrorCode, HttpError, ProtocolError, SourceError
+from streamcap.core.errors import BadSourceURL, ConfigError, ErrorCode, HttpError, ProtocolError, SourceError
 from streamcap.core.secrets import printable
 from streamcap.core.types import SPEECH_TRACK, Caption
 from streamcap.outputs import documents, jsonsafe
@@ -82,7 +82,7 @@ class StreamControl(Protocol):
 
     def health(self) -> dict: ...
 
-    def add_stream(self, stream_id: str, url: str) -> object: ...
+    def add_stream(self, stream_id: str, url: str, *, engine: str | None = None) -> object: ...
 
     async def remove_stream(self, stream_id: str) -> None: ...
 
@@ -135,7 +135,7 @@ class ApiRoutes:
 
     async def add_stream(self, request: web.Request) -> web.Response:
         doc = await self._json(request, self.max_body_bytes)
-        extra = sorted(set(doc) - {"id", "url"})
+        extra = sorted(set(doc) - {"id", "url", "engine"})
         if extra:
             raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, f"unexpected field(s): {', '.join(extra)}")
         sid, url = doc.get("id"), doc.get("url")
@@ -144,6 +144,10 @@ class ApiRoutes:
                             "'id' must be 1-64 of letters, digits, '_', '.', '-'")
         if not isinstance(url, str):
             raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_SOURCE_URL, "'url' must be a string")
+        engine = doc.get("engine")
+        if engine is not None and engine not in ("auto", "caption", "describer"):
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST,
+                            "'engine' must be auto, caption or describer")
         try:
             spec = parse_source_url(url)
         except BadSourceURL as exc:
@@ -158,7 +162,10 @@ class ApiRoutes:
                             "no such file in the folders of admission.file_roots")
         if sid in self.control.stream_ids():
             raise HttpError(HTTPStatus.CONFLICT, ErrorCode.STREAM_EXISTS, f"stream {sid!r} already exists")
-        self.control.add_stream(sid, url)
+        try:
+            self.control.add_stream(sid, url, engine=engine)
+        except ConfigError as exc:  # the describer asked for and not loaded
+            raise HttpError(HTTPStatus.BAD_REQUEST, ErrorCode.BAD_REQUEST, exc.detail) from exc
         log.info("stream %s: added through the API", sid)
         return json_response(HTTPStatus.CREATED, documents.stream(sid, self.control.health().get(sid, {})),
                              {"Location": f"/v1/streams/{sid}"})
