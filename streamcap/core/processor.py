@@ -80,6 +80,7 @@ class StabilizerSettings:
     agree: int
     fresh_agree: int | None  # None: no cut-aware agreement
     min_score: float = -math.inf  # -inf: every non-empty result counts
+    refresh_s: float | None = None  # a final agreed by key, not text, is renewed after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,8 @@ class StreamProcessor:
                                       max_backlog=settings.max_backlog if settings.live else None,
                                       sampling=t.sampling),
                 stabilizer=CaptionStabilizer(settings.stream, st.agree, min_score=st.min_score,
-                                             fresh_agree=st.fresh_agree, track=t.name, seq=seq),
+                                             fresh_agree=st.fresh_agree, track=t.name, seq=seq,
+                                             refresh_s=st.refresh_s),
                 alerts=CaptionAlerts(list(rules), self._make_alert_id, similarity) if rules else None,
                 live_vtt=(LiveVttSegmenter(t.live_vtt.segment_s, t.live_vtt.window_segments, t.live_vtt.rules)
                           if t.live_vtt is not None else None),

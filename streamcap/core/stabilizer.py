@@ -23,7 +23,9 @@ Here a hypothesis is a whole caption, compared after :func:`normalize_text`.
   window). Without cuts the rule is plain ``agree``.
 - Windows agree when their normalised texts are equal, or, for results that carry one, their
   ``key`` (the scene describer's gist: coarse counts and main motion per kind of object); the
-  final then shows the latest agreeing window's text.
+  final then shows the latest agreeing window's text. With ``refresh_s``, a final agreed by key
+  that has lasted that long is followed by a new final (the same gist, the latest words) so a
+  long steady scene is not one stale description.
 - A result with empty text, or a score below ``min_score``, counts as disagreement: it breaks
   the agreeing run and yields no partial.
 - ``seq`` is per stream and strictly increasing across partials and finals.
@@ -73,12 +75,15 @@ class CaptionStabilizer:
 
     def __init__(self, stream: str, agree: int, *, min_score: float = -math.inf,
                  fresh_agree: int | None = None, track: str = VIDEO_TRACK,
-                 seq: Iterator[int] | None = None) -> None:
+                 seq: Iterator[int] | None = None, refresh_s: float | None = None) -> None:
         if int(agree) != agree or agree < 1:
             raise ValueError(f"agree must be an integer >= 1, got {agree!r}")
         if fresh_agree is not None and (int(fresh_agree) != fresh_agree or not 1 <= fresh_agree <= agree):
             raise ValueError(f"fresh_agree must be an integer from 1 to agree, got {fresh_agree!r}")
         self._fresh_agree = None if fresh_agree is None else int(fresh_agree)
+        if refresh_s is not None and not refresh_s > 0:
+            raise ValueError(f"refresh_s must be None or > 0, got {refresh_s!r}")
+        self._refresh_s = refresh_s
         if math.isnan(min_score):
             raise ValueError("min_score must not be NaN")
         self._stream = stream
@@ -158,7 +163,11 @@ class CaptionStabilizer:
             run = self._run = _Run(norm, result.text, 1, start_s, end_s, result.score, window_index,
                                    capture_ns, 1 if fresh else 0, result.objects)
 
-        if self._final is not None and norm == self._final_norm:
+        if (self._final is not None and norm == self._final_norm and self._refresh_s is not None
+                and result.key is not None and end_s - self._final.start_s >= self._refresh_s
+                and normalize_text(result.text) != normalize_text(self._final.text)):
+            out.append(self._commit(run))  # the gist held, the words moved on: a new final
+        elif self._final is not None and norm == self._final_norm:
             self._final = replace(self._final, end_s=max(self._final.end_s, end_s),
                                   window_index=window_index, capture_ns=capture_ns, objects=result.objects)
             self._last_final_end_s = self._final.end_s

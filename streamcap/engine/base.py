@@ -69,7 +69,7 @@ def load_describer_from_config(cfg, engine_cfg=None) -> CaptionEngine | None:
     provider = getattr(engine_cfg, "provider", "cpu")
     return DescriberEngine(os.path.expanduser(cfg.path), provider="tensorrt" if provider == "tensorrt-native" else provider,
                            intra_op_threads=cfg.threads or (os.cpu_count() or 1), precision=cfg.precision,
-                           frame_cache_size=cfg.frame_cache_frames)
+                           frame_cache_size=cfg.frame_cache_frames, refresh_s=cfg.refresh_s or None)
 
 
 def wants_describer(config) -> bool:

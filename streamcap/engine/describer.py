@@ -73,7 +73,7 @@ class DescriberEngine:
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "cpu", intra_op_threads: int | None = None,
                  frame_cache_size: int = 256, precision: str | None = None, verify_hashes: bool = True,
-                 settings: SceneSettings | None = None, **_ignored) -> None:
+                 settings: SceneSettings | None = None, refresh_s: float | None = 5.0, **_ignored) -> None:
         from streamcap.engine.detector import Detector
 
         folder = Path(path)
@@ -91,6 +91,8 @@ class DescriberEngine:
         # frames on a grid of window_s / K (the last at the window's end): with the stride a
         # multiple of it, windows share frames and each frame is detected once
         self.frame_sampling = "grid"
+        # a final that agrees by gist is renewed after this long (the stabiliser's refresh_s)
+        self.refresh_s = refresh_s
         self.window_s = float(raw.get("window_s", 2.0))
         size = raw.get("detector", {}).get("input_size", [416, 416])
         self.preprocessing = Preprocessing(int(size[0]), resize="stretch")

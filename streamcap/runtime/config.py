@@ -163,6 +163,10 @@ class DescriberConfig(_Model):
     frame_cache_frames: int = Field(1024, ge=0, le=100_000,
                                     description="Per-frame detections kept so overlapping windows detect each "
                                                 "frame once (least recently used evicted; 0 = off).")
+    refresh_s: float = Field(5.0, ge=0, le=3600,
+                             description="Finals agree on the scene's gist (coarse counts, main motion); while the "
+                                         "gist holds, a new final with the latest words follows after this many "
+                                         "seconds (0 = never: one final per gist).")
 
     def available(self) -> bool:
         return (Path(self.path).expanduser() / "engine.json").is_file()

@@ -67,7 +67,8 @@ def processor_settings(cfg: Config, stream_id: str, engine, *, live: bool, hidde
         name=VIDEO_TRACK, window_s=window_s, stride_s=windows.stride_s, engine=engine_key,
         sampling=getattr(engine, "frame_sampling", "span"),
         frames_per_window=engine.frames_per_window,
-        stabilizer=StabilizerSettings(stab.agree, stab.fresh_agree or None),
+        stabilizer=StabilizerSettings(stab.agree, stab.fresh_agree or None,
+                                      refresh_s=getattr(engine, "refresh_s", None)),
         decoding=tuple(sorted(sc.decoding.options().items())), live_vtt=live_vtt)
     chosen = [video] if VIDEO_TRACK in wanted else []
     if SPEECH_TRACK in wanted:

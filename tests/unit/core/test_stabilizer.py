@@ -176,3 +176,24 @@ def test_fresh_windows_need_a_cut_during_the_current_final_and_still_agree():
     assert [c.text for c in out if c.state is CaptionState.FINAL] == ["a"]
     with pytest.raises(ValueError):
         CaptionStabilizer("cam", agree=2, fresh_agree=3)
+
+
+def test_a_final_agreed_by_key_is_renewed_after_refresh_s_with_the_latest_words() -> None:
+    from streamcap.core.types import CaptionResult
+
+    stab = CaptionStabilizer("cam", 2, refresh_s=3.0)
+    texts = ["three people walk left", "four people walk left", "three people walk left", "four people walk left",
+             "four people walk left", "three people walk left", "three people walk left", "three people walk left"]
+    finals = []
+    for i, text in enumerate(texts):  # one gist throughout ("people:3-4:left"), the words flicker
+        out = stab.observe(i, 0.5 * i, 0.5 * i + 2.0, CaptionResult(text, -0.1, key="person:left"), 0)
+        finals += [c for c in out if c.state is CaptionState.FINAL]
+    # the first final after two agreeing windows; a renewal once it has lasted 3 s, only when the
+    # words differ; spans never overlap
+    assert [f.text for f in finals] == ["four people walk left", "three people walk left"]
+    assert finals[1].start_s >= finals[0].end_s - 1e-9
+    plain = CaptionStabilizer("cam", 2)  # no refresh: one final per gist
+    got = [c for i, t in enumerate(texts)
+           for c in plain.observe(i, 0.5 * i, 0.5 * i + 2.0, CaptionResult(t, -0.1, key="person:left"), 0)
+           if c.state is CaptionState.FINAL]
+    assert len(got) == 1
