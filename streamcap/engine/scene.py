@@ -25,7 +25,8 @@ and where the picture cut, and returns the caption text and the structured
    is inside the picture), else *moves*; *runs* only when the sideways speed is at least
    ``run_speed`` heights per second and the track was seen in every frame, moving the same way
    at each step. Vehicles and animals *move*; still ones *stay still* or,
-   for vehicles, *are stationary* (still vehicles share one clause); coming closer is *approaches*.
+   for vehicles, *are stationary* (still vehicles share one clause, and are left out of the words
+   when anything else is in view: the objects keep them); coming closer is *approaches*.
    Nothing counted: "no people, vehicles or animals detected".
 """
 
@@ -76,7 +77,7 @@ class SceneSettings:
     run_speed: float = 1.8  # sideways heights per second for "run"
     edge: float = 0.985  # a box whose bottom is below this is cut by the picture's edge
     pan_words: float = 0.08  # camera movement (picture widths per second) worth saying
-    max_groups: int = 5  # groups in the text (all are in the objects)
+    max_groups: int = 4  # groups in the text (all are in the objects)
 
     def __post_init__(self) -> None:
         if self.min_frames < 1 or self.max_gap < 0:
@@ -350,8 +351,13 @@ def describe_window(frames: Sequence[Sequence[DetectionLike]], dt_s: float, sett
         parts: list[str] = []
         said: set[str] = set()
         parked = [(label, len(m)) for (label, motion), m in ordered if motion == "still" and label in VEHICLES]
-        if len(parked) > 1:  # "two cars and a truck are stationary": one clause for the still vehicles
+        if len(parked) < len(ordered):
+            # still vehicles are the background of a scene where something moves or someone is
+            # there: the objects keep them, the words (read in a few seconds) do not
             ordered = [g for g in ordered if not (g[0][1] == "still" and g[0][0] in VEHICLES)]
+            parked = []
+        elif len(parked) > 1:  # "two cars and a truck are stationary": one clause for the still vehicles
+            ordered = []
         for (label, motion), members in ordered[: settings.max_groups]:
             n = len(members)
             whole = all(t.box[3] < settings.edge for t, _ in members)

@@ -51,7 +51,8 @@ def test_groups_by_class_and_motion_with_counts_in_words() -> None:
                    walker(0.1, 0.7, 0.2, vx=0.02),
                    walker(0.5, 0.95, 0.3, label="truck", w=0.4))
     d = describe_window(frames, DT, S)
-    assert d.text == "three people walk left, one walks right and a truck is stationary"
+    # the still truck is background beside people walking: in the objects, not in the words
+    assert d.text == "three people walk left and one walks right"
     assert [(o.label, o.count, o.motion) for o in d.objects] == [
         ("person", 3, "left"), ("person", 1, "right"), ("truck", 1, "still")]
 
@@ -140,3 +141,11 @@ def test_many_objects_use_digits_and_every_motion_is_a_wire_motion() -> None:
         assert all(o.motion in MOTIONS and o.count >= 1 for o in d.objects)
         assert sum(o.count for o in d.objects) <= len(objs)
         assert d.text
+
+
+def test_still_vehicles_are_named_when_nothing_else_is_there() -> None:
+    cars = [walker(0.2 + 0.3 * i, 0.9, 0.2, label="car", w=0.25) for i in range(2)]
+    d = describe_window(scene(*cars, walker(0.85, 0.9, 0.3, label="truck", w=0.3)), DT, S)
+    assert d.text == "two cars and a truck are stationary"
+    d = describe_window(scene(cars[0]), DT, S)
+    assert d.text == "a car is stationary"
