@@ -50,15 +50,19 @@ def _tail(text: bytes | str, lines: int = 8) -> str:
 
 def fetch_vtest(cache_dir: Path | str) -> Path:
     """Return the path of ``vtest.avi`` in ``cache_dir``, downloading ``opencv-doc`` once."""
-    cache = Path(cache_dir)
-    target = cache / "vtest.avi"
-    if target.is_file() and target.stat().st_size > 0:
-        return target
+    target = Path(cache_dir) / "vtest.avi"
+    if not (target.is_file() and target.stat().st_size > 0):
+        _extract_opencv_doc({VTEST_MEMBER: target})
+    return target
+
+
+def _extract_opencv_doc(members: dict[str, Path]) -> None:
+    """``apt-get download opencv-doc`` once and extract each member of its file tree (``./usr/…``)
+    to its path (written aside, then renamed: a reader never sees half a file)."""
     apt_get = _require_tool("apt-get", "apt")
     dpkg_deb = _require_tool("dpkg-deb", "dpkg")
     tar = _require_tool("tar", "tar")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="streamcap-vtest-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="streamcap-opencv-doc-") as tmp:
         Path(tmp).chmod(0o755)  # apt's unprivileged _apt user must be able to write here
         proc = subprocess.run([apt_get, "download", "opencv-doc"], cwd=tmp,
                               capture_output=True, check=False)
@@ -69,18 +73,21 @@ def fetch_vtest(cache_dir: Path | str) -> Path:
                 f"`apt-get update`): {_tail(proc.stderr)}")
         with subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(debs[0])],
                               stdout=subprocess.PIPE) as deb:
-            untar = subprocess.run([tar, "-x", VTEST_MEMBER], cwd=tmp, stdin=deb.stdout,
+            untar = subprocess.run([tar, "-x", *members], cwd=tmp, stdin=deb.stdout,
                                    capture_output=True, check=False)
             assert deb.stdout is not None
             deb.stdout.close()
-        extracted = Path(tmp) / VTEST_MEMBER
-        if deb.returncode != 0 or untar.returncode != 0 or not extracted.is_file():
-            raise MediaToolError(f"could not extract vtest.avi from {debs[0].name}: "
-                                 f"{_tail(untar.stderr)}")
-        partial = cache / f".vtest.avi.{Path(tmp).name}"
-        shutil.move(str(extracted), partial)
-        partial.replace(target)
-    return target
+        names = [Path(m).name for m in members]
+        if deb.returncode != 0 or untar.returncode != 0:
+            raise MediaToolError(f"could not extract {names} from {debs[0].name}: {_tail(untar.stderr)}")
+        for member, target in members.items():
+            extracted = Path(tmp) / member
+            if not extracted.is_file():
+                raise MediaToolError(f"{debs[0].name} has no {member}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{Path(tmp).name}")
+            shutil.move(str(extracted), partial)
+            partial.replace(target)
 
 
 def render_storyline_file(
@@ -282,35 +289,8 @@ def fetch_opencv_data(cache_dir: Path | str, names: list[str] | tuple[str, ...])
         if "/" in name or name.startswith("."):
             raise ValueError(f"expected a plain file name of examples/data, got {name!r}")
     missing = [n for n, p in paths.items() if not (p.is_file() and p.stat().st_size > 0)]
-    if not missing:
-        return paths
-    apt_get = _require_tool("apt-get", "apt")
-    dpkg_deb = _require_tool("dpkg-deb", "dpkg")
-    tar = _require_tool("tar", "tar")
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="streamcap-opencv-data-") as tmp:
-        Path(tmp).chmod(0o755)  # apt's unprivileged _apt user must be able to write here
-        proc = subprocess.run([apt_get, "download", "opencv-doc"], cwd=tmp,
-                              capture_output=True, check=False)
-        debs = sorted(Path(tmp).glob("opencv-doc_*.deb"))
-        if proc.returncode != 0 or not debs:
-            raise MediaToolError(
-                "apt-get download opencv-doc failed (no network or no apt lists? try "
-                f"`apt-get update`): {_tail(proc.stderr)}")
-        members = [OPENCV_DATA_PREFIX + n for n in missing]
-        with subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(debs[0])],
-                              stdout=subprocess.PIPE) as deb:
-            untar = subprocess.run([tar, "-x", *members], cwd=tmp, stdin=deb.stdout,
-                                   capture_output=True, check=False)
-            assert deb.stdout is not None
-            deb.stdout.close()
-        if untar.returncode != 0:
-            raise MediaToolError(f"could not extract {missing} from {debs[0].name}: {_tail(untar.stderr)}")
-        for name, member in zip(missing, members):
-            extracted = Path(tmp) / member
-            partial = folder / f".{name}.{Path(tmp).name}"
-            shutil.move(str(extracted), partial)
-            partial.replace(paths[name])
+    if missing:
+        _extract_opencv_doc({OPENCV_DATA_PREFIX + n: paths[n] for n in missing})
     return paths
 
 
