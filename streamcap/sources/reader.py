@@ -400,6 +400,10 @@ class ReaderSource(Source, abc.ABC):
         try:
             async with asyncio.timeout(limit_s):
                 await exited.wait()
+                # the event is set in the thread's last lines: let it finish returning (a thread
+                # seen alive after aclose on a loaded machine)
+                if thread.is_alive():
+                    await asyncio.to_thread(thread.join, _EXIT_GRACE_S)
         except TimeoutError:
             log.warning("stream %s: reader thread %s still busy %.1f s after close", self.id,
                         thread.name, limit_s)
