@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
     run.add_argument("--tls-cert", metavar="PEM", help="serve https/wss with this certificate chain (with --tls-key)")
     run.add_argument("--tls-key", metavar="PEM", help="the private key for --tls-cert")
+    run.add_argument("--data-dir", metavar="DIR", help="where finals, alerts and caption numbers are kept "
+                                                       "(server.data_dir; default ~/.local/share/streamcap)")
     run.add_argument("--speech", action=argparse.BooleanOptionalAction, default=None,
                      help="caption speech on every stream (speech.enabled); default: from the config, and on "
                           "for the demo when the speech models are installed")
@@ -188,7 +190,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         o.setdefault("server", {})["host"] = args.host
     if getattr(args, "port", None) is not None:
         o.setdefault("server", {})["port"] = args.port
-    for name in ("tls_cert", "tls_key"):
+    for name in ("tls_cert", "tls_key", "data_dir"):
         if getattr(args, name, None):
             o.setdefault("server", {})[name] = getattr(args, name)
     if args.engine:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from tests.helpers.rtsp import RtspServer, RtspServerError, rtsp_server_availabl
 from tools import media
 
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
+# every server a test starts keeps its caption store (server.data_dir defaults to
+# $XDG_DATA_HOME/streamcap) in this session's own folder, never in the user's
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="streamcap-test-data-")
 MEDIA_CACHE = Path(os.environ.get("STREAMCAP_TEST_MEDIA")
                    or Path.home() / ".cache" / "streamcap-test-media")
 

@@ -69,6 +69,8 @@ class ErrorCode(str, Enum):
     TOO_MANY_PIXELS = "too_many_pixels"
     TOO_MANY_STREAMS = "too_many_streams"
     SOURCE_NOT_ALLOWED = "source_not_allowed"
+    # a resume (?since=) had more finals than one replay gives: the detail says where to go on
+    RESUME_TRUNCATED = "resume_truncated"
 
     def __str__(self) -> str:  # the plain code in f-strings, logs and metric labels
         return self.value

@@ -40,7 +40,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from streamcap.alerts.health import HealthLimits, HealthMonitor
@@ -175,7 +175,7 @@ class StreamProcessor:
 
     def __init__(self, settings: ProcessorSettings, *, rules: Sequence[Rule] = (),
                  similarity: Similarity | None = None,
-                 make_alert_id: Callable[[], str] | None = None) -> None:
+                 make_alert_id: Callable[[], str] | None = None, seq: Iterator[int] | None = None) -> None:
         if not settings.tracks:
             raise ConfigError(f"stream {settings.stream}: no caption track")
         names = [t.name for t in settings.tracks]
@@ -199,7 +199,9 @@ class StreamProcessor:
         self.counters = StreamCounters()
         self.monitor = (HealthMonitor(settings.stream, settings.health, self._make_alert_id)
                         if settings.health is not None else None)
-        seq = itertools.count()
+        # the stream's caption numbers, shared by its tracks (the runtime may pass numbers that
+        # continue a previous run's)
+        seq = seq if seq is not None else itertools.count()
         self._tracks: dict[str, _Track] = {}
         self._speech: dict[str, _SpeechTrack] = {}
         for t in settings.tracks:

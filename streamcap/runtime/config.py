@@ -82,6 +82,26 @@ class ServerConfig(_Model):
     close_timeout_s: float = Field(5.0, gt=0, le=300,
                                    description="How long a closing websocket (or the server at shutdown) waits "
                                                "for the peer before aborting the connection.")
+    data_dir: str = Field("", description="Where final captions, alerts (with acknowledgements) and caption "
+                                           "numbers are kept (an SQLite database, written before each is "
+                                           "broadcast): empty = $XDG_DATA_HOME/streamcap, else "
+                                           "~/.local/share/streamcap. One server per folder.")
+    persist: bool = Field(True, description="Keep finals and alerts on disk (resume by ?since=, seq continues "
+                                            "after a restart); false: memory only.")
+    retention_days: float = Field(30.0, ge=0, le=36500,
+                                  description="Stored finals and alerts older than this are dropped (0 = kept).")
+    retention_finals: int = Field(100_000, ge=0, le=100_000_000,
+                                  description="Stored finals kept per stream, newest first (0 = no limit).")
+    max_resume_finals: int = Field(1000, ge=1, le=100_000,
+                                   description="Finals a client resuming with ?since= gets at once; beyond that "
+                                               "an error message says where to resume from.")
+
+    def data_path(self) -> Path:
+        """The resolved data folder (``data_dir``, else the per-user data folder)."""
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "streamcap"
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:

@@ -30,7 +30,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from streamcap.alerts.rules import Rule, Similarity
@@ -183,7 +183,8 @@ class StreamRunner:
                                collect_finals=collect, health=pipeline.on_alert_wanted, tracks=tracks,
                                engine_key=self.engine_key),
             rules=() if hidden else pipeline.rules_for(stream_id), similarity=pipeline.similarity,
-            make_alert_id=pipeline.new_alert_id)
+            make_alert_id=pipeline.new_alert_id,
+            seq=pipeline.seq_factory(stream_id) if pipeline.seq_factory is not None and not hidden else None)
         # the speech track's voice-activity detector (stateful: one per stream), run off the loop
         self.vad = pipeline.new_vad(stream_id) if self.processor.hears else None
         self._speech_prob = 0.0
@@ -495,11 +496,15 @@ class Pipeline:
                  on_progress: Callable[[str, float], None] | None = None, on_alert: AlertSink | None = None,
                  similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None,
                  sinks: Mapping[str, EventSink] | None = None, speech_engine=None,
-                 vad_factory: Callable[[], object] | None = None, describer: CaptionEngine | None = None) -> None:
+                 vad_factory: Callable[[], object] | None = None, describer: CaptionEngine | None = None,
+                 seq_factory: Callable[[str], Iterator[int]] | None = None) -> None:
         self.config = config
         self.engine = engine
         # the scene describer (None: not installed or not wanted): real sources' default picture engine
         self.describer = describer
+        # a stream's caption numbers (the caption store's, reserved on disk so they continue after
+        # a restart); None: each stream counts from 0
+        self.seq_factory = seq_factory
         self.video_engines: dict[str, CaptionEngine] = {"default": engine}
         if describer is not None:
             self.video_engines[DESCRIBER] = describer

@@ -13,6 +13,7 @@ import ssl
 from streamcap.server.auth import AccessPolicy, Scope
 from streamcap.runtime.config import Config
 from streamcap.engine.base import CaptionEngine, load_describer_from_config, load_engine_from_config
+from streamcap.runtime.store import CaptionStore, SeqAllocator
 from streamcap.runtime.metrics import Metrics
 from streamcap.runtime.pipeline import Pipeline, describe_failure
 from streamcap.runtime.sinks import HubSink
@@ -27,6 +28,7 @@ from streamcap.server.publishers import PushStreams
 from streamcap.server.uploads import UploadFolder
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 600.0  # how often stored finals past the retention are dropped
 
 
 class Service:
@@ -35,7 +37,10 @@ class Service:
         self._engine = engine
         self.metrics = Metrics()
         self.hub = Hub(metrics=self.metrics, replay_finals=config.server.replay_finals,
-                       client_queue_size=config.server.client_queue_size, replay_alerts=config.alerts.replay)
+                       client_queue_size=config.server.client_queue_size, replay_alerts=config.alerts.replay,
+                       max_resume_finals=config.server.max_resume_finals)
+        self.store: CaptionStore | None = None
+        self._prune_task: asyncio.Task | None = None
         self.embedder = None
         self.pipeline: Pipeline | None = None
         self.server: Server | None = None
@@ -64,6 +69,11 @@ class Service:
         cfg = self.config
         if self._engine is None:
             self._engine = await asyncio.to_thread(load_engine_from_config, cfg.engine)
+        if cfg.server.persist:  # finals and alerts on disk before they go out; seq continues
+            self.store = await asyncio.to_thread(CaptionStore, cfg.server.data_path())
+            await asyncio.to_thread(self._prune)
+            self.hub.use_store(self.store)
+            log.info("caption store: %s", self.store.path)
         similarity = warm = None
         if any(r.description for r in cfg.alerts.rules):  # rules by meaning: the offline text embedder
             from streamcap.alerts.embedding import TextEmbedder
@@ -81,7 +91,8 @@ class Service:
         describer = await asyncio.to_thread(load_describer_from_config, cfg.describer, cfg.engine)
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks={"hub": HubSink(self.hub)},
                                  similarity=similarity, warm_texts=warm, speech_engine=speech_engine,
-                                 vad_factory=vad_factory, describer=describer)
+                                 vad_factory=vad_factory, describer=describer,
+                                 seq_factory=(lambda sid: SeqAllocator(self.store, sid)) if self.store else None)
         sources = cfg.sources or []
         if not sources:
             self.pipeline.add_stream("demo", demo_source_url(cfg))
@@ -115,6 +126,8 @@ class Service:
         self.server = server
         await self.server.start()
         self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        if self.store is not None:
+            self._prune_task = asyncio.create_task(self._prune_every(PRUNE_EVERY_S), name="store-retention")
         self._task.add_done_callback(self._pipeline_done)
         self.push_streams.start()
         log.info("streamcap serving on %s (streams: %s)", self.server.url("/"),
@@ -153,6 +166,30 @@ class Service:
             self._task = None
         if self.server is not None:
             await self.server.stop()
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            self._prune_task = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def _prune_every(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await asyncio.to_thread(self._prune)
+            except Exception:  # boundary: retention must never stop the server
+                log.exception("caption store: pruning failed")
+
+    def _prune(self) -> None:
+        """Drop stored finals and alerts past the retention (at start, then every
+        :data:`PRUNE_EVERY_S`)."""
+        sc = self.config.server
+        assert self.store is not None
+        dropped = self.store.prune(max_age_s=sc.retention_days * 86400 or None,
+                                   max_finals=sc.retention_finals or None)
+        if dropped:
+            log.info("caption store: %d finals past the retention dropped", dropped)
 
     async def wait(self) -> None:
         """Until the pipeline stops (normally: until cancelled)."""

@@ -48,7 +48,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -335,13 +335,14 @@ class Server:
 
     async def serve_hub_client(self, request: web.Request, ws: web.WebSocketResponse,
                                streams: tuple[str, ...] | None,
-                               receive: Callable[[ClientHandle], Awaitable[None]]) -> None:
+                               receive: Callable[[ClientHandle], Awaitable[None]],
+                               since: Mapping[str, int] | None = None) -> None:
         """A prepared websocket as a hub client of ``streams``: ``hello``, then the hub's messages
         out and ``receive(client)`` reading the socket, until either ends (see :meth:`serve_ws`)."""
         if self.stopping:
             await self.close_ws(request, ws, *CLOSE_FOR[DisconnectReason.SERVER_SHUTDOWN])
             return
-        client = self.hub.add_client(streams)
+        client = self.hub.add_client(streams, since=since)
         try:
             await ws.send_str(wire.encode_hello(version=self.version, streams=self._streams(),
                                                 time_s=self.wall_clock(), subscribed=streams))

@@ -29,10 +29,11 @@ import dataclasses
 import itertools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from streamcap.core.errors import ErrorCode
 from streamcap.core.secrets import redact_text
 from streamcap.outputs import wire
 from streamcap.runtime.metrics import Metrics
@@ -41,6 +42,7 @@ from streamcap.core.types import (
     AlertPhase,
     Caption,
     CaptionState,
+    Severity,
     Status,
     StreamState,
 )
@@ -68,6 +70,12 @@ class AlertRecord:
 class _Final:
     caption: Caption
     text: str  # encoded once
+
+
+def _alert_of(msg: wire.AlertMsg) -> Alert:
+    """An alert step read back from its stored wire message."""
+    return Alert(msg.id, msg.stream, msg.rule, AlertPhase(msg.phase), Severity(msg.severity), msg.caption_seq,
+                 msg.start, msg.end, msg.detail)
 
 
 class ClientHandle:
@@ -133,6 +141,10 @@ class ClientHandle:
 
     # Called by the Hub only.
 
+    def _grow(self, extra: int) -> None:
+        """Room for a resume's finals on top of the usual queue (they are sent first)."""
+        self._capacity += extra
+
     def _offer(self, text: str) -> bool:
         """Queue a message; False when the queue is full (the caller drops the client)."""
         if len(self._queue) >= self._capacity:
@@ -157,7 +169,7 @@ class Hub:
 
     def __init__(
         self, *, metrics: Metrics, replay_finals: int = 20, client_queue_size: int = 256,
-        replay_alerts: int = 50,
+        replay_alerts: int = 50, store=None, max_resume_finals: int = 1000,
     ) -> None:
         if replay_finals < 0:
             raise ValueError(f"replay_finals must be >= 0, got {replay_finals}")
@@ -172,6 +184,20 @@ class Hub:
         self._last_status: dict[str, tuple[Status, str]] = {}
         self._replay_alerts = replay_alerts
         self._alerts: OrderedDict[str, AlertRecord] = OrderedDict()
+        # the caption store (streamcap.runtime.store.CaptionStore) or None: finals and alert steps
+        # are written there before they go out; clients resume from it with since
+        self._store = None
+        self._max_resume = max_resume_finals
+        if store is not None:
+            self.use_store(store)
+
+    def use_store(self, store) -> None:
+        """Keep finals and alert steps in ``store`` (a CaptionStore) from now on; the alerts it
+        holds are known again (replayed to new clients, acknowledgeable)."""
+        self._store = store
+        for alert_id, text, by, at, acked_text in store.recent_alerts(self._replay_alerts):
+            self._alerts[alert_id] = AlertRecord(_alert_of(wire.decode_server_message(text)), text, by, at,
+                                                 acked_text)
 
     # --- clients ------------------------------------------------------------------------------
 
@@ -179,13 +205,15 @@ class Hub:
     def clients(self) -> tuple[ClientHandle, ...]:
         return tuple(self._clients.values())
 
-    def add_client(self, streams: Iterable[str] | None = None) -> ClientHandle:
-        """Register a client (``None`` = all streams) with its queue primed by the replay."""
+    def add_client(self, streams: Iterable[str] | None = None, since: Mapping[str, int] | None = None) -> ClientHandle:
+        """Register a client (``None`` = all streams) with its queue primed by the replay.
+        ``since``: per stream, the last seq the client has; it gets every stored final after it
+        (oldest first, up to ``max_resume_finals``) instead of the recent ones."""
         subscribed = None if streams is None else frozenset(streams)
         client = ClientHandle(next(self._ids), subscribed, self._client_queue_size)
         self._clients[client.id] = client
         self._metrics.clients.set(len(self._clients))
-        self._prime(client, self._replay_streams(subscribed))
+        self._prime(client, self._replay_streams(subscribed) | frozenset(since or ()), since or {})
         return client
 
     def remove_client(self, client: ClientHandle) -> None:
@@ -229,6 +257,8 @@ class Hub:
         text = wire.encode_caption(caption)
         state = CaptionState(caption.state)
         self._metrics.captions_total.labels(stream=caption.stream, state=state.value).inc()
+        if state is CaptionState.FINAL and self._store is not None:
+            self._persist(self._store.add_final, caption, text)  # on disk before anyone sees it
         if state is CaptionState.FINAL and self._replay_finals > 0:
             finals = self._finals.get(caption.stream)
             if finals is None:
@@ -252,6 +282,8 @@ class Hub:
         (the ``replay_alerts`` most recently changed alerts)."""
         text = wire.encode_alert(alert)
         self._metrics.alerts_total.labels(rule=alert.rule, phase=AlertPhase(alert.phase).value).inc()
+        if self._store is not None:
+            self._persist(self._store.put_alert, alert, text)
         record = self._alerts.pop(alert.id, None)
         if record is None:
             record = AlertRecord(alert, text)
@@ -270,6 +302,8 @@ class Hub:
             record.acked_by, record.acked_at = by, time_s
             self._metrics.alerts_acked_total.inc()
             record.acked_text = wire.encode_acked(alert_id, by, time_s)
+            if self._store is not None:
+                self._persist(self._store.ack_alert, alert_id, by, time_s, record.acked_text)
             self._fan_out(record.alert.stream, record.acked_text)
         return record
 
@@ -293,23 +327,41 @@ class Hub:
         known = self._known_streams()
         return known if subscribed is None else known & subscribed
 
-    def _prime(self, client: ClientHandle, streams: Iterable[str]) -> None:
+    def _persist(self, write, *args) -> None:
+        """A store write that fails (disk full, a broken file) is logged and counted; the
+        message still goes out."""
+        try:
+            write(*args)
+        except Exception as exc:  # boundary: the store must never cost a broadcast
+            self._metrics.sink_errors_total.labels(sink="store").inc()
+            logger.error("caption store: %s failed: %s", getattr(write, "__name__", "write"), exc)
+
+    def _prime(self, client: ClientHandle, streams: Iterable[str], since: Mapping[str, int] | None = None) -> None:
         """Queue the last status of each stream, then each stream's recent finals, oldest
         first (streams sorted by id). At most half the queue is used; beyond that the oldest
-        finals are left out, so a new client never starts out close to being dropped."""
+        finals are left out, so a new client never starts out close to being dropped. A stream
+        in ``since`` (a resuming client) gets its stored finals after that seq instead, all of
+        them up to ``max_resume_finals`` (the queue grows to hold them); if more are stored, an
+        ``error`` (``resume_truncated``) says the seq to resume from."""
+        since = since or {}
+        resumed: list[str] = []
+        if since:
+            resumed = self._resume(client, since)
         statuses: list[str] = []
         finals: list[list[str]] = []
         for stream in sorted(streams):
             entry = self._last_status.get(stream)
             if entry is not None:
                 statuses.append(entry[1])
-            finals.append([f.text for f in self._finals.get(stream, ())])
+            if stream not in since:
+                finals.append([f.text for f in self._finals.get(stream, ())])
         budget = client.capacity // 2
         finals_budget = max(0, budget - len(statuses))
         while sum(len(f) for f in finals) > finals_budget:
             longest = max(finals, key=len)  # trim the stream with most finals, oldest first
             longest.pop(0)
-        messages = statuses[:budget] + [text for group in finals for text in group]
+        messages = statuses[:budget] + [text for group in finals for text in group] + resumed
+        budget += len(resumed)
         wanted = set(streams)
         for record in self._alerts.values():  # then the recent alerts, oldest first
             if record.alert.stream in wanted and len(messages) < budget:
@@ -319,6 +371,28 @@ class Hub:
         for text in messages:
             if not self._deliver(client, text):
                 break
+
+    def _resume(self, client: ClientHandle, since: Mapping[str, int]) -> list[str]:
+        """The stored finals after each stream's ``since`` (the client's queue is made room for)."""
+        out: list[str] = []
+        for stream in sorted(since):
+            if self._store is None:
+                break
+            try:
+                texts = self._store.finals_after(stream, since[stream], self._max_resume + 1)
+            except Exception as exc:  # boundary: a broken store costs the resume, not the client
+                self._metrics.sink_errors_total.labels(sink="store").inc()
+                logger.error("caption store: resume of %s failed: %s", stream, exc)
+                continue
+            if len(texts) > self._max_resume:
+                texts = texts[: self._max_resume]
+                last = wire.decode_server_message(texts[-1])
+                texts.append(wire.encode_error(
+                    ErrorCode.RESUME_TRUNCATED,
+                    f"more finals of {stream} after seq {last.seq}: reconnect with since={stream}:{last.seq}"))
+            out += texts
+        client._grow(len(out))
+        return out
 
     def _fan_out(self, stream: str, text: str) -> int:
         delivered = 0

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from streamcap.core.errors import ErrorCode, ProtocolError
+from streamcap.core.ids import is_valid_stream_id
 from streamcap.core.secrets import printable
 from streamcap.outputs import documents, wire
 from streamcap.server.access import DECISION_KEY
@@ -56,6 +57,34 @@ PAGES = {OVERLAY_PATH: "overlay.html", DASHBOARD_PATH: "dashboard.html", PUBLISH
 
 def overlay_path(stream: str) -> str:
     return f"{OVERLAY_PATH}?stream={urllib.parse.quote(stream, safe='')}"
+
+
+def parse_since(value: str | None, streams: tuple[str, ...] | None) -> dict[str, int]:
+    """``?since=`` of /ws: ``SEQ`` (every subscribed stream; needs ``streams``) or
+    ``ID:SEQ,ID:SEQ`` (at most 100 streams). Raises ValueError with the reason."""
+    if not value:
+        return {}
+    if ":" not in value:
+        if not streams:
+            raise ValueError("since=SEQ needs streams=ID,…; or give since=ID:SEQ,…")
+        seq = _seq(value)
+        return {s: seq for s in streams}
+    parts = value.split(",")
+    if len(parts) > 100:
+        raise ValueError("since names at most 100 streams")
+    out: dict[str, int] = {}
+    for part in parts:
+        stream, sep, seq = part.rpartition(":")
+        if not sep or not is_valid_stream_id(stream):
+            raise ValueError(f"since must be SEQ or ID:SEQ,…, not {printable(part, 60)!r}")
+        out[stream] = _seq(seq)
+    return out
+
+
+def _seq(text: str) -> int:
+    if not (text.isdigit() and len(text) <= 18):
+        raise ValueError(f"a seq is a whole number >= 0, not {printable(text, 40)!r}")
+    return int(text)
 
 
 def _subscription(request: web.Request) -> tuple[str, ...] | None:
@@ -158,8 +187,11 @@ class ViewerRoutes:
     async def ws(self, request: web.Request) -> web.StreamResponse:
         try:
             streams = _subscription(request)
+            since = parse_since(request.query.get("since"), streams)
         except ProtocolError as exc:
             return response(HTTPStatus.BAD_REQUEST, f"{exc.detail}\n")
+        except ValueError as exc:
+            return response(HTTPStatus.BAD_REQUEST, f"{exc}\n")
         ws = web.WebSocketResponse(heartbeat=self._ping_interval_s, compress=False,
                                    max_msg_size=self._max_message_bytes, timeout=self.server.close_timeout_s)
         if not ws.can_prepare(request).ok:
@@ -171,7 +203,7 @@ class ViewerRoutes:
             logger.info("viewer %s: connected, streams=%s", peer,
                         "all" if streams is None else printable(",".join(streams)))
             await self.server.serve_hub_client(request, ws, streams,
-                                               lambda client: self._receive(ws, client, peer))
+                                               lambda client: self._receive(ws, client, peer), since=since)
             logger.info("viewer %s: disconnected (code %s)", peer, ws.close_code)
         return ws
 
