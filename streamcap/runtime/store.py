@@ -58,6 +58,7 @@ class CaptionStore:
             self._db = sqlite3.connect(self.folder / DB_NAME, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait for it
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot open the caption store in {self.folder} (server.data_dir): {exc}") from exc
@@ -139,11 +140,17 @@ class CaptionStore:
         """Reserve the next ``block`` caption numbers of ``stream``: returns ``[first, end)``,
         above every number reserved before (committed before any of them is used)."""
         with self._lock:
-            row = self._db.execute("SELECT reserved FROM seqs WHERE stream = ?", (stream,)).fetchone()
-            first = 0 if row is None else int(row[0])
-            end = first + block
-            self._db.execute("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET reserved = ?",
-                             (stream, end, end))
+            self._db.execute("BEGIN IMMEDIATE")  # read and write as one: another writer waits
+            try:
+                row = self._db.execute("SELECT reserved FROM seqs WHERE stream = ?", (stream,)).fetchone()
+                first = 0 if row is None else int(row[0])
+                end = first + block
+                self._db.execute("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET reserved = ?",
+                                 (stream, end, end))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         return first, end
 
 
