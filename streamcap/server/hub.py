@@ -213,7 +213,9 @@ class Hub:
         client = ClientHandle(next(self._ids), subscribed, self._client_queue_size)
         self._clients[client.id] = client
         self._metrics.clients.set(len(self._clients))
-        self._prime(client, self._replay_streams(subscribed) | frozenset(since or ()), since or {})
+        # a stream named in since but not subscribed to is not replayed (the client gets nothing of it)
+        since = {k: v for k, v in (since or {}).items() if client.wants(k)}
+        self._prime(client, self._replay_streams(subscribed) | frozenset(since), since)
         return client
 
     def remove_client(self, client: ClientHandle) -> None:

@@ -75,6 +75,8 @@ def test_a_resuming_client_gets_every_stored_final_after_since_then_live(tmp_pat
 
     assert seqs(plain) == [11, 12, 13]
     assert seqs(resumed) == list(range(5, 14))
+    other = hub.add_client(["door"], since={"cam": 4})  # since for a stream it did not subscribe to
+    assert other.queued == 0
 
 
 def test_a_resume_over_the_limit_says_where_to_go_on(tmp_path) -> None:
