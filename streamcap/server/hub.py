@@ -213,8 +213,10 @@ class Hub:
         client = ClientHandle(next(self._ids), subscribed, self._client_queue_size)
         self._clients[client.id] = client
         self._metrics.clients.set(len(self._clients))
-        # a stream named in since but not subscribed to is not replayed (the client gets nothing of it)
-        since = {k: v for k, v in (since or {}).items() if client.wants(k)}
+        # a stream named in since but not subscribed to is not replayed (the client gets nothing of
+        # it); with no store a since is a plain connect (the recent finals: a client drops the
+        # ones it has by seq)
+        since = {k: v for k, v in (since or {}).items() if client.wants(k)} if self._store is not None else {}
         self._prime(client, self._replay_streams(subscribed) | frozenset(since), since)
         return client
 
