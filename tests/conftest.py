@@ -20,9 +20,15 @@ from tests.helpers.rtsp import RtspServer, RtspServerError, rtsp_server_availabl
 from tools import media
 
 IN_CI = os.environ.get("CI", "").strip().lower() == "true"
-# every server a test starts keeps its caption store (server.data_dir defaults to
-# $XDG_DATA_HOME/streamcap) in this session's own folder, never in the user's
+# servers started outside a test's own fixture keep their caption store here, never in the user's
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="streamcap-test-data-")
+
+
+@pytest.fixture(autouse=True)
+def _own_caption_store(tmp_path_factory, monkeypatch) -> None:
+    """Each test's servers (server.data_dir defaults to $XDG_DATA_HOME/streamcap) get a store of
+    their own: finals and alerts a server stored in an earlier test are never replayed in this one."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
 MEDIA_CACHE = Path(os.environ.get("STREAMCAP_TEST_MEDIA")
                    or Path.home() / ".cache" / "streamcap-test-media")
 
