@@ -151,10 +151,9 @@ async def live_streams(n: int, frames: list[np.ndarray], seconds: float, warmup_
         await asyncio.gather(run, return_exceptions=True)
     span = t1 - t0
     rates = [(h1[s]["windows_captioned"] - h0[s]["windows_captioned"]) / span for s in ids]
-    dropped = [d for d in drops[d0:d1]]
     reasons: dict[str, int] = {}
-    for d in dropped:
-        reasons[str(getattr(d.reason, "value", d.reason))] = reasons.get(str(getattr(d.reason, "value", d.reason)), 0) + d.count
+    for d in drops[d0:d1]:
+        reasons[d.reason.value] = reasons.get(d.reason.value, 0) + d.count
     wanted = 1.0 / STRIDE_S
     return {"streams": n, "seconds_measured": round(span, 1),
             "windows_per_stream_s_min": round(min(rates), 2), "windows_per_stream_s_median": round(statistics.median(rates), 2),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from streamcap.core.types import SceneObject
@@ -334,7 +334,7 @@ def describe_window(frames: Sequence[Sequence[DetectionLike]], dt_s: float, sett
     n_frames = len(frames)
     single = n_frames < 2
     min_frames = 1 if single else min(settings.min_frames, n_frames)
-    tracks = track_objects(frames, SceneSettings(**{**settings.__dict__, "min_frames": min_frames}), camera)
+    tracks = track_objects(frames, replace(settings, min_frames=min_frames), camera)
     groups: dict[tuple[str, str], list[tuple[Track, Motion]]] = {}
     for t in tracks:
         m = Motion("unknown", 0.0, 0.0, 0.0) if single else track_motion(t, dt_s, settings, n_frames, aspect)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import sys
 
 
@@ -21,3 +22,16 @@ async def base_url(proc: asyncio.subprocess.Process, stream: str = "demo", timeo
         m = re.search(rf"overlay for {re.escape(stream)}: (http://\S+)", line)
         if m:
             return m.group(1).split("/overlay")[0]
+
+
+async def stop_run(proc: asyncio.subprocess.Process, timeout: float = 20) -> int:
+    """Stop ``streamcap run`` as Ctrl-C does (SIGINT); kill it if it has not ended within
+    ``timeout``. Returns its exit status."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from streamcap.outputs.wire import CaptionMsg
-from tests.helpers.cli import base_url, start_run
+from tests.helpers.cli import base_url, start_run, stop_run
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration
@@ -80,10 +80,4 @@ async def test_the_demo_speaks_and_its_words_are_captioned_beside_the_picture():
         assert pictures  # the picture is captioned beside the speech
         assert sum(w in said for w in words) >= 0.8 * len(words), words  # the words are the narration's
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_run(proc)

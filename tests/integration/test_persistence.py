@@ -13,7 +13,7 @@ import pytest
 
 from streamcap.core.types import CaptionState
 from streamcap.outputs.wire import CaptionMsg, ErrorMsg
-from tests.helpers.cli import base_url, start_run
+from tests.helpers.cli import base_url, start_run, stop_run
 from tests.helpers.wsclient import WireClient
 
 pytestmark = pytest.mark.integration
@@ -76,12 +76,7 @@ async def test_kill_9_then_restart_resumes_by_since_with_every_final_and_seq_goi
             late_finals = [c for c in late.of(CaptionMsg, "cam") if c.state is CaptionState.FINAL]
             assert not client.of(ErrorMsg) and not late.of(ErrorMsg)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_run(proc)
     missed = [s for s in stored_seqs if s > last_seen]  # stored, not seen before the kill
     seqs = [c.seq for c in after]
     # first every stored final the client had not seen, in order, then live ones: no gap, no duplicate
