@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from streamcap import __version__
@@ -91,6 +93,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _cluster_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bus", default=os.environ.get("STREAMCAP_BUS"), metavar="URL",
+                   help="the Redis bus, redis://[:PASSWORD@]HOST:PORT/DB (default: $STREAMCAP_BUS, which keeps "
+                        "a password out of `ps`; it is never logged)")
+    p.add_argument("--config", metavar="TOML", help="config file (streams, auth, alerts, server settings)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="streamcap", description="Real-time streaming video captioner.")
     ap.add_argument("--version", action="version", version=f"streamcap {__version__}")
@@ -118,6 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="caption speech on every stream (speech.enabled); default: from the config, and on "
                           "for the demo when the speech models are installed")
     _common(run)
+    gw = sub.add_parser("gateway", help="cluster: serve viewers (/ws, overlay, dashboard) from the Redis bus",
+                        description="A stateless websocket gateway (docs/scale-out.md): any number behind a load "
+                                    "balancer; clients resume on any of them with ?since=.")
+    _cluster_common(gw)
+    gw.add_argument("--host", help="bind address (default 127.0.0.1)")
+    gw.add_argument("--port", type=int, help="port (default 8765; 0 = any free port)")
+    ctl = sub.add_parser("controller", help="cluster: keep one Ray actor per configured stream running",
+                         description="Reconciles the config's [[sources]] (re-read when the file changes) with "
+                                     "the stream actors on the Ray cluster (docs/scale-out.md).")
+    _cluster_common(ctl)
+    ctl.add_argument("--ray", metavar="ADDRESS", default=None,
+                     help="the Ray cluster (host:port of the head; default: RAY_ADDRESS or a local one)")
+    ctl.add_argument("--period", type=float, default=2.0, metavar="S", help="seconds between reconcile rounds")
+    ctl.add_argument("--once", action="store_true", help="one reconcile round, then exit")
+    wk = sub.add_parser("worker", help="cluster: run one configured stream onto the Redis bus (no Ray)",
+                        description="What a stream's Ray actor runs, as a plain process.")
+    _cluster_common(wk)
+    wk.add_argument("--stream", required=True, metavar="ID", help="the [[sources]] id to run")
     cap = sub.add_parser("caption", help="caption a video file into WebVTT, SRT or JSONL")
     cap.add_argument("input", help="video file (or any source URL that ends)")
     cap.add_argument("--format", choices=["vtt", "srt", "jsonl"], help="default: from -o's suffix, else vtt")
@@ -432,6 +460,79 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    """``gateway``, ``controller`` and ``worker``: the cluster's processes (docs/scale-out.md)."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise StreamcapError("cluster mode needs the cluster extra: pip install 'streamcap[cluster]'",
+                             code="bad_config") from None
+    if not args.bus:
+        raise StreamcapError("give the Redis bus: --bus redis://HOST:PORT/0 or STREAMCAP_BUS", code="bad_config")
+    over: dict = {}
+    if getattr(args, "host", None):
+        over.setdefault("server", {})["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        over.setdefault("server", {})["port"] = args.port
+    config = load_config(args.config, overrides=over)
+    if args.command == "controller":
+        from streamcap.runtime.cluster import Controller
+
+        if not config.sources:
+            raise StreamcapError("the controller needs [[sources]] in --config (the streams to run)", code="bad_config")
+        ctl = Controller(args.bus, config_path=args.config, ray_address=args.ray)
+        ctl.connect()
+        if args.once:
+            todo = ctl.reconcile_once()
+            print(f"started {len(todo.start)}, stopped {len(todo.stop)}, replaced {len(todo.replace)}", flush=True)
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"streamcap controller: {len(config.sources)} streams wanted; Ctrl+C to stop", flush=True)
+        ctl.run(args.period, stop)
+        return 0
+    return asyncio.run(_cluster_async(args, config))
+
+
+async def _cluster_async(args: argparse.Namespace, config: Config) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    if args.command == "gateway":
+        from streamcap.runtime.gateway import Gateway
+
+        proc = Gateway(config, args.bus)
+        try:
+            await proc.start()
+        except OSError as e:
+            await proc.stop()
+            raise StreamcapError(f"cannot listen on {config.server.host}:{config.server.port}: "
+                                 f"{e.strerror or e}", code="bad_config") from e
+        print(f"streamcap gateway {__version__} serving on {proc.url('/')}", flush=True)
+    else:
+        from streamcap.runtime.worker import StreamWorker
+
+        source = next((s for s in config.sources if s.id == args.stream), None)
+        if source is None:
+            raise StreamcapError(f"no [[sources]] entry with id {args.stream!r} in --config", code="bad_config")
+        proc = StreamWorker(config, source.id, source.url, args.bus)
+        await proc.start()
+        print(f"streamcap worker: stream {source.id} from seq {proc.restored.next_seq}", flush=True)
+    work = asyncio.ensure_future(proc.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failure = proc.failure() if work.done() else None
+    await proc.stop()
+    if failure is not None:
+        print(f"streamcap: {failure}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -441,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "models":
             return _models(args)
+        if args.command in ("gateway", "controller", "worker"):
+            return _cluster(args)
         config = load_config(args.config, overrides=_overrides(args))
         if args.command == "run":
             if args.speech is None and not config.sources and not config.speech.enabled:

@@ -234,6 +234,14 @@ class StreamProcessor:
         self._in_flight = 0
         self._events: list[Event] = []
 
+    def carry_over(self, final: Caption) -> None:
+        """Continue after ``final``, the last final an earlier run of this stream published
+        (its track's stabiliser does not publish the same words again; see
+        :meth:`CaptionStabilizer.carry_over`). A final of a track this stream lacks is ignored."""
+        t = self._tracks.get(final.track)
+        if t is not None:
+            t.stabilizer.carry_over(final)
+
     # ------------------------------------------------------------------ reading
 
     @property

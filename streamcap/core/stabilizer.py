@@ -95,6 +95,9 @@ class CaptionStabilizer:
         self._last_window_index: int | None = None
         self._last_final_end_s = -math.inf  # finals never start before this
         self._closed: list[Caption] = []
+        # a final published before a restart (see carry_over): the same words agreeing again
+        # continue it instead of publishing it twice
+        self._carried: Caption | None = None
         self._reset_segment()
 
     def _reset_segment(self) -> None:
@@ -119,6 +122,15 @@ class CaptionStabilizer:
     def current_final(self) -> Caption | None:
         """The open final with its span extended to the latest window that agreed with it."""
         return self._final
+
+    def carry_over(self, final: Caption) -> None:
+        """Continue from ``final``, the last final an earlier run of this stream published (a
+        stream worker restarted on another machine). Until another final is committed, a run of
+        windows agreeing on the same words adopts it (same ``seq``, span from the new windows)
+        and publishes nothing: viewers do not see the caption they already have again."""
+        if final.stream != self._stream:
+            raise ValueError(f"carry_over: a final of {final.stream!r}, not of {self._stream!r}")
+        self._carried = final
 
     def observe(
         self, window_index: int, start_s: float, end_s: float, result: CaptionResult, capture_ns: int,
@@ -172,7 +184,11 @@ class CaptionStabilizer:
                                   window_index=window_index, capture_ns=capture_ns, objects=result.objects)
             self._last_final_end_s = self._final.end_s
         elif run.length >= self._agree or (self._fresh_agree is not None and run.fresh >= self._fresh_agree):
-            out.append(self._commit(run))
+            carried, self._carried = self._carried, None
+            if carried is not None and normalize_text(carried.text) == normalize_text(run.text):
+                self._adopt(run, carried)
+            else:
+                out.append(self._commit(run))
         return out
 
     def flush(self, *, commit_pending: bool = False) -> list[Caption]:
@@ -207,6 +223,14 @@ class CaptionStabilizer:
         self._final, self._final_norm = final, run.norm
         self._last_final_end_s = final.end_s
         return final
+
+    def _adopt(self, run: _Run, carried: Caption) -> None:
+        """The carried final continues as the open one (nothing published)."""
+        self._close_final()
+        self._final = replace(carried, start_s=run.start_s, end_s=run.end_s, window_index=run.window_index,
+                              capture_ns=run.capture_ns, objects=run.objects)
+        self._final_norm = run.norm
+        self._last_final_end_s = self._final.end_s
 
     def _close_final(self) -> None:
         if self._final is not None:

@@ -173,6 +173,8 @@ class AckMsg:
 @dataclass(frozen=True, slots=True)
 class SubscribeMsg:
     streams: tuple[str, ...] | None  # None = all streams
+    # resume: per stream, the last seq the client has (every stored final after it comes first)
+    since: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,11 +293,13 @@ def encode_ack(alert_id: str, by: str | None = None) -> str:
     return _dumps(msg)
 
 
-def encode_subscribe(streams: Iterable[str] | None) -> str:
-    """Client side: replace the subscription (``None`` = all streams)."""
-    return _dumps(
-        {"type": MessageType.SUBSCRIBE.value, "streams": None if streams is None else list(streams)}
-    )
+def encode_subscribe(streams: Iterable[str] | None, since: Mapping[str, int] | None = None) -> str:
+    """Client side: replace the subscription (``None`` = all streams); ``since``: resume these
+    streams after the seq given for each."""
+    obj: dict[str, Any] = {"type": MessageType.SUBSCRIBE.value, "streams": None if streams is None else list(streams)}
+    if since:
+        obj["since"] = dict(since)
+    return _dumps(obj)
 
 
 def encode_ping() -> str:
@@ -458,6 +462,18 @@ def _objects(name: str, value: Any) -> tuple[SceneObject, ...]:
     return tuple(out)
 
 
+MAX_SINCE_STREAMS = 100
+
+
+def _since(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"'{name}' must be an object of stream id → seq")
+    if len(value) > MAX_SINCE_STREAMS:
+        raise ProtocolError(f"'{name}' names at most {MAX_SINCE_STREAMS} streams")
+    check = _integer(0)
+    return {_stream_id(f"{name} key", k): check(f"{name}.{k}", v) for k, v in value.items()}
+
+
 def _optional_string(name: str, value: Any) -> str | None:
     return None if value is None else _string(name, value)
 
@@ -550,7 +566,7 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
 }
 
 _CLIENT_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Check]]] = {
-    MessageType.SUBSCRIBE: (SubscribeMsg, {"streams": _stream_list(nullable=True)}, {}),
+    MessageType.SUBSCRIBE: (SubscribeMsg, {"streams": _stream_list(nullable=True)}, {"since": _since}),
     MessageType.PING: (PingMsg, {}, {}),
     MessageType.ACK: (AckMsg, {"id": _short_string(200)}, {"by": _short_string(MAX_ACK_BY_CHARS)}),
 }

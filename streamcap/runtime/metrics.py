@@ -191,6 +191,20 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        # cluster mode (streamcap.runtime.bus): the Redis Streams caption log and bus
+        self.bus_dropped_total = Counter(
+            "bus_dropped_total",
+            "Messages a stream worker did not write to the bus: bus_full (its queue was full while Redis "
+            "was away; the oldest went), stale_seq (Redis refused a final numbered at or below the "
+            "stream's newest: a newer worker owns the stream).",
+            ["reason"], namespace=ns, registry=reg,
+        )
+        self.bus_queue = Gauge("bus_queue", "Messages queued for the bus, not yet written.",
+                               namespace=ns, registry=reg)
+        self.bus_errors_total = Counter(
+            "bus_errors_total", "Failed bus operations (write, read, decode of an entry); writes and reads "
+            "are retried.", ["op"], namespace=ns, registry=reg,
+        )
         self.push_streams_created_total = Counter(
             "push_streams_created_total",
             "Push streams created by publishers (WHIP or /ingest to an unknown stream id).",
@@ -217,6 +231,27 @@ class Metrics:
             "whip_sessions_closed_total",
             "WHIP sessions closed, by reason (connect_timeout, failed, closed, ended, shutdown).",
             ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.export_messages_total = Counter(
+            "export_messages_total",
+            "Delivery attempts of exported alerts/finals, by destination and outcome (delivered, retry, rejected).",
+            ["destination", "outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.export_outbox_depth = Gauge(
+            "export_outbox_depth",
+            "Messages waiting in a destination's outbox (the one in flight included).",
+            ["destination"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.export_dropped_total = Counter(
+            "export_dropped_total",
+            "Exported messages given up, by destination and reason (outbox_full, rejected, shutdown).",
+            ["destination", "reason"],
             namespace=ns,
             registry=reg,
         )

@@ -175,6 +175,10 @@ class Server:
         self._site: web.TCPSite | None = None
         self._handlers: set[asyncio.Task] = set()
         self.stopping = False
+        #: async (streams, since) → the finals to resume with per stream, or None (the hub's own
+        #: store answers); a gateway reads them from its bus. Awaited before the client is added.
+        self.prepare_resume: Callable[[tuple[str, ...] | None, Mapping[str, int]],
+                                      Awaitable[Mapping[str, list[str]] | None]] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -342,7 +346,10 @@ class Server:
         if self.stopping:
             await self.close_ws(request, ws, *CLOSE_FOR[DisconnectReason.SERVER_SHUTDOWN])
             return
-        client = self.hub.add_client(streams, since=since)
+        resumed = None
+        if self.prepare_resume is not None:
+            resumed = await self.prepare_resume(streams, since or {})
+        client = self.hub.add_client(streams, since=since, resumed=resumed)  # no await in between
         try:
             await ws.send_str(wire.encode_hello(version=self.version, streams=self._streams(),
                                                 time_s=self.wall_clock(), subscribed=streams))

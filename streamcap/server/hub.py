@@ -78,6 +78,20 @@ def _alert_of(msg: wire.AlertMsg) -> Alert:
                  msg.start, msg.end, msg.detail)
 
 
+def caption_of(msg: wire.CaptionMsg) -> Caption:
+    """A caption read back from its wire message (a gateway's bus, a stream worker's restart)."""
+    return Caption(msg.stream, msg.seq, CaptionState(msg.state), msg.text, msg.start, msg.end, msg.score,
+                   msg.window, track=msg.track, words=msg.words, objects=msg.objects)
+
+
+def status_of(msg: wire.StatusMsg) -> Status:
+    return Status(msg.stream, StreamState(msg.state), msg.detail, msg.code)
+
+
+def alert_of(msg: wire.AlertMsg) -> Alert:
+    return _alert_of(msg)
+
+
 class ClientHandle:
     """One client's subscription and bounded outgoing queue of encoded messages."""
 
@@ -89,6 +103,9 @@ class ClientHandle:
         self._ready = asyncio.Event()  # set while the queue is non-empty or the handle closed
         self._closed = asyncio.Event()
         self._close_reason: DisconnectReason | None = None
+        # per stream, the newest seq a resume already gave this client: live captions at or
+        # below it are not sent again (a gateway's resume from the bus overlaps its live feed)
+        self._floors: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<ClientHandle {self.id} streams={self.streams} queued={len(self._queue)}>"
@@ -205,10 +222,13 @@ class Hub:
     def clients(self) -> tuple[ClientHandle, ...]:
         return tuple(self._clients.values())
 
-    def add_client(self, streams: Iterable[str] | None = None, since: Mapping[str, int] | None = None) -> ClientHandle:
+    def add_client(self, streams: Iterable[str] | None = None, since: Mapping[str, int] | None = None,
+                   resumed: Mapping[str, list[str]] | None = None) -> ClientHandle:
         """Register a client (``None`` = all streams) with its queue primed by the replay.
         ``since``: per stream, the last seq the client has; it gets every stored final after it
-        (oldest first, up to ``max_resume_finals``) instead of the recent ones."""
+        (oldest first, up to ``max_resume_finals``) instead of the recent ones. ``resumed``:
+        those finals already fetched (a gateway reads them from its bus before it calls this),
+        per stream of ``since``, oldest first; the store is not asked then."""
         subscribed = None if streams is None else frozenset(streams)
         client = ClientHandle(next(self._ids), subscribed, self._client_queue_size)
         self._clients[client.id] = client
@@ -216,8 +236,9 @@ class Hub:
         # a stream named in since but not subscribed to is not replayed (the client gets nothing of
         # it); with no store a since is a plain connect (the recent finals: a client drops the
         # ones it has by seq)
-        since = {k: v for k, v in (since or {}).items() if client.wants(k)} if self._store is not None else {}
-        self._prime(client, self._replay_streams(subscribed) | frozenset(since), since)
+        can_resume = self._store is not None or resumed is not None
+        since = {k: v for k, v in (since or {}).items() if client.wants(k)} if can_resume else {}
+        self._prime(client, self._replay_streams(subscribed) | frozenset(since), since, resumed)
         return client
 
     def remove_client(self, client: ClientHandle) -> None:
@@ -225,8 +246,11 @@ class Hub:
         if self._clients.pop(client.id, None) is not None:
             self._metrics.clients.set(len(self._clients))
 
-    def set_subscription(self, client: ClientHandle, streams: Iterable[str] | None) -> None:
-        """Replace a client's subscription; streams it did not have before are replayed."""
+    def set_subscription(self, client: ClientHandle, streams: Iterable[str] | None,
+                         since: Mapping[str, int] | None = None,
+                         resumed: Mapping[str, list[str]] | None = None) -> None:
+        """Replace a client's subscription; streams it did not have before are replayed, and the
+        streams in ``since`` resumed after the seq given (as in :meth:`add_client`)."""
         if client.closed or client.id not in self._clients:
             return
         before = client.streams
@@ -238,7 +262,9 @@ class Hub:
             added = frozenset(self._known_streams() - before)
         else:
             added = after - before
-        self._prime(client, added)
+        can_resume = self._store is not None or resumed is not None
+        since = {k: v for k, v in (since or {}).items() if client.wants(k)} if can_resume else {}
+        self._prime(client, added | frozenset(since), since, resumed)
 
     def send_to(self, client: ClientHandle, text: str) -> bool:
         """Queue a reply (pong, error) for one client; a full queue drops it like a publish."""
@@ -255,10 +281,12 @@ class Hub:
 
     # --- publishing ---------------------------------------------------------------------------
 
-    def publish_caption(self, caption: Caption) -> int:
+    def publish_caption(self, caption: Caption, text: str | None = None) -> int:
         """Send a caption to its stream's subscribers; finals are kept for replay.
+        ``text``: its wire message when already encoded (a gateway passes on the bus's).
         Returns how many clients it was queued for."""
-        text = wire.encode_caption(caption)
+        if text is None:
+            text = wire.encode_caption(caption)
         state = CaptionState(caption.state)
         self._metrics.captions_total.labels(stream=caption.stream, state=state.value).inc()
         if state is CaptionState.FINAL and self._store is not None:
@@ -268,7 +296,26 @@ class Hub:
             if finals is None:
                 finals = self._finals[caption.stream] = deque(maxlen=self._replay_finals)
             finals.append(_Final(caption, text))
-        return self._fan_out(caption.stream, text)
+        return self._fan_out(caption.stream, text, caption.seq)
+
+    def seed(self, caption: Caption | None = None, text: str | None = None, *, status: Status | None = None,
+             alert: Alert | None = None, acked: tuple[str, float, str] | None = None) -> None:
+        """Remember a final, a status or an alert step (with ``acked``: who, when, its message)
+        for replay without sending it to anyone (a gateway learning a stream's recent past
+        from its bus before clients want it)."""
+        if caption is not None and self._replay_finals > 0:
+            finals = self._finals.setdefault(caption.stream, deque(maxlen=self._replay_finals))
+            finals.append(_Final(caption, text if text is not None else wire.encode_caption(caption)))
+        if status is not None:
+            self._last_status[status.stream] = (status, text if text is not None else wire.encode_status(status))
+        if alert is not None:
+            record = AlertRecord(alert, text if text is not None else wire.encode_alert(alert))
+            if acked is not None:
+                record.acked_by, record.acked_at, record.acked_text = acked
+            self._alerts.pop(alert.id, None)
+            self._alerts[alert.id] = record
+            while len(self._alerts) > self._replay_alerts:
+                self._alerts.popitem(last=False)
 
     def publish_status(self, status: Status) -> int:
         """Send a status to its stream's subscribers and remember it as the stream's latest."""
@@ -281,10 +328,11 @@ class Hub:
         self._metrics.stream_up.labels(stream=status.stream).set(up)
         return self._fan_out(status.stream, text)
 
-    def publish_alert(self, alert: Alert) -> int:
+    def publish_alert(self, alert: Alert, text: str | None = None) -> int:
         """Send an alert step to its stream's subscribers and keep its latest step for replay
         (the ``replay_alerts`` most recently changed alerts)."""
-        text = wire.encode_alert(alert)
+        if text is None:
+            text = wire.encode_alert(alert)
         self._metrics.alerts_total.labels(rule=alert.rule, phase=AlertPhase(alert.phase).value).inc()
         if self._store is not None:
             self._persist(self._store.put_alert, alert, text)
@@ -310,6 +358,18 @@ class Hub:
                 self._persist(self._store.ack_alert, alert_id, by, time_s, record.acked_text)
             self._fan_out(record.alert.stream, record.acked_text)
         return record
+
+    def apply_ack(self, alert_id: str, by: str, time_s: float, text: str) -> bool:
+        """An acknowledgement made elsewhere (another gateway, read from the bus): recorded and
+        sent to the stream's subscribers unless this hub already has one. False: unknown or
+        already acknowledged."""
+        record = self._alerts.get(alert_id)
+        if record is None or record.acked_by is not None:
+            return False
+        record.acked_by, record.acked_at, record.acked_text = by, time_s, text
+        self._metrics.alerts_acked_total.inc()
+        self._fan_out(record.alert.stream, text)
+        return True
 
     def recent_alerts(self) -> tuple[AlertRecord, ...]:
         return tuple(self._alerts.values())
@@ -340,7 +400,8 @@ class Hub:
             self._metrics.sink_errors_total.labels(sink="store").inc()
             logger.error("caption store: %s failed: %s", getattr(write, "__name__", "write"), exc)
 
-    def _prime(self, client: ClientHandle, streams: Iterable[str], since: Mapping[str, int] | None = None) -> None:
+    def _prime(self, client: ClientHandle, streams: Iterable[str], since: Mapping[str, int] | None = None,
+               prefetched: Mapping[str, list[str]] | None = None) -> None:
         """Queue the last status of each stream, then each stream's recent finals, oldest
         first (streams sorted by id). At most half the queue is used; beyond that the oldest
         finals are left out, so a new client never starts out close to being dropped. A stream
@@ -350,7 +411,7 @@ class Hub:
         since = since or {}
         resumed: list[str] = []
         if since:
-            resumed = self._resume(client, since)
+            resumed = self._resume(client, since, prefetched)
         statuses: list[str] = []
         finals: list[list[str]] = []
         for stream in sorted(streams):
@@ -376,32 +437,47 @@ class Hub:
             if not self._deliver(client, text):
                 break
 
-    def _resume(self, client: ClientHandle, since: Mapping[str, int]) -> list[str]:
-        """The stored finals after each stream's ``since`` (the client's queue is made room for)."""
+    def _resume(self, client: ClientHandle, since: Mapping[str, int],
+                prefetched: Mapping[str, list[str]] | None = None) -> list[str]:
+        """The stored finals after each stream's ``since`` (the client's queue is made room for).
+        The client's floor per stream is the newest seq it has then (live duplicates skipped)."""
         out: list[str] = []
         for stream in sorted(since):
-            if self._store is None:
+            client._floors[stream] = since[stream]
+            if prefetched is not None:
+                texts = list(prefetched.get(stream, ()))[: self._max_resume + 1]
+            elif self._store is None:
                 break
+            else:
+                texts = None
             try:
-                texts = self._store.finals_after(stream, since[stream], self._max_resume + 1)
+                if texts is None:
+                    texts = self._store.finals_after(stream, since[stream], self._max_resume + 1)
             except Exception as exc:  # boundary: a broken store costs the resume, not the client
                 self._metrics.sink_errors_total.labels(sink="store").inc()
                 logger.error("caption store: resume of %s failed: %s", stream, exc)
                 continue
-            if len(texts) > self._max_resume:
-                texts = texts[: self._max_resume]
+            truncated = len(texts) > self._max_resume
+            texts = texts[: self._max_resume]
+            if texts:
                 last = wire.decode_server_message(texts[-1])
-                texts.append(wire.encode_error(
-                    ErrorCode.RESUME_TRUNCATED,
-                    f"more finals of {stream} after seq {last.seq}: reconnect with since={stream}:{last.seq}"))
+                client._floors[stream] = max(client._floors[stream], getattr(last, "seq", -1))
+                if truncated:
+                    texts.append(wire.encode_error(
+                        ErrorCode.RESUME_TRUNCATED,
+                        f"more finals of {stream} after seq {last.seq}: reconnect with since={stream}:{last.seq}"))
             out += texts
         client._grow(len(out))
         return out
 
-    def _fan_out(self, stream: str, text: str) -> int:
+    def _fan_out(self, stream: str, text: str, seq: int | None = None) -> int:
         delivered = 0
         for client in self.clients:
-            if client.wants(stream) and self._deliver(client, text):
+            if not client.wants(stream):
+                continue
+            if seq is not None and client._floors and seq <= client._floors.get(stream, -1):
+                continue  # a resume gave it this one already
+            if self._deliver(client, text):
                 delivered += 1
         return delivered
 

@@ -229,7 +229,11 @@ class ViewerRoutes:
             elif isinstance(decoded, wire.SubscribeMsg):
                 logger.info("client %d %s: subscribe streams=%s", client.id, peer,
                             "all" if decoded.streams is None else printable(",".join(decoded.streams)))
-                hub.set_subscription(client, decoded.streams)
+                since = dict(decoded.since or {})
+                resumed = None
+                if since and self.server.prepare_resume is not None:
+                    resumed = await self.server.prepare_resume(decoded.streams, since)
+                hub.set_subscription(client, decoded.streams, since, resumed)
 
     def ack_alert(self, client: ClientHandle, msg: wire.AckMsg, peer: str | None) -> None:
         by = msg.by or f"websocket {peer or '?'}"

@@ -197,3 +197,27 @@ def test_a_final_agreed_by_key_is_renewed_after_refresh_s_with_the_latest_words(
            for c in plain.observe(i, 0.5 * i, 0.5 * i + 2.0, CaptionResult(t, -0.1, key="person:left"), 0)
            if c.state is CaptionState.FINAL]
     assert len(got) == 1
+
+
+def test_a_carried_final_is_continued_not_published_again_and_other_words_still_commit():
+    stab = CaptionStabilizer("cam", agree=2)
+    before = Caption("cam", 41, CaptionState.FINAL, A, 100.0, 103.0)
+    stab.carry_over(before)
+    out = replay(stab, [A, A, A])  # the same scene after a worker restart
+    assert finals(out) == []  # viewers already have it
+    assert stab.current_final is not None and stab.current_final.seq == 41 and stab.current_final.text == A
+    assert stab.current_final.start_s == 0.0  # its span comes from the new windows
+    out = replay(stab, [B, B], first_index=3)
+    assert [f.text for f in finals(out)] == [B]
+
+
+def test_a_carried_final_with_other_words_is_forgotten():
+    stab = CaptionStabilizer("cam", agree=2)
+    stab.carry_over(Caption("cam", 41, CaptionState.FINAL, A, 100.0, 103.0))
+    out = replay(stab, [B, B, A, A])
+    assert [f.text for f in finals(out)] == [B, A]  # A after B is a new final
+
+
+def test_carry_over_refuses_another_streams_final():
+    with pytest.raises(ValueError):
+        CaptionStabilizer("cam", agree=2).carry_over(Caption("other", 1, CaptionState.FINAL, A, 0.0, 1.0))
