@@ -637,6 +637,122 @@ class AuthConfig(_Model):
                                        description="Browser origins allowed besides the server's own ('*' = any).")
 
 
+_TOPIC_LEVEL_FORBIDDEN = set("+#\x00")
+
+
+def _parsed_url(url: str, schemes: tuple[str, ...], what: str):
+    """``url`` split, checked to be ``scheme://[user[:password]@]host[:port]...`` with a scheme of
+    ``schemes``; errors quote the URL sanitised (it may hold a password)."""
+    from urllib.parse import urlsplit
+
+    from streamcap.core.secrets import sanitize_url
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as e:
+        raise ValueError(f"{what} {sanitize_url(url)!r} is not a valid URL ({e})") from None
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"{what} {sanitize_url(url)!r}: the scheme must be one of {', '.join(schemes)}")
+    if not parts.hostname:
+        raise ValueError(f"{what} {sanitize_url(url)!r} names no host")
+    return parts
+
+
+class MqttExportConfig(_Model):
+    """One MQTT broker that alerts (and, with ``[export] finals``, final captions) are published to."""
+
+    name: str | None = Field(None, min_length=1, max_length=64,
+                             description="Name in metrics and logs (default `mqtt:HOST:PORT`).")
+    url: str = Field(repr=False,  # it may hold the broker password: never in a printed config
+                     description="`mqtt://[user:password@]host[:port]` (1883) or `mqtts://…` (TLS, 8883). The "
+                                 "password is never logged.")
+    topic_prefix: str = Field("streamcap", min_length=1, max_length=200,
+                              description="Topics are `PREFIX/STREAM/alerts` and `PREFIX/STREAM/finals`.")
+    qos: Literal[1, 2] = Field(1, description="MQTT QoS of each publish: a message counts as delivered when the "
+                                              "broker acknowledges it (PUBACK/PUBCOMP).")
+    retain: bool = Field(False, description="Publish alerts retained: the broker keeps each stream's latest "
+                                            "alert for subscribers that connect later (Home Assistant).")
+    client_id: str | None = Field(None, min_length=1, max_length=128,
+                                  description="MQTT client id (default: a random one).")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="How long a connect or a publish waits for the "
+                                                             "broker before the attempt counts as failed.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        _parsed_url(v, ("mqtt", "mqtts"), "MQTT url")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        if set(v) & _TOPIC_LEVEL_FORBIDDEN or v.startswith("/") or v.endswith("/") or "//" in v:
+            raise ValueError(f"topic_prefix {v!r} must be topic levels separated by '/', without + # or "
+                             "empty levels")
+        return v
+
+    def destination_name(self) -> str:
+        parts = _parsed_url(self.url, ("mqtt", "mqtts"), "MQTT url")
+        return self.name or f"mqtt:{parts.hostname}:{parts.port or (8883 if parts.scheme == 'mqtts' else 1883)}"
+
+
+class WebhookExportConfig(_Model):
+    """One webhook that each alert (and, with ``[export] finals``, each final caption) is POSTed to as JSON."""
+
+    name: str | None = Field(None, min_length=1, max_length=64,
+                             description="Name in metrics and logs (default `webhook:HOST:PORT`; the path is never "
+                                         "shown, it may hold a secret webhook id).")
+    url: str = Field(repr=False, description="`http(s)://host[:port]/path` receiving `POST` with the wire JSON.")
+    headers: dict[str, str] = Field(default_factory=dict, repr=False,
+                                    description="Extra request headers (e.g. `Authorization`); their values are "
+                                                "never logged.")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Whole-request timeout; a timeout is retried.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        _parsed_url(v, ("http", "https"), "webhook url")
+        return v
+
+    def destination_name(self) -> str:
+        parts = _parsed_url(self.url, ("http", "https"), "webhook url")
+        return self.name or f"webhook:{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class ExportConfig(_Model):
+    """Alerts exported to MQTT brokers and webhooks, each destination with its own bounded outbox
+    (at-least-once, in order; docs/alerts.md)."""
+
+    outbox_size: int = Field(1000, ge=1, le=1_000_000,
+                             description="Messages kept per destination while it is down or slow.")
+    full_policy: Literal["drop_oldest", "drop_newest"] = Field(
+        "drop_oldest", description="When an outbox is full: drop its oldest message not in flight (keep the newest) "
+                                   "or refuse the new one; counted in streamcap_export_dropped_total{reason="
+                                   "\"outbox_full\"}.")
+    finals: bool = Field(False, description="Also export every final caption (topic `PREFIX/STREAM/finals`).")
+    retry_initial_s: float = Field(0.5, gt=0, le=60, description="First retry delay after a failed attempt.")
+    retry_cap_s: float = Field(30.0, gt=0, le=3600, description="Longest retry delay (it doubles up to this).")
+    flush_timeout_s: float = Field(5.0, ge=0, le=300,
+                                   description="At shutdown, how long pending messages may still be delivered.")
+    mqtt: list[MqttExportConfig] = Field(default_factory=list, description="MQTT brokers (`[[export.mqtt]]`).")
+    webhooks: list[WebhookExportConfig] = Field(default_factory=list,
+                                                description="Webhooks (`[[export.webhooks]]`).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if self.retry_cap_s < self.retry_initial_s:
+            raise ValueError("retry_cap_s must be at least retry_initial_s")
+        names = [d.destination_name() for d in self.destinations()]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"export destinations with the same name {dup}: give each a distinct `name`")
+        return self
+
+    def destinations(self) -> list[MqttExportConfig | WebhookExportConfig]:
+        return [*self.mqtt, *self.webhooks]
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
@@ -652,6 +768,7 @@ class Config(_Model):
     subtitles: SubtitlesConfig = SubtitlesConfig()
     speech: SpeechConfig = SpeechConfig()
     describer: DescriberConfig = DescriberConfig()
+    export: ExportConfig = ExportConfig()
     sources: list[SourceConfig] = Field(default_factory=list, description="Streams to caption.")
 
     @model_validator(mode="after")
@@ -793,7 +910,7 @@ def markdown_reference() -> str:
                            ("webrtc", WebRTCConfig), ("admission", AdmissionConfig), ("auth", AuthConfig), ("alerts", AlertsConfig),
                            ("alerts.health", HealthAlertConfig), ("subtitles", SubtitlesConfig),
                            ("subtitles.live", LiveSubtitlesConfig), ("speech", SpeechConfig),
-                           ("describer", DescriberConfig)]:
+                           ("describer", DescriberConfig), ("export", ExportConfig)]:
         lines += [f"## [{section}]", "", "| key | default | description |", "|---|---|---|"]
         for name, f in model.model_fields.items():
             default = f.default if f.default_factory is None else f.default_factory()
@@ -810,6 +927,11 @@ def markdown_reference() -> str:
     lines += ["", "## [[auth.tokens]]", "", "| key | description |", "|---|---|"]
     for name, f in TokenConfig.model_fields.items():
         lines.append(f"| `{name}` | {f.description} |")
+    for section, model in (("export.mqtt", MqttExportConfig), ("export.webhooks", WebhookExportConfig)):
+        lines += ["", f"## [[{section}]]", "", "| key | default | description |", "|---|---|---|"]
+        for name, f in model.model_fields.items():
+            default = "(required)" if f.is_required() else f.default if f.default_factory is None else "{}"
+            lines.append(f"| `{name}` | `{default}` | {f.description} |")
     lines += ["", "## [[sources]]", "", "| key | description |", "|---|---|"]
     for name, f in SourceConfig.model_fields.items():
         lines.append(f"| `{name}` | {f.description} |")

@@ -16,7 +16,7 @@ from streamcap.engine.base import CaptionEngine, load_describer_from_config, loa
 from streamcap.runtime.store import CaptionStore, SeqAllocator
 from streamcap.runtime.metrics import Metrics
 from streamcap.runtime.pipeline import Pipeline, describe_failure
-from streamcap.runtime.sinks import HubSink
+from streamcap.runtime.sinks import EventSink, HubSink
 from streamcap.runtime.speechmodels import demo_source_url, load_speech, wants_speech
 from streamcap.core.errors import ConfigError
 from streamcap.server.routes.api import ApiRoutes
@@ -46,6 +46,7 @@ class Service:
         self.server: Server | None = None
         self.push_streams: PushStreams | None = None
         self._task: asyncio.Task | None = None
+        self.exporter = None  # AlertExporter when [export] names a destination
 
     @property
     def engine(self) -> CaptionEngine:
@@ -89,7 +90,13 @@ class Service:
         # real sources' default picture engine (a few MB, loaded in well under a second), loaded
         # even when no configured stream uses it: streams added through the API may ask for it
         describer = await asyncio.to_thread(load_describer_from_config, cfg.describer, cfg.engine)
-        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks={"hub": HubSink(self.hub)},
+        sinks: dict[str, EventSink] = {"hub": HubSink(self.hub)}
+        if cfg.export.destinations():  # alerts (and finals) to MQTT brokers and webhooks, each with an outbox
+            from streamcap.runtime.alertexport import AlertExporter
+
+            self.exporter = AlertExporter(cfg.export, self.metrics)
+            sinks["export"] = self.exporter
+        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks=sinks,
                                  similarity=similarity, warm_texts=warm, speech_engine=speech_engine,
                                  vad_factory=vad_factory, describer=describer,
                                  seq_factory=(lambda sid: SeqAllocator(self.store, sid)) if self.store else None)
@@ -125,6 +132,8 @@ class Service:
         ]
         self.server = server
         await self.server.start()
+        if self.exporter is not None:
+            await self.exporter.start()
         self._task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         if self.store is not None:
             self._prune_task = asyncio.create_task(self._prune_every(PRUNE_EVERY_S), name="store-retention")
@@ -166,6 +175,9 @@ class Service:
             self._task = None
         if self.server is not None:
             await self.server.stop()
+        if self.exporter is not None:  # after the pipeline: its last alerts are in the outboxes
+            await self.exporter.aclose()
+            self.exporter = None
         if self._prune_task is not None:
             self._prune_task.cancel()
             self._prune_task = None
