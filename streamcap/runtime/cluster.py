@@ -66,28 +66,10 @@ class StreamActor:
         url = config.sources[0].url
         self._worker = StreamWorker(config, stream_id, url, bus_url)
         self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"stream-{stream_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"stream-{stream_id}", daemon=True)
         self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            try:
-                await self._worker.start()
-            except BaseException as exc:
-                self._error = exc
-                raise
-            finally:
-                self._started.set()
-            await self._worker.wait()
-
-        try:
-            self._loop.run_until_complete(main())
-        except BaseException:
-            log.exception("stream %s: worker stopped", self._worker.stream_id)
+        # started here, not by a call: a restarted actor resumes its stream by itself
+        self._start = asyncio.run_coroutine_threadsafe(self._worker.start(), self._loop)
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -96,21 +78,20 @@ class StreamActor:
         """The worker's state (waits up to 60 s for it to start); includes the Ray node id."""
         import ray
 
-        if not self._started.wait(60):
-            return {"stream": self._worker.stream_id, "state": "starting",
-                    "node": ray.get_runtime_context().get_node_id()}
-        if self._error is not None:
-            return {"stream": self._worker.stream_id, "state": "failed", "failure": repr(self._error),
-                    "node": ray.get_runtime_context().get_node_id()}
-        fut = asyncio.run_coroutine_threadsafe(_call(self._worker.info), self._loop)
-        out = fut.result(10)
-        out["node"] = ray.get_runtime_context().get_node_id()
-        out["pid"] = os.getpid()
+        node = ray.get_runtime_context().get_node_id()
+        try:
+            self._start.result(60)
+        except TimeoutError:
+            return {"stream": self._worker.stream_id, "worker": "starting", "node": node}
+        except Exception as exc:
+            return {"stream": self._worker.stream_id, "worker": "failed", "failure": repr(exc), "node": node}
+        out = asyncio.run_coroutine_threadsafe(_call(self._worker.info), self._loop).result(10)
+        out.update(worker="failed" if out.get("failure") else "running", node=node, pid=os.getpid())
         return out
 
     def stop(self) -> bool:
-        fut = asyncio.run_coroutine_threadsafe(self._worker.stop(), self._loop)
-        fut.result(30)
+        """Stop the stream and write what is queued for the bus (the controller then kills the actor)."""
+        asyncio.run_coroutine_threadsafe(self._worker.stop(), self._loop).result(30)
         return True
 
 
