@@ -40,7 +40,7 @@ import itertools
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from streamcap.alerts.health import HealthLimits, HealthMonitor
@@ -241,6 +241,14 @@ class StreamProcessor:
         t = self._tracks.get(final.track)
         if t is not None:
             t.stabilizer.carry_over(final)
+
+    def restore_history(self, finals: Iterable[Caption]) -> None:
+        """Finals this stream published before a restart (oldest first), kept as its history so
+        its chapters go on; each goes to its track (unknown tracks are ignored)."""
+        for c in finals:
+            t = self._tracks.get(c.track) or self._speech.get(c.track)
+            if t is not None:
+                t.history.append(c)
 
     # ------------------------------------------------------------------ reading
 

@@ -185,6 +185,8 @@ class StreamRunner:
             rules=() if hidden else pipeline.rules_for(stream_id), similarity=pipeline.similarity,
             make_alert_id=pipeline.new_alert_id,
             seq=pipeline.seq_factory(stream_id) if pipeline.seq_factory is not None and not hidden else None)
+        if pipeline.history_factory is not None and not hidden:  # chapters go on across a restart
+            self.processor.restore_history(pipeline.history_factory(stream_id))
         # the speech track's voice-activity detector (stateful: one per stream), run off the loop
         self.vad = pipeline.new_vad(stream_id) if self.processor.hears else None
         self._speech_prob = 0.0
@@ -497,7 +499,8 @@ class Pipeline:
                  similarity: Similarity | None = None, warm_texts: Callable[[list[str]], object] | None = None,
                  sinks: Mapping[str, EventSink] | None = None, speech_engine=None,
                  vad_factory: Callable[[], object] | None = None, describer: CaptionEngine | None = None,
-                 seq_factory: Callable[[str], Iterator[int]] | None = None) -> None:
+                 seq_factory: Callable[[str], Iterator[int]] | None = None,
+                 history_factory: Callable[[str], list[Caption]] | None = None) -> None:
         self.config = config
         self.engine = engine
         # the scene describer (None: not installed or not wanted): real sources' default picture engine
@@ -505,6 +508,8 @@ class Pipeline:
         # a stream's caption numbers (the caption store's, reserved on disk so they continue after
         # a restart); None: each stream counts from 0
         self.seq_factory = seq_factory
+        # a stream's finals from before a restart (the caption store's), for its chapters
+        self.history_factory = history_factory
         self.video_engines: dict[str, CaptionEngine] = {"default": engine}
         if describer is not None:
             self.video_engines[DESCRIBER] = describer

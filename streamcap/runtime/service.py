@@ -23,7 +23,8 @@ from streamcap.server.routes.api import ApiRoutes
 from streamcap.server.app import Server, tls_context
 from streamcap.server.routes.ingest import IngestRoutes
 from streamcap.server.routes.whip import WhipRoutes
-from streamcap.server.hub import Hub
+from streamcap.server.hub import Hub, caption_of
+from streamcap.outputs import wire
 from streamcap.server.publishers import PushStreams
 from streamcap.server.uploads import UploadFolder
 
@@ -99,7 +100,8 @@ class Service:
         self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks=sinks,
                                  similarity=similarity, warm_texts=warm, speech_engine=speech_engine,
                                  vad_factory=vad_factory, describer=describer,
-                                 seq_factory=(lambda sid: SeqAllocator(self.store, sid)) if self.store else None)
+                                 seq_factory=(lambda sid: SeqAllocator(self.store, sid)) if self.store else None,
+                                 history_factory=self._stored_finals if self.store else None)
         sources = cfg.sources or []
         if not sources:
             self.pipeline.add_stream("demo", demo_source_url(cfg))
@@ -192,6 +194,16 @@ class Service:
                 await asyncio.to_thread(self._prune)
             except Exception:  # boundary: retention must never stop the server
                 log.exception("caption store: pruning failed")
+
+    def _stored_finals(self, stream: str) -> list:
+        """A stream's newest stored finals (as many as its chapters keep), oldest first."""
+        assert self.store is not None
+        try:
+            texts = self.store.recent_finals(stream, self.config.pipeline.finals_history)
+        except Exception as exc:  # boundary: a broken store costs the old chapters, not the stream
+            log.error("caption store: reading %s's finals failed: %s", stream, exc)
+            return []
+        return [caption_of(wire.decode_server_message(t)) for t in texts]
 
     def _prune(self) -> None:
         """Drop stored finals and alerts past the retention (at start, then every

@@ -90,6 +90,14 @@ class CaptionStore:
                                     (stream, since, limit)).fetchall()
         return [r[0] for r in rows]
 
+    def recent_finals(self, stream: str, limit: int) -> list[str]:
+        """The wire messages of ``stream``'s newest ``limit`` stored finals, oldest first (a
+        restarted stream's chapters start from them)."""
+        with self._lock:
+            rows = self._db.execute("SELECT message FROM finals WHERE stream = ? ORDER BY seq DESC LIMIT ?",
+                                    (stream, limit)).fetchall()
+        return [r[0] for r in reversed(rows)]
+
     def count_finals(self, stream: str) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM finals WHERE stream = ?", (stream,)).fetchone()[0]

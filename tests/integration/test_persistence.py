@@ -9,6 +9,7 @@ import asyncio
 import signal
 import sqlite3
 
+import aiohttp
 import pytest
 
 from streamcap.core.types import CaptionState
@@ -75,6 +76,11 @@ async def test_kill_9_then_restart_resumes_by_since_with_every_final_and_seq_goi
             after = [c for c in client.of(CaptionMsg, "cam") if c.state is CaptionState.FINAL]
             late_finals = [c for c in late.of(CaptionMsg, "cam") if c.state is CaptionState.FINAL]
             assert not client.of(ErrorMsg) and not late.of(ErrorMsg)
+            # the chapters go on from the stored finals: they count every final from before the kill
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/streams/cam/chapters") as resp:
+                assert resp.status == 200
+                chapters = (await resp.json())["chapters"]
+            assert sum(ch["captions"] for ch in chapters) >= len(stored_seqs), chapters
     finally:
         await stop_run(proc)
     missed = [s for s in stored_seqs if s > last_seen]  # stored, not seen before the kill

@@ -103,3 +103,12 @@ def test_since_is_parsed(value, streams, expected) -> None:
 def test_bad_since_is_refused_with_a_reason(value, streams) -> None:
     with pytest.raises(ValueError):
         parse_since(value, streams)
+
+
+def test_recent_finals_are_the_newest_oldest_first(tmp_path) -> None:
+    store = CaptionStore(tmp_path)
+    for seq in range(1, 6):
+        store.add_final(final(seq), wire.encode_caption(final(seq)))
+    got = [wire.decode_server_message(t).seq for t in store.recent_finals("cam", 3)]
+    assert got == [3, 4, 5]
+    assert store.recent_finals("other", 3) == []
