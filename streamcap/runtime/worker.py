@@ -39,6 +39,7 @@ class StreamWorker:
         self.pipeline: Pipeline | None = None
         self.writer: bus.BusWriter | None = None
         self.restored: bus.Restored | None = None
+        self.exporter = None
         self._redis = None
         self._task: asyncio.Task | None = None
 
@@ -55,8 +56,15 @@ class StreamWorker:
         if wants_speech(cfg):
             speech_engine, vad_factory = await asyncio.to_thread(load_speech, cfg)
         self.writer = bus.BusWriter(self._redis, self.metrics, finals_maxlen=cfg.server.retention_finals)
+        sinks = {"bus": self.writer}
+        if cfg.export.destinations():  # each worker exports its own stream's alerts (MQTT, webhooks)
+            from streamcap.runtime.alertexport import AlertExporter
+
+            self.exporter = AlertExporter(cfg.export, self.metrics)
+            sinks["export"] = self.exporter
+            await self.exporter.start()
         first = self.restored.next_seq
-        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks={"bus": self.writer},
+        self.pipeline = Pipeline(cfg, self._engine, metrics=self.metrics, sinks=sinks,
                                  speech_engine=speech_engine, vad_factory=vad_factory, describer=describer,
                                  seq_factory=lambda sid: itertools.count(first))
         engine = next((s.engine for s in cfg.sources if s.id == self.stream_id), None)
@@ -99,6 +107,9 @@ class StreamWorker:
             self._task = None
         if self.writer is not None:
             await self.writer.aclose()
+        if self.exporter is not None:
+            await self.exporter.aclose()
+            self.exporter = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
