@@ -24,7 +24,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "%s:%s" .Values.image.repository .Values.image.tag }}
 {{- end -}}
 
-{{/* the bus URL the processes get as $(STREAMCAP_BUS) */}}
+{{/* the bus URL the processes get in STREAMCAP_BUS (streamcap reads it when --bus is not given) */}}
 {{- define "streamcap.busEnv" -}}
 - name: STREAMCAP_BUS
 {{- if .Values.bus.existingSecret.name }}
