@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import shutil
 import socket
@@ -20,40 +21,41 @@ def free_port() -> int:
 
 
 def wait_for_line(proc: subprocess.Popen, marker: str, timeout_s: float, what: str) -> None:
-    """Read ``proc``'s (text) stdout until a line holds ``marker``; RuntimeError when it exits or
-    ``timeout_s`` passes first. The rest of its output is drained by a thread (never blocks it)."""
+    """Read ``proc``'s stdout (a binary pipe) until it holds ``marker``; RuntimeError when it exits
+    or ``timeout_s`` passes first. The rest of its output is drained by a thread (never blocks it)."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout_s
-    seen: list[str] = []
+    seen = b""
     try:
-        while True:
+        while marker.encode() not in seen:
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
-                raise RuntimeError(f"{what} not ready within {timeout_s:g} s: {''.join(seen[-5:])}")
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{what} exited ({proc.wait()}): {''.join(seen[-5:])}")
-            seen.append(line)
-            if marker in line:
-                break
+                raise RuntimeError(f"{what} not ready within {timeout_s:g} s: {seen[-500:]!r}")
+            chunk = os.read(fd, 65536)  # unbuffered: select and the data agree
+            if not chunk:
+                raise RuntimeError(f"{what} exited ({proc.wait()}): {seen[-500:]!r}")
+            seen += chunk
     finally:
         sel.close()
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(fd, 65536), b"")], daemon=True).start()
 
 
 class RedisServer:
     """``redis-server`` on a free loopback port with AOF (appendfsync everysec) in ``folder``."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, password: str | None = None) -> None:
         self.folder = folder
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 20) -> RedisServer:
         exe = shutil.which("redis-server")
@@ -62,8 +64,8 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes", "--dir", str(self.folder),
-             "--save", "", "--protected-mode", "yes"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "--save", "", "--protected-mode", "yes", *(["--requirepass", self.password] if self.password else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for_line(self.proc, "Ready to accept connections", timeout_s, f"redis-server on port {self.port}")
         return self
 
