@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from streamcap.core.errors import ConfigError
 from streamcap.core.types import StreamState
 from streamcap.runtime import bus
 from streamcap.runtime.config import Config
 from streamcap.runtime.metrics import Metrics
-from streamcap.runtime.service import access_policy
-from streamcap.server.app import Server, tls_context
+from streamcap.runtime.tasks import cancel_and_wait
+from streamcap.runtime.service import access_policy, server_tls
+from streamcap.server.app import Server
 from streamcap.server.hub import AlertRecord, Hub
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,7 @@ class Gateway:
         self.reader = bus.BusReader(self._redis, self.hub, self.metrics, replay_finals=cfg.server.replay_finals,
                                     replay_alerts=cfg.alerts.replay, max_resume=cfg.server.max_resume_finals)
         await self.reader.refresh_known()
-        ssl_context = None
-        if cfg.server.tls_cert and cfg.server.tls_key:
-            try:
-                ssl_context = tls_context(cfg.server.tls_cert, cfg.server.tls_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"cannot load TLS certificate {cfg.server.tls_cert} / key "
-                                  f"{cfg.server.tls_key}: {exc}") from exc
+        ssl_context = server_tls(cfg)
         self.server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
                              health=self.health, streams=self.streams, failure=self.failure,
                              ping_interval_s=cfg.server.heartbeat_s, close_timeout_s=cfg.server.close_timeout_s,
@@ -117,15 +111,8 @@ class Gateway:
         await self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("gateway: bus reader ended with an error")
-            self._task = None
+        await cancel_and_wait(self._task, log, "gateway: the bus reader")
+        self._task = None
         if self.server is not None:
             await self.server.stop()
         if self.hub.writer is not None:

@@ -107,13 +107,7 @@ class Service:
             self.pipeline.add_stream("demo", demo_source_url(cfg))
         for s in sources:
             self.pipeline.add_stream(s.id, s.url)
-        ssl_context = None
-        if cfg.server.tls_cert and cfg.server.tls_key:
-            try:
-                ssl_context = tls_context(cfg.server.tls_cert, cfg.server.tls_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"cannot load TLS certificate {cfg.server.tls_cert} / key "
-                                  f"{cfg.server.tls_key}: {exc}") from exc
+        ssl_context = server_tls(cfg)
         max_body = cfg.server.max_body_kb * 1024
         server = Server(self.hub, self.metrics, host=cfg.server.host, port=cfg.server.port,
                         health=self.pipeline.health, streams=self.pipeline.stream_ids, failure=self.failure,
@@ -226,6 +220,18 @@ class Service:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def server_tls(cfg: Config) -> ssl.SSLContext | None:
+    """The TLS context of ``[server] tls_cert``/``tls_key``, or None; ConfigError when they do
+    not load."""
+    if not (cfg.server.tls_cert and cfg.server.tls_key):
+        return None
+    try:
+        return tls_context(cfg.server.tls_cert, cfg.server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS certificate {cfg.server.tls_cert} / key "
+                          f"{cfg.server.tls_key}: {exc}") from exc
 
 
 def access_policy(cfg) -> AccessPolicy:

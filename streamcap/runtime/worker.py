@@ -19,6 +19,7 @@ from streamcap.engine.base import load_describer_from_config, load_engine_from_c
 from streamcap.runtime import bus
 from streamcap.runtime.config import Config
 from streamcap.runtime.metrics import Metrics
+from streamcap.runtime.tasks import cancel_and_wait
 from streamcap.runtime.pipeline import Pipeline
 from streamcap.runtime.speechmodels import load_speech, wants_speech
 
@@ -96,15 +97,8 @@ class StreamWorker:
         await self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("stream %s: pipeline ended with an error", self.stream_id)
-            self._task = None
+        await cancel_and_wait(self._task, log, f"stream {self.stream_id}: the pipeline")
+        self._task = None
         if self.writer is not None:
             await self.writer.aclose()
         if self.exporter is not None:
