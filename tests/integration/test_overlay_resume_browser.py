@@ -29,11 +29,11 @@ async def test_a_dropped_overlay_reconnects_with_since_and_keeps_its_captions(re
         second = asyncio.Event()
         add_client = svc.hub.add_client
 
-        def spy(streams=None, since=None):  # every websocket the overlay opens, with its since
+        def spy(streams=None, since=None, **more):  # every websocket the overlay opens, with its since
             connects.append(dict(since or {}))
             if len(connects) >= 2:
                 second.set()
-            return add_client(streams, since=since)
+            return add_client(streams, since=since, **more)
 
         svc.hub.add_client = spy
         page = await browser.new_page(svc.url("/overlay?stream=cam"))
