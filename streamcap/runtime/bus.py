@@ -344,17 +344,16 @@ class BusReader:
                 self._positions[alerts_key(stream)] = alerts[0][0] if alerts else "0-0"
                 self._positions[live_key(stream)] = live[0][0] if live else "0-0"
                 self._reading.add(stream)
+                # clients that already wanted it (all streams, or it by name before it existed)
+                # have nothing of it: its replay, as a client subscribing now would get
+                self._hub.prime_stream(stream)
             self._wake.set()
 
     # --- the loop -----------------------------------------------------------------------------
 
     def _wanted(self) -> set[str]:
-        wanted: set[str] = set()
-        for client in self._hub.clients:
-            if client.streams is None:
-                return set(self._known)
-            wanted |= client.streams
-        return wanted
+        wanted = self._hub.wanted_streams()
+        return set(self._known) if wanted is None else set(wanted)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

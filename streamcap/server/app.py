@@ -194,8 +194,12 @@ class Server:
         logfilter.install()  # before the first request: no token reaches a log line
         app.middlewares.append(self._errors_middleware)  # outermost: also answers the access check's errors
         app.middlewares.append(self._access_middleware)
+        # timeout_ceil_threshold: aiohttp rounds timers of 5 s or more up to the whole second, so
+        # the heartbeats of every viewer that connected in the same second fire in one loop
+        # iteration (1,000 pings at once stalled delivery ~100 ms: tools/bench_gateway); exact
+        # deadlines keep them spread as the connections were
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=self.close_timeout_s)
+                                     shutdown_timeout=self.close_timeout_s, timeout_ceil_threshold=1e9)
         await self._runner.setup()
         assert self._runner.server is not None
         self._runner.server.__class__ = _QuietParseErrorsServer  # see the class: same state, one method

@@ -196,6 +196,10 @@ class Hub:
         self._replay_finals = replay_finals
         self._client_queue_size = client_queue_size
         self._clients: dict[int, ClientHandle] = {}
+        # who gets a stream's messages without asking every client: those subscribed to all
+        # streams, and per stream those subscribed to it by name
+        self._all: dict[int, ClientHandle] = {}
+        self._by_stream: dict[str, dict[int, ClientHandle]] = {}
         self._ids = itertools.count(1)
         self._finals: dict[str, deque[_Final]] = {}
         self._last_status: dict[str, tuple[Status, str]] = {}
@@ -232,6 +236,7 @@ class Hub:
         subscribed = None if streams is None else frozenset(streams)
         client = ClientHandle(next(self._ids), subscribed, self._client_queue_size)
         self._clients[client.id] = client
+        self._index(client)
         self._metrics.clients.set(len(self._clients))
         # a stream named in since but not subscribed to is not replayed (the client gets nothing of
         # it); with no store a since is a plain connect (the recent finals: a client drops the
@@ -244,6 +249,7 @@ class Hub:
     def remove_client(self, client: ClientHandle) -> None:
         """Forget a client (idempotent). Its handle stays closed if it was."""
         if self._clients.pop(client.id, None) is not None:
+            self._unindex(client)
             self._metrics.clients.set(len(self._clients))
 
     def set_subscription(self, client: ClientHandle, streams: Iterable[str] | None,
@@ -255,7 +261,9 @@ class Hub:
             return
         before = client.streams
         after = None if streams is None else frozenset(streams)
+        self._unindex(client)
         client._streams = after
+        self._index(client)
         if before is None:
             added: frozenset[str] | None = frozenset()
         elif after is None:
@@ -470,11 +478,40 @@ class Hub:
         client._grow(len(out))
         return out
 
+    def _index(self, client: ClientHandle) -> None:
+        if client.streams is None:
+            self._all[client.id] = client
+        else:
+            for stream in client.streams:
+                self._by_stream.setdefault(stream, {})[client.id] = client
+
+    def _unindex(self, client: ClientHandle) -> None:
+        self._all.pop(client.id, None)
+        for stream in client.streams or ():
+            subs = self._by_stream.get(stream)
+            if subs is not None:
+                subs.pop(client.id, None)
+                if not subs:
+                    del self._by_stream[stream]
+
+    def wanted_streams(self) -> frozenset[str] | None:
+        """The streams some client wants; None when a client wants every stream."""
+        return None if self._all else frozenset(self._by_stream)
+
+    def prime_stream(self, stream: str) -> None:
+        """Give the clients that want ``stream`` its replay (last status, recent finals, alerts):
+        a gateway learnt it after they subscribed, so they have nothing of it yet."""
+        for client in self.subscribers(stream):
+            self._prime(client, [stream])
+
+    def subscribers(self, stream: str) -> list[ClientHandle]:
+        """The clients that get ``stream``'s messages (a copy: delivering may drop some)."""
+        named = self._by_stream.get(stream)
+        return [*self._all.values(), *named.values()] if named else list(self._all.values())
+
     def _fan_out(self, stream: str, text: str, seq: int | None = None) -> int:
         delivered = 0
-        for client in self.clients:
-            if not client.wants(stream):
-                continue
+        for client in self.subscribers(stream):
             if seq is not None and client._floors and seq <= client._floors.get(stream, -1):
                 continue  # a resume gave it this one already
             if self._deliver(client, text):

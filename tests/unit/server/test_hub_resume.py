@@ -84,3 +84,26 @@ def test_subscribe_since_on_the_wire():
                 '{"type":"subscribe","streams":["cam"],"since":[1]}'):
         with pytest.raises(ProtocolError):
             wire.decode_client_message(bad)
+
+
+def test_subscriber_index_follows_subscriptions_and_removals():
+    hub = Hub(metrics=Metrics())
+    a, b, every = hub.add_client(["cam"]), hub.add_client(["cam", "door"]), hub.add_client(None)
+    assert {c.id for c in hub.subscribers("cam")} == {a.id, b.id, every.id}
+    assert hub.wanted_streams() is None
+    hub.remove_client(every)
+    assert hub.wanted_streams() == frozenset({"cam", "door"})
+    hub.set_subscription(b, ["door"])
+    assert {c.id for c in hub.subscribers("cam")} == {a.id}
+    hub.remove_client(a)
+    assert hub.subscribers("cam") == [] and hub.wanted_streams() == frozenset({"door"})
+    assert hub.publish_caption(cap(1)) == 0 and hub.publish_caption(cap(2, stream="door")) == 1
+
+
+def test_prime_stream_gives_existing_subscribers_a_new_streams_replay_once():
+    hub = Hub(metrics=Metrics())
+    every, other = hub.add_client(None), hub.add_client(["other"])
+    hub.seed(cap(4))
+    hub.seed(cap(5))
+    hub.prime_stream("cam")
+    assert [m.seq for m in drain(every)] == [4, 5] and drain(other) == []
