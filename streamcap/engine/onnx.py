@@ -45,6 +45,10 @@ def session_setup(manifest, *, provider: str, providers: Sequence[str] | None, i
     opts = ort.SessionOptions()
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
+    # no spin-waiting: between calls ORT's worker threads would otherwise burn a core each
+    # looking for work (a machine shared by many streams and engines needs those cycles)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     available = ort.get_available_providers()
     if providers is None:
