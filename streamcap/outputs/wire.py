@@ -110,6 +110,7 @@ class CaptionMsg:
     track: str = VIDEO_TRACK  # the stream's caption track ("video" when the field is absent)
     words: tuple[SpeechWord, ...] = ()  # speech: each word with its media time
     objects: tuple[SceneObject, ...] = ()  # scene describer: counted objects by class and motion
+    sent: float | None = None  # server wall clock when published (unix s), for delivery latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +219,12 @@ def encode_hello(
     )
 
 
-def encode_caption(c: Caption, *, with_track: bool = False) -> str:
+def encode_caption(c: Caption, *, with_track: bool = False, sent: float | None = None) -> str:
     """A caption; start/end are media seconds rounded to the millisecond. ``track`` is sent only
     for a track other than ``video`` (or always, ``with_track``: JSON Lines files), so clients
-    written before tracks see no new field. Speech captions carry their ``words`` with times."""
+    written before tracks see no new field. Speech captions carry their ``words`` with times.
+    ``sent``: the server's wall clock (unix seconds) when it published the caption, so a client
+    can measure its delivery latency."""
     msg = _header(MessageType.CAPTION) | {
         "stream": c.stream,
         "seq": c.seq,
@@ -238,6 +241,8 @@ def encode_caption(c: Caption, *, with_track: bool = False) -> str:
         msg["words"] = [{"w": w.text, "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for w in c.words]
     if c.objects:
         msg["objects"] = objects_json(c.objects)
+    if sent is not None:
+        msg["sent"] = round(sent, 4)
     return _dumps(msg)
 
 
@@ -538,7 +543,7 @@ _SERVER_FIELDS: dict[MessageType, tuple[type, dict[str, _Check], dict[str, _Chec
             "score": _number(),
             "window": _integer(-1),
         },
-        {"track": _track, "words": _words, "objects": _objects},
+        {"track": _track, "words": _words, "objects": _objects, "sent": _number(0)},
     ),
     MessageType.STATUS: (
         StatusMsg,

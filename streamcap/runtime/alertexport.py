@@ -341,7 +341,7 @@ class AlertExporter:
             stream, kind, payload = event.alert.stream, ALERTS, wire.encode_alert(event.alert)
         elif (isinstance(event, CaptionEvent) and self.config.finals
               and CaptionState(event.caption.state) is CaptionState.FINAL):
-            stream, kind, payload = event.caption.stream, FINALS, wire.encode_caption(event.caption)
+            stream, kind, payload = event.caption.stream, FINALS, wire.encode_caption(event.caption, sent=time.time())
         else:
             return
         for dest in self.destinations.values():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ class BusWriter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, CaptionEvent):
             c = event.caption
-            text = wire.encode_caption(c)
+            text = wire.encode_caption(c, sent=time.time())
             if CaptionState(c.state) is CaptionState.FINAL:
                 self._put(_Out(finals_key(c.stream), {"m": text}, entry_id(c.seq),
                                self._maxlen["finals"], True))

@@ -28,8 +28,9 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -187,12 +188,14 @@ class Hub:
     def __init__(
         self, *, metrics: Metrics, replay_finals: int = 20, client_queue_size: int = 256,
         replay_alerts: int = 50, store=None, max_resume_finals: int = 1000,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if replay_finals < 0:
             raise ValueError(f"replay_finals must be >= 0, got {replay_finals}")
         if client_queue_size < 1:
             raise ValueError(f"client_queue_size must be >= 1, got {client_queue_size}")
         self._metrics = metrics
+        self._wall_clock = wall_clock  # a caption's "sent" time
         self._replay_finals = replay_finals
         self._client_queue_size = client_queue_size
         self._clients: dict[int, ClientHandle] = {}
@@ -294,7 +297,7 @@ class Hub:
         ``text``: its wire message when already encoded (a gateway passes on the bus's).
         Returns how many clients it was queued for."""
         if text is None:
-            text = wire.encode_caption(caption)
+            text = wire.encode_caption(caption, sent=self._wall_clock())
         state = CaptionState(caption.state)
         self._metrics.captions_total.labels(stream=caption.stream, state=state.value).inc()
         if state is CaptionState.FINAL and self._store is not None:

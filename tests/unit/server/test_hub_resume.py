@@ -107,3 +107,12 @@ def test_prime_stream_gives_existing_subscribers_a_new_streams_replay_once():
     hub.seed(cap(5))
     hub.prime_stream("cam")
     assert [m.seq for m in drain(every)] == [4, 5] and drain(other) == []
+
+
+def test_published_captions_carry_the_servers_send_time():
+    hub = Hub(metrics=Metrics(), wall_clock=lambda: 1767225600.12345)
+    client = hub.add_client(["cam"])
+    hub.publish_caption(cap(1))
+    (msg,) = drain(client)
+    assert msg.sent == 1767225600.1234 or msg.sent == 1767225600.1235
+    assert wire.decode_server_message(wire.encode_caption(cap(1))).sent is None  # files: no send time
