@@ -251,6 +251,9 @@ class StreamRunner:
             "frame_transform": transform,
             "clock": self.p.clock,
             **source_options(cfg),
+            # the decoder converts only the frames the processor keeps (the stream's own limit)
+            "max_fps": self.processor.settings.max_ingest_fps,
+            "min_side": pre.image_size,  # and scales them to about the engine's size as it converts
         }
         if self.spec.kind is SourceKind.PUSH:
             kwargs["max_queued_frames"] = cfg.ingest.max_queued_frames

@@ -247,6 +247,43 @@ def _no_video_detail(what: str, container: Any, *, want_audio: bool = False) -> 
 # --------------------------------------------------------------------------- the source
 
 
+def rgb_size(width: int, height: int, min_side: int | None) -> dict:
+    """``to_ndarray`` arguments for an RGB picture: the frame's own size, or, when its shorter
+    side is at least twice ``min_side`` (a 1080p camera for a 416 px engine), scaled (area
+    averaging) so that side is ``min_side``; even sizes. Smaller pictures keep their size: the
+    engine's own resize then sees exactly what it did before (the describer's figures on
+    vtest.avi, 768x576, are unchanged)."""
+    out: dict = {"format": "rgb24"}
+    short = min(width, height)
+    if min_side is None or short < 2 * min_side:
+        return out
+    scale = min_side / short
+    out.update(width=max(2, round(width * scale / 2) * 2), height=max(2, round(height * scale / 2) * 2),
+               interpolation="AREA")
+    return out
+
+
+class FrameThinning:
+    """Which decoded frames to keep at most ``max_fps`` a second of their own time (the
+    processor's rule: a frame closer than ``1/max_fps - 1 ms`` to the last kept one is skipped).
+    Per connection (``gen``): a reconnect starts afresh, as does a time that goes backwards."""
+
+    def __init__(self, max_fps: float) -> None:
+        self._min_gap_s = 1.0 / max_fps - 1e-3
+        self._gen: int | None = None
+        self._last: float | None = None
+
+    def keep(self, gen: int, time_s: float | None) -> bool:
+        if gen != self._gen:
+            self._gen, self._last = gen, None
+        if time_s is None:
+            return True
+        if self._last is not None and 0 <= time_s - self._last < self._min_gap_s:
+            return False
+        self._last = time_s
+        return True
+
+
 class PyAVSource(ReaderSource):
     """A file, RTSP(S) or HTTP(S) source decoded by PyAV. See the module docstrings (this one and
     :mod:`streamcap.sources.reader`) for the contract."""
@@ -254,16 +291,34 @@ class PyAVSource(ReaderSource):
     kinds = frozenset({SourceKind.FILE, SourceKind.RTSP, SourceKind.HTTP})
     default_max_failures = None  # network streams retry forever; files fail at once anyway
 
+    def __init__(self, stream_id: str, spec, *, max_fps: float | None = None, min_side: int | None = None,
+                 **kwargs: Any) -> None:
+        """``max_fps``: frames kept per second of media (``windows.max_ingest_fps``); the others
+        are decoded but never converted to RGB or resized (the processor would skip them).
+        ``min_side``: the engine's input size; a kept frame larger than that is scaled (aspect
+        kept, shorter side ``min_side``) while FFmpeg converts it to RGB, in one step, so a
+        1080p picture is never converted at full size only to be shrunk."""
+        super().__init__(stream_id, spec, **kwargs)
+        if max_fps is not None and not max_fps > 0:
+            raise ValueError(f"max_fps must be > 0, got {max_fps!r}")
+        if min_side is not None and min_side < 1:
+            raise ValueError(f"min_side must be >= 1, got {min_side!r}")
+        self._frame_thinning = FrameThinning(max_fps) if max_fps else None
+        self._min_side = min_side
+
     def _start_reader(self, loop: asyncio.AbstractEventLoop) -> int:
         install_interrupt_check()  # on the loop thread, before the first reader runs
         return super()._start_reader(loop)
 
     # ------------------------------------------------------------------ reader thread
 
-    def _keep(self, frame: av.VideoFrame) -> bool:
+    def _keep(self, gen: int, frame: av.VideoFrame) -> bool:
         """Whether a decoded frame becomes a :class:`~streamcap.core.types.Frame` (converted to
-        RGB). Every frame today; sampling will decide here (and set ``skip_frame``)."""
-        return True
+        RGB and resized): at most ``max_fps`` frames per second of the stream's time, by the
+        same rule as the processor's ingest sub-sampling, so only frames it keeps are converted
+        (a 1080p30 camera: one frame in three). Frames without a time are kept."""
+        thin = self._frame_thinning
+        return thin is None or thin.keep(gen, frame.time)
 
     def _open(self) -> Any:
         options = dict(RTSP_OPTIONS) if self.spec.kind is SourceKind.RTSP else {}
@@ -413,12 +468,12 @@ class PyAVSource(ReaderSource):
             return 0
         kept = 0
         for frame in decoded:
-            if not self._keep(frame):
+            if not self._keep(gen, frame):
                 continue
             if not self._wait_for_room(gen):
                 return None
             capture_ns = self._clock()
-            image = self._transform(frame.to_ndarray(format="rgb24"))
+            image = self._transform(frame.to_ndarray(**rgb_size(frame.width, frame.height, self._min_side)))
             if not self._post(loop, Decoded(gen, image, capture_ns, frame.time)):
                 return None
             kept += 1

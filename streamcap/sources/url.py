@@ -237,6 +237,8 @@ def parse_source_url(url: str) -> SourceSpec:
 #: apply to synthetic or push ones
 NETWORK_TUNING = frozenset({"stall_timeout_s", "open_timeout_s", "read_timeout_s", "backoff", "rng",
                             "max_failures", "end_on_eof"})
+#: options only PyAV's decoder takes (the webcam, synthetic and push sources have no use for them)
+DECODER_OPTIONS = frozenset({"max_fps", "min_side"})
 #: handoff sizes: decoding and synthetic sources take them, push sources have their own queues
 HANDOFF_OPTIONS = frozenset({"handoff_size", "audio_handoff_size"})
 
@@ -263,18 +265,19 @@ def open_source(stream_id: str, url: str | SourceSpec, **kwargs: Any) -> Source:
     if spec.kind is SourceKind.SYNTHETIC:
         from streamcap.sources.synthetic import SyntheticShapesSource
 
-        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING}
+        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING and k not in DECODER_OPTIONS}
         return SyntheticShapesSource(stream_id, **{**spec.options, **own})
     if spec.kind is SourceKind.PUSH:
         from streamcap.sources.push import PushSource
 
         # no decoder handoff either: publishers push into the source's own bounded queue
-        own = {k: v for k, v in kwargs.items() if k not in NETWORK_TUNING and k not in HANDOFF_OPTIONS}
+        own = {k: v for k, v in kwargs.items()
+               if k not in NETWORK_TUNING and k not in HANDOFF_OPTIONS and k not in DECODER_OPTIONS}
         return PushSource(stream_id, **own)
     if spec.kind is SourceKind.WEBCAM:
         from streamcap.sources.opencv import OpenCVSource
 
-        return OpenCVSource(stream_id, spec, **kwargs)
+        return OpenCVSource(stream_id, spec, **{k: v for k, v in kwargs.items() if k not in DECODER_OPTIONS})
     from streamcap.sources.pyav import PyAVSource
 
     return PyAVSource(stream_id, spec, **kwargs)
