@@ -13,6 +13,8 @@ frame of the clip.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 
@@ -169,6 +171,23 @@ def sample_scene(
 # --------------------------------------------------------------------------- rendering
 
 
+def _textured(background, texture: np.ndarray, height: int, width: int) -> np.ndarray:
+    base = np.empty((height, width, 3), np.float32)
+    base[:] = background
+    base += texture[..., None] * 12.0
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=16)
+def _background(background: tuple, texture_seed: int, height: int, width: int) -> np.ndarray:
+    """A scene's textured background (read-only; copy before drawing): the same pixels as
+    :func:`_textured` makes, once per scene instead of once per frame (a live demo stream renders
+    10 frames a second)."""
+    img = _textured(background, _texture(texture_seed, height, width), height, width)
+    img.flags.writeable = False
+    return img
+
+
 def _texture(seed: int, height: int, width: int) -> np.ndarray:
     """A light, smooth background texture in [-1, 1], deterministic per scene."""
     rng = np.random.default_rng(seed)
@@ -194,11 +213,10 @@ def render_scene(
     unit = float(min(width, height))
     # scale horizontally so a scene laid out for another aspect still fills the canvas
     sx = width / (scene.aspect * unit)
-    base = np.empty((height, width, 3), np.float32)
-    base[:] = scene.background
-    tex = texture if texture is not None else _texture(scene.texture_seed, height, width)
-    base += tex[..., None] * 12.0
-    img = np.clip(base, 0, 255).astype(np.uint8)
+    if texture is None:  # the same scene's background for every frame of it: made once
+        img = _background(tuple(scene.background), scene.texture_seed, height, width).copy()
+    else:
+        img = _textured(scene.background, texture, height, width)
     for obj in scene.objects:
         colour = tuple(int(np.clip(c + d, 0, 255)) for c, d in zip(COLOURS[obj.colour], obj.tint))
         _draw(img, obj, t_s, unit, sx, colour, cv2.LINE_AA)
