@@ -39,9 +39,14 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
         assert _positive(report.get(key)), f"{key} = {report.get(key)!r}"
     variants = report["variants"]
     for name, r in variants.items():
-        for key in ("windows_per_s", "p50_ms", "p95_ms", "peak_rss_mb"):
+        for key in ("windows_per_s", "p50_ms", "p95_ms", "peak_rss_mb", "cpu_ms_per_window",
+                    "best_round_ms_per_window", "best_round_cpu_ms_per_window"):
             assert _positive(r[key]), f"{name}.{key} = {r[key]!r}"
         assert r["p50_ms"] <= r["p95_ms"]
+        # the best round is no slower than the pooled mean
+        assert r["best_round_ms_per_window"] <= 1000 / r["windows_per_s"] + 1e-6
+    for key in ("fp32_vs_naive", "int8_vs_naive"):
+        assert _positive(report[f"{key}_cpu"]) and _positive(report[f"{key}_best_round"])
     n = variants["naive"]["windows"]
     assert n == report["config"]["windows"]
     assert variants["fp32"]["windows"] == variants["int8"]["windows"] == n
