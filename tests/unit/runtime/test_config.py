@@ -187,9 +187,13 @@ def test_config_defaults_are_the_defaults_the_sources_fall_back_to():
     from streamcap.sources.pyav import PyAVSource
     from streamcap.sources.synthetic import SyntheticShapesSource
 
+    from streamcap.sources.reader import ReaderSource
+
     options = source_options(Config())
     assert options["backoff"] == Backoff()
-    for cls in (PyAVSource, OpenCVSource):
+    # PyAVSource adds its decoder's own options and hands the rest to ReaderSource
+    assert issubclass(PyAVSource, ReaderSource) and "kwargs" in inspect.signature(PyAVSource).parameters
+    for cls in (ReaderSource, OpenCVSource):
         params = inspect.signature(cls).parameters
         for name in ("open_timeout_s", "read_timeout_s", "handoff_size", "stall_timeout_s", "end_on_eof"):
             assert params[name].default == options[name], (cls.__name__, name)
