@@ -122,10 +122,15 @@ class Metrics:
         )
         self.frame_cache_total = Counter(
             "frame_cache_total",
-            "Frame-feature cache lookups by result (hit, miss) and entries evicted when full (evicted).",
-            ["result"],
+            "Frame-feature cache lookups by result (hit, miss) and entries evicted when full (evicted), "
+            "per engine (caption: the caption model's frame features; describer: its detections).",
+            ["result", "engine"],
             namespace=ns,
             registry=reg,
+        )
+        self.frame_cache_hit_ratio = Gauge(
+            "frame_cache_hit_ratio", "Share of frame-cache lookups that hit, since the start, per engine.",
+            ["engine"], namespace=ns, registry=reg,
         )
         self.glass_to_caption_seconds = Histogram(
             "glass_to_caption_seconds",

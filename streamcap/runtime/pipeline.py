@@ -447,11 +447,14 @@ class EngineWorker:
         cache = getattr(self.engine, "cache", None)
         if cache is not None:
             m = self.p.metrics
+            engine = "describer" if self.describes else "caption"
             for name, value in (("hit", cache.hits), ("miss", cache.misses), ("evicted", cache.evictions)):
                 delta = value - self._cache_seen.get(name, 0)
                 if delta:
-                    m.frame_cache_total.labels(result=name).inc(delta)
+                    m.frame_cache_total.labels(result=name, engine=engine).inc(delta)
                 self._cache_seen[name] = value
+            if cache.hits + cache.misses:
+                m.frame_cache_hit_ratio.labels(engine=engine).set(cache.hits / (cache.hits + cache.misses))
         return results
 
     async def run(self) -> None:

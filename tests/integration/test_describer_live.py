@@ -94,7 +94,8 @@ async def test_vtest_over_rtsp_is_described_at_the_stride_next_to_a_synthetic_st
     assert shapes and not any(c.objects for c in shapes)  # caption models count no objects
     # the describer detects each frame once: windows a stride apart share 3 of their 4 frames
     hits = [float(line.split()[-1]) for line in metrics.splitlines()
-            if line.startswith("streamcap_frame_cache_total") and 'result="hit"' in line]
+            if line.startswith("streamcap_frame_cache_total") and 'result="hit"' in line
+            and 'engine="describer"' in line]
     assert hits and hits[0] > 0, [line for line in metrics.splitlines() if "frame_cache" in line]
 
 
