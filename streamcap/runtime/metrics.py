@@ -37,6 +37,8 @@ ENGINE_LATENCY_BUCKETS_S = (
     2.5,
     5.0,
 )
+#: Per-window pipeline overhead and glass-to-result, 1 ms .. 5 s.
+OVERHEAD_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: Newest frame of a window decoded → its caption published; includes queueing and inference.
 GLASS_TO_CAPTION_BUCKETS_S = (
     0.025,
@@ -139,6 +141,18 @@ class Metrics:
             namespace=ns,
             registry=reg,
             buckets=GLASS_TO_CAPTION_BUCKETS_S,
+        )
+        # every window, published or not (glass_to_caption_seconds sees only published captions)
+        self.window_glass_to_result_seconds = Histogram(
+            "window_glass_to_result_seconds",
+            "Every window: from decoding its newest frame (or audio) to its result back on the event loop.",
+            ["engine"], namespace=ns, registry=reg, buckets=OVERHEAD_BUCKETS_S,
+        )
+        self.pipeline_overhead_seconds = Histogram(
+            "pipeline_overhead_seconds",
+            "Every window: glass-to-result minus the engine call's own time (planning, queueing, waiting "
+            "for the engine thread, handing results back).",
+            ["engine"], namespace=ns, registry=reg, buckets=OVERHEAD_BUCKETS_S,
         )
         self.clients = Gauge("clients", "Websocket clients connected.", namespace=ns, registry=reg)
         self.requests_refused_total = Counter(

@@ -474,15 +474,31 @@ class EngineWorker:
                     for w in batch:
                         self._drop(w, DropReason.ENGINE_ERROR)
                     continue
-                self.p.metrics.engine_latency_seconds.observe(time.perf_counter() - t0)
+                engine_s = time.perf_counter() - t0
+                self.p.metrics.engine_latency_seconds.observe(engine_s)
                 self.batches += 1
                 now = self.p.clock()
+                self._observe_overhead(batch, now, engine_s)
                 for w, res, owner in zip(batch, results, owners):
                     if owner is not None and self.p.runners.get(w.stream) is owner:
                         owner.on_result(w, res, now)
             finally:
                 self.busy = False
                 self.idle.set()
+
+    def _observe_overhead(self, batch: list[Window], now_ns: int, engine_s: float) -> None:
+        """Glass-to-result and the pipeline's own share of it (minus the engine call), for every
+        window of a batch."""
+        m = self.p.metrics
+        label = "speech" if batch[0].audio is not None else "describer" if self.describes else "caption"
+        g2r, overhead = m.window_glass_to_result_seconds.labels(engine=label), m.pipeline_overhead_seconds.labels(engine=label)
+        for w in batch:
+            newest = w.audio_capture_ns if w.audio is not None else max((f.capture_ns for f in w.frames), default=0)
+            if newest <= 0 or newest > now_ns:
+                continue
+            glass_s = (now_ns - newest) / 1e9
+            g2r.observe(glass_s)
+            overhead.observe(max(0.0, glass_s - engine_s))
 
     async def drain(self) -> None:
         while len(self.queue) or self.busy:

@@ -97,6 +97,11 @@ async def test_vtest_over_rtsp_is_described_at_the_stride_next_to_a_synthetic_st
             if line.startswith("streamcap_frame_cache_total") and 'result="hit"' in line
             and 'engine="describer"' in line]
     assert hits and hits[0] > 0, [line for line in metrics.splitlines() if "frame_cache" in line]
+    # every window's pipeline overhead is recorded, per engine
+    for engine in ("describer", "caption"):
+        counts = [float(line.split()[-1]) for line in metrics.splitlines()
+                  if line.startswith(f'streamcap_pipeline_overhead_seconds_count{{engine="{engine}"}}')]
+        assert counts and counts[0] > 0, engine
 
 
 async def test_vtest_over_whip_from_an_aiortc_publisher_is_described(vtest_path):
