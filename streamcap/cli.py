@@ -462,11 +462,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _cluster(args: argparse.Namespace) -> int:
     """``gateway``, ``controller`` and ``worker``: the cluster's processes (docs/scale-out.md)."""
-    try:
-        import redis  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
         raise StreamcapError("cluster mode needs the cluster extra: pip install 'streamcap[cluster]'",
-                             code="bad_config") from None
+                             code="bad_config")
     if not args.bus:
         raise StreamcapError("give the Redis bus: --bus redis://HOST:PORT/0 or STREAMCAP_BUS", code="bad_config")
     over: dict = {}

@@ -29,6 +29,7 @@ from streamcap.runtime.alertexport import AlertExporter
 from streamcap.runtime.config import load_config
 from streamcap.runtime.metrics import Metrics
 from streamcap.runtime.service import Service
+from tests.helpers.servers import wait_for_line
 
 pytestmark = pytest.mark.integration
 
@@ -60,19 +61,10 @@ class Broker:
         self.proc: subprocess.Popen | None = None
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=(self.folder / "mosquitto.log").open("ab"))
-        deadline = time.monotonic() + 10.0
-        while True:  # ready when it accepts a connection
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mosquitto did not start: {(self.folder / 'mosquitto.log').read_text()}")
-                await asyncio.sleep(0.02)  # poll interval of a bounded wait for the listener
-                continue
-            writer.close()
-            return
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        # ready once it says it runs (it logs that after opening its listener)
+        await asyncio.to_thread(wait_for_line, self.proc, " running", 10.0, f"mosquitto on port {self.port}")
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
