@@ -66,7 +66,11 @@ class RedisServer:
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes", "--dir", str(self.folder),
              "--save", "", "--protected-mode", "yes", *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_for_line(self.proc, "Ready to accept connections", timeout_s, f"redis-server on port {self.port}")
+        try:
+            wait_for_line(self.proc, "Ready to accept connections", timeout_s, f"redis-server on port {self.port}")
+        except BaseException:
+            self.stop()  # never leave a server behind a failed start
+            raise
         return self
 
     def stop(self) -> None:

@@ -64,7 +64,11 @@ class Broker:
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         # ready once it says it runs (it logs that after opening its listener)
-        await asyncio.to_thread(wait_for_line, self.proc, " running", 10.0, f"mosquitto on port {self.port}")
+        try:
+            await asyncio.to_thread(wait_for_line, self.proc, " running", 10.0, f"mosquitto on port {self.port}")
+        except BaseException:
+            await self.stop()  # never leave a broker behind a failed start
+            raise
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
