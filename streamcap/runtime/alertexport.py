@@ -68,6 +68,8 @@ class Destination:
         self._clock = clock
         self._wake = asyncio.Event()  # a message was put
         self._drained = asyncio.Event()  # the outbox is empty
+        self.attempts = 0  # delivery and connection attempts settled (delivered, rejected or failed)
+        self._attempted = asyncio.Event()  # set after each, for whoever waits on progress
         self._drained.set()
         self._task: asyncio.Task | None = None
         self._down_since: float | None = None
@@ -98,6 +100,21 @@ class Destination:
         except TimeoutError:
             return False
         return True
+
+    async def wait_attempts(self, n: int, timeout_s: float) -> bool:
+        """Until at least ``n`` attempts have settled (True) or ``timeout_s`` passed (False)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.attempts < n:
+                    self._attempted.clear()
+                    await self._attempted.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _attempt_settled(self) -> None:
+        self.attempts += 1
+        self._attempted.set()
 
     async def aclose(self, flush_timeout_s: float) -> list[Dropped]:
         """Deliver what is pending for up to ``flush_timeout_s``, stop, and give up on the rest
@@ -141,6 +158,7 @@ class Destination:
             self._failed(now, message, why)
         self._metrics.export_messages_total.labels(destination=self.name, outcome=outcome.value).inc()
         self._depth_changed()
+        self._attempt_settled()
 
     def _failed(self, now: float, message: OutboxMessage | None, why: str) -> None:
         delay = self.outbox.failed(now, message)
@@ -259,6 +277,7 @@ class MqttDestination(Destination):
                     self._settle(message, Outcome.RETRY, _describe(exc))
                 else:
                     self._failed(now, None, _describe(exc))
+                    self._attempt_settled()
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         """Publish due messages until the connection fails (raises MqttError)."""

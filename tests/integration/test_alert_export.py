@@ -249,10 +249,11 @@ async def test_a_broker_down_for_ten_seconds_loses_nothing_and_the_outbox_replay
             exporter(AlertEvent(a))
         # ten seconds of outage: nothing leaves the outbox, the exporter keeps retrying with backoff
         down_until = time.monotonic() + 10.0
-        while time.monotonic() < down_until:
+        dest = exporter.destinations[name]
+        while (left := down_until - time.monotonic()) > 0:
             assert exporter.depth() == len(alerts)
             assert _sample(metrics, "streamcap_export_outbox_depth", destination=name) == len(alerts)
-            await asyncio.sleep(0.5)  # models the outage's duration; the assertion above is the check
+            await dest.wait_attempts(dest.attempts + 1, left)  # checked again after every retry
         retries_while_down = _sample(metrics, "streamcap_export_messages_total", destination=name, outcome="retry")
         assert 5 <= retries_while_down <= 30  # backed off (0.2, 0.4, 0.8, then 1 s), not a busy loop
 
@@ -344,11 +345,11 @@ async def test_the_mqtt_password_and_the_webhook_authorization_never_reach_the_l
         assert await exporter.destinations[f"webhook:127.0.0.1:{hook.port}"].wait_drained(
             TIMEOUT_S)  # 500, 500, then 401: rejected
         deadline = time.monotonic() + TIMEOUT_S
-        while (_sample(metrics, "streamcap_export_messages_total", destination=f"mqtt:127.0.0.1:{dead_port}",
-                       outcome="retry") < 2
-               or _sample(metrics, "streamcap_export_messages_total", destination="dead-hook", outcome="retry") < 2):
-            assert time.monotonic() < deadline, "the dead destinations were not retried"
-            await asyncio.sleep(0.05)  # poll interval of a bounded wait on metrics
+        for dead in (f"mqtt:127.0.0.1:{dead_port}", "dead-hook"):  # each retried at least twice
+            d = exporter.destinations[dead]
+            while _sample(metrics, "streamcap_export_messages_total", destination=dead, outcome="retry") < 2:
+                left = deadline - time.monotonic()
+                assert left > 0 and await d.wait_attempts(d.attempts + 1, left), f"{dead} was not retried"
         await exporter.aclose()
     # every line but the test receiver's own access log (it prints the path it was called on)
     text = "\n".join(caplog.handler.format(r) for r in caplog.records if r.name != "aiohttp.access")

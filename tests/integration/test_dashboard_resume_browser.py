@@ -27,7 +27,7 @@ from streamcap.runtime.service import Service
 from streamcap.server.hub import DisconnectReason
 from tests.conftest import unavailable
 from tests.helpers.wsclient import WireClient
-from tools.browser import Chromium, Page, find_chromium
+from tools.browser import BrowserError, Chromium, Page, find_chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -185,11 +185,13 @@ async def test_a_dashboard_resuming_at_a_server_that_counts_afresh_lists_only_th
             assert set(since) == {"cam"} and since["cam"] >= shown[0], (url, shown)
             # its list becomes the new server's finals, none of the old server's left
             deadline = asyncio.get_running_loop().time() + WAIT_S
-            while True:
-                listed = (await page.evaluate(LISTED))["cam"]
+            while True:  # the page's list against what the server published meanwhile
                 published = [c.seq for c in svc.hub.recent_finals("cam")][::-1][:RECENT_FINALS]
-                if listed == published:
+                want = json.dumps(json.dumps(published, separators=(",", ":")))  # as JSON.stringify writes it
+                try:
+                    await page.wait_for(f"JSON.stringify(({LISTED})['cam']) === {want}", timeout=1.0)
                     break
-                assert asyncio.get_running_loop().time() < deadline, f"listed {listed}, published {published}"
-                await asyncio.sleep(0.1)  # polling the page and the server; the deadline is the failure limit
+                except BrowserError:
+                    listed = (await page.evaluate(LISTED))["cam"]
+                    assert asyncio.get_running_loop().time() < deadline, f"listed {listed}, published {published}"
             assert len(published) < len(shown), (shown, published)  # told apart from the old server's list
