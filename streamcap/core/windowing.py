@@ -36,9 +36,13 @@ from streamcap.core.types import VIDEO_TRACK, Frame, Window
 # land a few ulps below the nominal end and must still close the window.
 PTS_EPSILON_S = 1e-6
 
-#: how a window's K frames are placed: ``span`` (both ends included: the caption models were
-#: trained so) or ``grid`` (a grid of window/K shared by consecutive windows: the scene describer)
-SAMPLINGS = ("span", "grid")
+#: how a window's K frames are placed: ``span`` (both ends included, ``window/(K-1)`` apart: the
+#: caption models were trained so), ``aligned`` (the same spacing, but on a media-time grid of
+#: ``window/(K-1)`` from the stream's first frame, the newest target on the last grid point at or
+#: before the window's end: consecutive windows share frames whatever the stride, so a per-frame
+#: cache hits; the caption models) or ``grid`` (``window/K`` apart, the newest at the window's end:
+#: with the stride a multiple of the grid consecutive windows share frames; the scene describer)
+SAMPLINGS = ("span", "aligned", "grid")
 
 #: the largest media time (seconds) a planner accepts: ~317 years, far beyond any real stream and
 #: still small enough that window starts stay exact to well under a microsecond
@@ -174,12 +178,22 @@ class WindowPlanner:
         return [self.spec(i) for i in indices]
 
     def sample_targets(self, spec: WindowSpec) -> list[float]:
-        """K times evenly spaced over ``[start_s, end_s]``, both ends included (``span``); or
+        """K times evenly spaced over ``[start_s, end_s]``, both ends included (``span``); the
+        same spacing moved back onto the stream's grid of ``window_s / (K-1)`` (``aligned``: by
+        less than one grid step, so the first target may lie up to that much before ``start_s``
+        and the window's frames span the same length of media time as with ``span``); or
         (``grid``) the K times ``end_s - j * window_s / K``: on a grid of ``window_s / K``, so
         when the stride is a multiple of it consecutive windows share their frames (and a
         per-frame cache hits), the newest target at the window's end."""
         span = spec.end_s - spec.start_s
         last = self._k - 1
+        if self._sampling == "aligned":
+            assert self._t0_s is not None
+            step = span / last
+            # the last grid point at or before the window's end; targets from grid indices (not
+            # by subtracting steps) so every window names a shared frame time by the same float
+            n = math.floor((spec.end_s - self._t0_s + PTS_EPSILON_S) / step)
+            return [self._t0_s + (n - last + j) * step for j in range(self._k)]
         if self._sampling == "grid":
             step = span / self._k
             return [spec.end_s - step * (last - j) for j in range(self._k)]
@@ -190,7 +204,12 @@ class WindowPlanner:
         frame). Release the ring with it after picking the frames of every due window."""
         if self._t0_s is None:
             return -math.inf
-        return self._t0_s + self._next_index * self._stride_s
+        return self._t0_s + self._next_index * self._stride_s - self.lookback_s
+
+    @property
+    def lookback_s(self) -> float:
+        """How far before its start a window's first target may lie (``aligned``: one grid step)."""
+        return self._window_s / (self._k - 1) if self._sampling == "aligned" else 0.0
 
     def _first_start_after(self, pts_s: float) -> int:
         """Index of the first window whose start is later than ``pts_s`` (beyond ``PTS_EPSILON_S``)."""

@@ -89,6 +89,9 @@ class OnnxCaptionEngine(WindowEngine):
         self.manifest = m = load_manifest(path, verify_hashes=verify_hashes)
         self.name = m.name
         self.frames_per_window = m.frames_per_window
+        # the trained spacing (both ends, window/(K-1) apart) kept on the stream's grid of that
+        # step, so overlapping windows pick the same frames and the frame-feature cache hits
+        self.frame_sampling = "aligned"
         self.window_s = m.window_s
         self.preprocessing = m.preprocessing
         opts, providers, chosen = session_setup(m, provider=provider, providers=providers,

@@ -302,6 +302,9 @@ class TensorRTCaptionEngine(WindowEngine):
                                   "TensorRT cannot build; export fp16 (`--precision fp16`) or fp32 for TensorRT")
         self.name = m.name
         self.frames_per_window = m.frames_per_window
+        # the trained spacing (both ends, window/(K-1) apart) kept on the stream's grid of that
+        # step, so overlapping windows pick the same frames and the frame-feature cache hits
+        self.frame_sampling = "aligned"
         self.window_s = m.window_s
         self.preprocessing = m.preprocessing
         self.fp16 = (m.precision == "fp16") if fp16 is None else bool(fp16)

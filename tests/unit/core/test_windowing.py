@@ -217,3 +217,55 @@ def test_grid_sampling_puts_frames_on_a_grid_that_consecutive_windows_share() ->
         assert a[1:] == b[:-1]  # 3 of 4 frames shared with the next window: each frame is new once
     with pytest.raises(ValueError, match="sampling"):
         WindowPlanner(2.0, 0.5, 4, sampling="random")
+
+
+@pytest.mark.parametrize("fps,t0", [(10.0, 0.0), (10.0, 3.7), (30.0, 12.34), (25.0, 0.0)])
+def test_aligned_sampling_keeps_the_trained_spacing_and_reuses_k_minus_2_frames(fps, t0) -> None:
+    """The caption models' default (window 2 s, stride 0.5 s, K = 6): frames window/(K-1) apart,
+    both ends, on the stream's grid; each window brings at most 2 new frames, so a per-frame
+    cache hits at least (K-2)/K of its lookups."""
+    k, window_s, stride_s = 6, 2.0, 0.5
+    step = window_s / (k - 1)
+    planner = WindowPlanner(window_s, stride_s, k, sampling="aligned")
+    ring = FrameRing(min_ring_capacity(window_s + stride_s + step, fps) + 2, (4, 4, 3), DropPolicy.BLOCK)
+    frames = [frame(i, t0 + i / fps) for i in range(int(60 * fps))]
+    seen: set[int] = set()
+    hits = lookups = windows = 0
+    for f in frames:
+        assert ring.push(f).stored
+        for spec in planner.due(f.pts_s):
+            targets = planner.sample_targets(spec)
+            assert [b - a for a, b in zip(targets, targets[1:])] == pytest.approx([step] * (k - 1))
+            assert spec.end_s - step - 1e-9 < targets[-1] <= spec.end_s + 1e-9
+            assert targets[0] >= spec.start_s - step - 1e-9
+            got = [fr.seq for fr in pick_frames(ring, targets)]
+            # the ring released nothing a window needed: the same frames as from all of them
+            assert got == [fr.seq for fr in pick_frames(frames[: f.seq + 1], targets)]
+            new = [s for s in got if s not in seen]
+            assert windows == 0 or len(new) <= 2
+            hits += k - len(new)
+            lookups += k
+            windows += 1
+            seen.update(got)
+        ring.release_before(planner.release_pts())
+    assert windows >= 110
+    assert hits / lookups >= (k - 2) / k
+    # span sampling at the same stride shares almost nothing: the reason for aligned
+    span = WindowPlanner(window_s, stride_s, k)
+    seen.clear()
+    span_hits = 0
+    for f in frames:
+        for spec in span.due(f.pts_s):
+            got = [fr.seq for fr in pick_frames(frames[: f.seq + 1], span.sample_targets(spec))]
+            span_hits += sum(s in seen for s in got)
+            seen.update(got)
+    assert span_hits / lookups < 0.5
+
+
+def test_aligned_sampling_needs_a_ring_one_grid_step_longer() -> None:
+    planner = WindowPlanner(2.0, 0.5, 6, sampling="aligned")
+    assert planner.lookback_s == pytest.approx(0.4)
+    assert WindowPlanner(2.0, 0.5, 6).lookback_s == 0.0
+    planner.due(5.0)
+    planner.due(7.0)
+    assert planner.release_pts() == pytest.approx(5.0 + planner.next_index * 0.5 - 0.4)
