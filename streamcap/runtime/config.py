@@ -158,7 +158,8 @@ class EngineConfig(_Model):
     repetition_penalty: float = _same_field(DecodingConfig, "repetition_penalty")
     prompt: str | None = _same_field(DecodingConfig, "prompt")
     queue_size: int = Field(8, ge=1, le=1024,
-                            description="Windows waiting for the engine; when full, live streams drop "
+                            description="Windows waiting for the engine, at least (pipeline."
+                                        "engine_queue_per_stream × streams); when full, live streams drop "
                                         "their oldest waiting window (reason engine_busy).")
 
     def decoding(self) -> DecodingConfig:
@@ -312,6 +313,12 @@ class PipelineConfig(_Model):
     health_tick_s: float = Field(0.25, gt=0, le=10,
                                  description="Seconds between stream-health checks (stall watchdog, health "
                                              "alerts).")
+    engine_queue_per_stream: int = Field(
+        2, ge=0, le=16,
+        description="Each engine's window queue holds at least this many windows per stream that uses the engine "
+                    "(its queue_size when that is more), so windows of many streams that fall due together wait "
+                    "instead of being dropped; 0 = queue_size only. When full, a live stream's new window replaces "
+                    "its own oldest waiting one, else the oldest of the stream with the most waiting (engine_busy).")
     video_engine: VideoEngineChoice = Field(
         "auto", description="What watches each stream's picture: `caption` (the [engine] model), `describer` (the "
                             "scene describer) or `auto`: the describer for real sources (files, RTSP, HTTP, "

@@ -90,27 +90,53 @@ def describe_failure(exc: BaseException) -> str:
 class WindowQueue:
     """Bounded FIFO of windows waiting for one engine.
 
+    Size: ``maxsize``, or ``per_stream`` windows for each stream that uses the engine (``streams()``)
+    when that is more, so windows of many streams that fall due together wait instead of being
+    dropped (still bounded: the stream count is).
+
     Policy when full: a live stream's window replaces the oldest waiting window of the same
-    stream (else the oldest of any live stream) and that one is dropped with reason
-    ``engine_busy`` (``on_drop``); a file's window waits for space (``BLOCK``), so nothing is lost.
+    stream; when that stream has none waiting, the oldest window of the live stream with the most
+    windows waiting goes (fair: no stream loses its only window while another has several). The
+    dropped window is counted with reason ``engine_busy`` (``on_drop``); per stream the queue stays
+    in order. A file's window waits for space (``BLOCK``), so nothing is lost.
     """
 
-    def __init__(self, maxsize: int, on_drop: Callable[[Window, DropReason], None]) -> None:
-        self.maxsize = maxsize
+    def __init__(self, maxsize: int, on_drop: Callable[[Window, DropReason], None], *, per_stream: int = 0,
+                 streams: Callable[[], int] | None = None) -> None:
+        self.base_size = maxsize
+        self.per_stream = per_stream
+        self._streams = streams
         self._items: deque[tuple[Window, bool]] = deque()
         self._cond = asyncio.Condition()
         self._on_drop = on_drop
 
+    @property
+    def maxsize(self) -> int:
+        if self._streams is None or self.per_stream <= 0:
+            return self.base_size
+        return max(self.base_size, self.per_stream * self._streams())
+
     def __len__(self) -> int:
         return len(self._items)
+
+    def _victim(self, stream: str) -> int | None:
+        """Index of the live window to drop for a new window of ``stream`` (None: no live one)."""
+        own = next((i for i, (w, lv) in enumerate(self._items) if lv and w.stream == stream), None)
+        if own is not None:
+            return own
+        waiting: dict[str, list[int]] = {}
+        for i, (w, lv) in enumerate(self._items):
+            if lv:
+                waiting.setdefault(w.stream, []).append(i)
+        if not waiting:
+            return None
+        # the most windows waiting; among equals the one whose oldest waited longest
+        return max(waiting.values(), key=lambda idx: (len(idx), -idx[0]))[0]
 
     async def put(self, window: Window, *, live: bool) -> None:
         async with self._cond:
             if live and len(self._items) >= self.maxsize:
-                victim = next((i for i, (w, lv) in enumerate(self._items) if lv and w.stream == window.stream),
-                              None)
-                if victim is None:
-                    victim = next((i for i, (_, lv) in enumerate(self._items) if lv), None)
+                victim = self._victim(window.stream)
                 if victim is None:  # only file windows queued: the live one is dropped instead
                     self._on_drop(window, DropReason.ENGINE_BUSY)
                     return
@@ -385,7 +411,8 @@ class EngineWorker:
         self.engine = engine
         cfg = pipeline.config.engine
         self.max_batch = max_batch or cfg.max_batch
-        self.queue = WindowQueue(queue_size or cfg.queue_size, self._drop)
+        self.queue = WindowQueue(queue_size or cfg.queue_size, self._drop,
+                                 per_stream=pipeline.config.pipeline.engine_queue_per_stream, streams=self._streams)
         # engines that share an executor take turns on its one thread (each waits for its own call,
         # so their calls alternate in the executor's FIFO: none starves the other)
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streamcap-engine-{name}")
@@ -394,6 +421,11 @@ class EngineWorker:
         self.batches = 0
         self.busy = False
         self.idle = asyncio.Event()
+
+    def _streams(self) -> int:
+        """How many streams have a track on this engine (sizes the queue)."""
+        return sum(1 for r in self.p.runners.values()
+                   if any(self.p.workers.get(t.engine) is self for t in r.processor.settings.tracks))
 
     def _drop(self, window: Window, reason: DropReason) -> None:
         runner = self.p.runners.get(window.stream)

@@ -94,3 +94,34 @@ def test_discard_stream_takes_out_only_that_streams_windows():
         gone = q.discard_stream("a")
         return [(w.stream, w.index) for w in gone], [(w.stream, w.index) for w in await q.get_batch(8)]
     assert asyncio.run(go()) == ([("a", 0), ("a", 1)], [("b", 0), ("b", 1)])
+
+
+def test_queue_holds_per_stream_windows_of_every_stream_using_the_engine():
+    """16 streams' windows falling due at once fit a queue sized from the streams, none dropped;
+    the configured size is the floor."""
+    async def go(n_streams):
+        dropped = []
+        streams = [n_streams]
+        q = WindowQueue(8, lambda w, r: dropped.append(w), per_stream=2, streams=lambda: streams[0])
+        for i in range(n_streams):
+            await q.put(_w(f"s{i}", 0), live=True)
+        return q.maxsize, len(q), len(dropped)
+    assert asyncio.run(go(16)) == (32, 16, 0)
+    assert asyncio.run(go(2))[0] == 8
+
+
+def test_full_queue_drops_from_the_stream_with_most_waiting_never_a_lone_window():
+    async def go():
+        dropped = []
+        q = WindowQueue(4, lambda w, r: dropped.append((w.stream, w.index)))
+        for stream, i in [("a", 0), ("b", 0), ("b", 1), ("c", 0)]:
+            await q.put(_w(stream, i), live=True)
+        await q.put(_w("d", 0), live=True)  # d has nothing waiting: b (two waiting) gives its oldest
+        await q.put(_w("a", 1), live=True)  # a has one waiting: its own older window goes
+        order = [(w.stream, w.index) for w in await q.get_batch(10)]
+        return dropped, order
+    dropped, order = asyncio.run(go())
+    assert dropped == [("b", 0), ("a", 0)]
+    assert order == [("b", 1), ("c", 0), ("d", 0), ("a", 1)]
+    # every stream keeps its windows in order and still has one waiting
+    assert {s for s, _ in order} == {"a", "b", "c", "d"}
