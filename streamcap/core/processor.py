@@ -186,10 +186,7 @@ class StreamProcessor:
         ids = itertools.count(1)
         self._make_alert_id = make_alert_id or (lambda: f"{settings.stream}-{next(ids)}")
         video_tracks = [t for t in settings.tracks if t.input == "video"]
-        # a window's frames reach back one grid step before its start with ``aligned`` sampling
-        longest = max((t.window_s + t.stride_s + (t.window_s / (t.frames_per_window - 1)
-                                                  if t.sampling == "aligned" else 0.0)
-                       for t in video_tracks), default=0.0)
+        longest = max((t.window_s + t.stride_s for t in video_tracks), default=0.0)
         need = min_ring_capacity(longest, settings.max_ingest_fps) + 2 if video_tracks else 0
         if settings.ring_capacity < need:
             raise ConfigError(f"pipeline.ring_capacity={settings.ring_capacity} cannot hold a "

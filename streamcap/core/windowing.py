@@ -3,8 +3,11 @@
 :class:`WindowPlanner` owns the window grid of one stream. Window ``i`` covers
 ``[t0 + i*stride_s, t0 + i*stride_s + window_s]`` of media time, ``t0`` being the pts of the
 first frame the planner sees. Starts and ends are computed from ``t0`` and ``i`` (never by
-summing strides), so a stream that runs for days does not drift. A window is due once a frame
-with pts >= its end has arrived; each window is handed out once, in order.
+summing strides), so a stream that runs for days does not drift. With ``aligned`` sampling (the
+caption models) window ``i`` is moved back, by less than one step, onto the stream's grid of
+``window_s / (K-1)``: it ends on the last grid point at or before ``t0 + i*stride_s + window_s``,
+so overlapping windows show the same frames. A window is due once a frame with pts >= its end has
+arrived; each window is handed out once, in order.
 
 A frame that arrives long after the previous one (a gap wider than a window: a container
 timestamp jump, a stall) leaves windows wholly inside the gap with no frame to show. Those are
@@ -82,6 +85,10 @@ class WindowPlanner:
         self._stride_s = float(stride_s)
         self._k = int(frames_per_window)
         self._max_backlog = max_backlog
+        if sampling == "aligned" and stride_s < window_s / (frames_per_window - 1) - PTS_EPSILON_S:
+            # a stride shorter than the grid step would end consecutive windows on the same grid
+            # point (the same frames captioned twice): such a planner samples the plain span
+            sampling = "span"
         self._sampling = sampling
         self._t0_s: float | None = None
         self._next_index = 0
@@ -102,6 +109,11 @@ class WindowPlanner:
     @property
     def frames_per_window(self) -> int:
         return self._k
+
+    @property
+    def sampling(self) -> str:
+        """The sampling in use (``aligned`` asked with a stride below its grid step gives ``span``)."""
+        return self._sampling
 
     @property
     def max_backlog(self) -> int | None:
@@ -140,8 +152,18 @@ class WindowPlanner:
     def spec(self, index: int) -> WindowSpec:
         if self._t0_s is None:
             raise ValueError("the planner has not seen a frame yet")
+        if self._sampling == "aligned":
+            n = self._grid_end(index)
+            step = self._window_s / (self._k - 1)
+            return WindowSpec(index, self._t0_s + (n - self._k + 1) * step, self._t0_s + n * step)
         start = self._t0_s + index * self._stride_s
         return WindowSpec(index, start, start + self._window_s)
+
+    def _grid_end(self, index: int) -> int:
+        """``aligned``: the grid point (in steps of ``window_s / (K-1)`` from ``t0``) window
+        ``index`` ends on: the last one at or before its nominal end ``index*stride + window``."""
+        step = self._window_s / (self._k - 1)
+        return math.floor((index * self._stride_s + self._window_s) / step + 1e-9)
 
     def due(self, latest_pts_s: float) -> list[WindowSpec]:
         """Windows that ended at or before ``latest_pts_s`` and were not handed out yet, oldest
@@ -178,10 +200,8 @@ class WindowPlanner:
         return [self.spec(i) for i in indices]
 
     def sample_targets(self, spec: WindowSpec) -> list[float]:
-        """K times evenly spaced over ``[start_s, end_s]``, both ends included (``span``); the
-        same spacing moved back onto the stream's grid of ``window_s / (K-1)`` (``aligned``: by
-        less than one grid step, so the first target may lie up to that much before ``start_s``
-        and the window's frames span the same length of media time as with ``span``); or
+        """K times evenly spaced over ``[start_s, end_s]``, both ends included (``span``, and
+        ``aligned``, whose windows lie on the stream's grid of ``window_s / (K-1)``); or
         (``grid``) the K times ``end_s - j * window_s / K``: on a grid of ``window_s / K``, so
         when the stride is a multiple of it consecutive windows share their frames (and a
         per-frame cache hits), the newest target at the window's end."""
@@ -189,10 +209,9 @@ class WindowPlanner:
         last = self._k - 1
         if self._sampling == "aligned":
             assert self._t0_s is not None
-            step = span / last
-            # the last grid point at or before the window's end; targets from grid indices (not
-            # by subtracting steps) so every window names a shared frame time by the same float
-            n = math.floor((spec.end_s - self._t0_s + PTS_EPSILON_S) / step)
+            # from grid indices (not by adding steps) so windows name a shared frame by one float
+            n = self._grid_end(spec.index)
+            step = self._window_s / last
             return [self._t0_s + (n - last + j) * step for j in range(self._k)]
         if self._sampling == "grid":
             step = span / self._k
@@ -204,12 +223,7 @@ class WindowPlanner:
         frame). Release the ring with it after picking the frames of every due window."""
         if self._t0_s is None:
             return -math.inf
-        return self._t0_s + self._next_index * self._stride_s - self.lookback_s
-
-    @property
-    def lookback_s(self) -> float:
-        """How far before its start a window's first target may lie (``aligned``: one grid step)."""
-        return self._window_s / (self._k - 1) if self._sampling == "aligned" else 0.0
+        return self.spec(self._next_index).start_s
 
     def _first_start_after(self, pts_s: float) -> int:
         """Index of the first window whose start is later than ``pts_s`` (beyond ``PTS_EPSILON_S``)."""

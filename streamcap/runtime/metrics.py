@@ -38,7 +38,8 @@ ENGINE_LATENCY_BUCKETS_S = (
     5.0,
 )
 #: Per-window pipeline overhead and glass-to-result, 1 ms .. 5 s.
-OVERHEAD_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+OVERHEAD_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
+                      2.0, 2.5, 5.0, 10.0)
 #: Newest frame of a window decoded → its caption published; includes queueing and inference.
 GLASS_TO_CAPTION_BUCKETS_S = (
     0.025,

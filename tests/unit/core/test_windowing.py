@@ -222,22 +222,27 @@ def test_grid_sampling_puts_frames_on_a_grid_that_consecutive_windows_share() ->
 @pytest.mark.parametrize("fps,t0", [(10.0, 0.0), (10.0, 3.7), (30.0, 12.34), (25.0, 0.0)])
 def test_aligned_sampling_keeps_the_trained_spacing_and_reuses_k_minus_2_frames(fps, t0) -> None:
     """The caption models' default (window 2 s, stride 0.5 s, K = 6): frames window/(K-1) apart,
-    both ends, on the stream's grid; each window brings at most 2 new frames, so a per-frame
-    cache hits at least (K-2)/K of its lookups."""
+    both ends, on the stream's grid; a window is due as soon as its last frame is in; each window
+    brings at most 2 new frames, so a per-frame cache hits at least (K-2)/K of its lookups."""
     k, window_s, stride_s = 6, 2.0, 0.5
     step = window_s / (k - 1)
     planner = WindowPlanner(window_s, stride_s, k, sampling="aligned")
-    ring = FrameRing(min_ring_capacity(window_s + stride_s + step, fps) + 2, (4, 4, 3), DropPolicy.BLOCK)
+    ring = FrameRing(min_ring_capacity(window_s + stride_s, fps) + 2, (4, 4, 3), DropPolicy.BLOCK)
     frames = [frame(i, t0 + i / fps) for i in range(int(60 * fps))]
     seen: set[int] = set()
     hits = lookups = windows = 0
+    previous_pts = None
     for f in frames:
         assert ring.push(f).stored
         for spec in planner.due(f.pts_s):
+            assert spec.end_s <= f.pts_s + 1e-6
+            assert previous_pts is None or spec.end_s > previous_pts + 1e-6  # due at its last frame, not later
+            nominal_end = t0 + spec.index * stride_s + window_s
+            assert nominal_end - step - 1e-9 < spec.end_s <= nominal_end + 1e-9
+            assert spec.end_s - spec.start_s == pytest.approx(window_s)
             targets = planner.sample_targets(spec)
+            assert targets[0] == pytest.approx(spec.start_s) and targets[-1] == pytest.approx(spec.end_s)
             assert [b - a for a, b in zip(targets, targets[1:])] == pytest.approx([step] * (k - 1))
-            assert spec.end_s - step - 1e-9 < targets[-1] <= spec.end_s + 1e-9
-            assert targets[0] >= spec.start_s - step - 1e-9
             got = [fr.seq for fr in pick_frames(ring, targets)]
             # the ring released nothing a window needed: the same frames as from all of them
             assert got == [fr.seq for fr in pick_frames(frames[: f.seq + 1], targets)]
@@ -248,6 +253,7 @@ def test_aligned_sampling_keeps_the_trained_spacing_and_reuses_k_minus_2_frames(
             windows += 1
             seen.update(got)
         ring.release_before(planner.release_pts())
+        previous_pts = f.pts_s
     assert windows >= 110
     assert hits / lookups >= (k - 2) / k
     # span sampling at the same stride shares almost nothing: the reason for aligned
@@ -262,10 +268,22 @@ def test_aligned_sampling_keeps_the_trained_spacing_and_reuses_k_minus_2_frames(
     assert span_hits / lookups < 0.5
 
 
-def test_aligned_sampling_needs_a_ring_one_grid_step_longer() -> None:
-    planner = WindowPlanner(2.0, 0.5, 6, sampling="aligned")
-    assert planner.lookback_s == pytest.approx(0.4)
-    assert WindowPlanner(2.0, 0.5, 6).lookback_s == 0.0
+def test_aligned_windows_keep_their_order_and_skip_like_any_other() -> None:
+    planner = WindowPlanner(2.0, 0.5, 6, sampling="aligned", max_backlog=2)
     planner.due(5.0)
-    planner.due(7.0)
-    assert planner.release_pts() == pytest.approx(5.0 + planner.next_index * 0.5 - 0.4)
+    ends = [s.end_s for s in planner.due(7.0)]
+    assert ends == pytest.approx([7.0])  # window 0 ends on its nominal end, on the grid
+    got = planner.due(9.9)  # a burst: only the newest two, older ones skipped and counted
+    assert len(got) == 2 and planner.last_skipped > 0
+    assert got[0].end_s < got[1].end_s <= 9.9
+    assert planner.release_pts() == pytest.approx(planner.spec(planner.next_index).start_s)
+
+
+def test_aligned_with_a_stride_below_the_grid_step_samples_the_span() -> None:
+    """Windows 0.25 s apart on a 0.4 s grid would repeat grid ends (the same frames twice)."""
+    planner = WindowPlanner(2.0, 0.25, 6, sampling="aligned")
+    assert planner.sampling == "span"
+    planner.due(0.0)
+    ends = [s.end_s for s in planner.due(4.0)]
+    assert len(set(ends)) == len(ends)
+    assert WindowPlanner(2.0, 0.4, 6, sampling="aligned").sampling == "aligned"
