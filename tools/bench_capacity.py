@@ -25,8 +25,10 @@ chunk in → its words out) is at most ``--speech-lag-s`` (default 2 s: two of t
 chunks; past it a call for all N streams takes longer than the audio it covers).
 
 Reported per kind and N: windows (or speech results) per stream per second (min and median),
-drops by reason, process CPU in cores, glass-to-result p95 (the newest frame of a window or the
-end of a speech chunk to its result), and carried or not; the most streams carried per kind.
+drops by reason, process CPU in cores, the pipeline overhead p50/p95 (glass-to-result minus the
+engine call) and glass-to-result p95 (the newest frame of a window or the end of a speech chunk to
+its result; these two over the whole run, warm-up included, as bucket upper bounds), and carried
+or not; the most streams carried per kind.
 ``--plot`` draws the share of each stream's windows delivered (min over streams) against N.
 All figures from one run; the load average is recorded at the start and end. Blocking.
 """
@@ -149,6 +151,7 @@ async def live_point(kind: str, n: int, seconds: float, warmup_s: float, *, fram
                 close()
     span = t1 - t0
     track = SPEECH_TRACK if kind == "speech" else VIDEO_TRACK
+    label = "describer" if kind == "describer" else "speech" if kind == "speech" else "caption"
     counts: dict[str, int] = defaultdict(int)
     for _, ev in progress[p0:p1]:
         if ev.track == track:
@@ -160,8 +163,9 @@ async def live_point(kind: str, n: int, seconds: float, warmup_s: float, *, fram
     point = {"kind": kind, "streams": n, "seconds_measured": round(span, 1),
              "per_stream_s_min": round(min(rates), 2), "per_stream_s_median": round(statistics.median(rates), 2),
              "dropped": dict(reasons), "cpu_cores_used": round((c1 - c0) / span, 2),
-             "glass_to_result_p95_s": _glass_p95(metrics.registry, "describer" if kind == "describer" else
-                                                 ("speech" if kind == "speech" else "caption"))}
+             "glass_to_result_p95_s": _quantile(metrics.registry, label),
+             "overhead_p50_s": _quantile(metrics.registry, label, 0.5, "streamcap_pipeline_overhead_seconds"),
+             "overhead_p95_s": _quantile(metrics.registry, label, 0.95, "streamcap_pipeline_overhead_seconds")}
     if kind == "speech":
         g95 = point["glass_to_result_p95_s"]
         point["share_delivered"] = round(sum(1 for s in ids if counts[s]) / n, 3)
@@ -175,11 +179,12 @@ async def live_point(kind: str, n: int, seconds: float, warmup_s: float, *, fram
     return point
 
 
-def _glass_p95(registry, engine: str) -> float | None:
-    """p95 of window_glass_to_result_seconds{engine} from the run's registry (bucket upper bound)."""
+def _quantile(registry, engine: str, q: float = 0.95,
+              metric_name: str = "streamcap_window_glass_to_result_seconds") -> float | None:
+    """A quantile of a per-engine histogram of the run's registry (its bucket's upper bound)."""
     buckets: list[tuple[float, float]] = []
     for metric in registry.collect():
-        if metric.name != "streamcap_window_glass_to_result_seconds":
+        if metric.name != metric_name:
             continue
         for s in metric.samples:
             if s.name.endswith("_bucket") and s.labels.get("engine") == engine:
@@ -191,7 +196,7 @@ def _glass_p95(registry, engine: str) -> float | None:
     if total <= 0:
         return None
     for le, count in buckets:
-        if count >= 0.95 * total:
+        if count >= q * total:
             return le
     return None
 
@@ -246,14 +251,20 @@ def plot(report: dict, out: Path, width: int = 900, height: int = 480) -> None:
     cv2.imwrite(str(out), img)
 
 
+def _ms(bound: float | None) -> str:
+    return "–" if bound is None else f"≤ {bound * 1000:g} ms"
+
+
 def markdown(report: dict) -> str:
-    lines = ["| engine | streams | per stream / s (min / median) | dropped | CPU cores | glass-to-result p95 | carried |",
-             "|---|---:|---|---|---:|---:|---|"]
+    lines = ["| engine | streams | per stream / s (min / median) | dropped | CPU cores | overhead p50 / p95 | "
+             "glass-to-result p95 | carried |",
+             "|---|---:|---|---|---:|---|---:|---|"]
     for p in report["points"]:
         dropped = ", ".join(f"{v} {k}" for k, v in p["dropped"].items()) or "0"
         g = p["glass_to_result_p95_s"]
         lines.append(f"| {p['kind']} | {p['streams']} | {p['per_stream_s_min']} / {p['per_stream_s_median']} | "
-                     f"{dropped} | {p['cpu_cores_used']} | {'–' if g is None else f'≤ {g:g} s'} | "
+                     f"{dropped} | {p['cpu_cores_used']} | {_ms(p['overhead_p50_s'])} / {_ms(p['overhead_p95_s'])} | "
+                     f"{'–' if g is None else f'≤ {g:g} s'} | "
                      f"{'yes' if p['carried'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
