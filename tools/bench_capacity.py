@@ -29,7 +29,8 @@ drops by reason, process CPU in cores, the pipeline overhead p50/p95 (glass-to-r
 engine call) and glass-to-result p95 (the newest frame of a window or the end of a speech chunk to
 its result; these two over the whole run, warm-up included, as bucket upper bounds), and carried
 or not; the most streams carried per kind.
-``--plot`` draws the share of each stream's windows delivered (min over streams) against N.
+``--plot`` draws the share of each stream's windows delivered (min over streams; for speech the
+pace kept: the bound ÷ the glass-to-result p95, at most 1) against N.
 All figures from one run; the load average is recorded at the start and end. Blocking.
 """
 
@@ -168,7 +169,9 @@ async def live_point(kind: str, n: int, seconds: float, warmup_s: float, *, fram
              "overhead_p95_s": _quantile(metrics.registry, label, 0.95, "streamcap_pipeline_overhead_seconds")}
     if kind == "speech":
         g95 = point["glass_to_result_p95_s"]
-        point["share_delivered"] = round(sum(1 for s in ids if counts[s]) / n, 3)
+        # the pace kept: 1 while results come within the bound, less as they fall behind
+        point["share_delivered"] = (round(min(1.0, speech_lag_s / g95), 3) if g95 and all(counts[s] for s in ids)
+                                    else 0.0)
         point["carried"] = (not reasons and all(counts[s] for s in ids) and g95 is not None
                             and g95 <= speech_lag_s + 1e-9)
     else:
@@ -223,7 +226,7 @@ def plot(report: dict, out: Path, width: int = 900, height: int = 480) -> None:
     x0, y95 = xy(0, 0.95)
     for xx in range(x0, xy(n_max, 0)[0], 12):
         cv2.line(img, (xx, y95), (xx + 6, y95), (0, 0, 0), 1)
-    cv2.putText(img, "95 %: carried", (xy(n_max, 0)[0] + 6, y95 + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "95 %: carried", (x0 + 6, y95 + 14), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     ticks = sorted({p["streams"] for p in points})
     for n in ticks:
         cv2.putText(img, str(n), (xy(n, 0)[0] - 6, height - bottom + 18), font, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
@@ -235,7 +238,11 @@ def plot(report: dict, out: Path, width: int = 900, height: int = 480) -> None:
         prev = None
         for p in pts:
             here = xy(p["streams"], p["share_delivered"])
-            cv2.circle(img, here, 5 if p["carried"] else 3, colour, -1 if p["carried"] else 2, cv2.LINE_AA)
+            if p["carried"]:
+                cv2.circle(img, here, 5, colour, -1, cv2.LINE_AA)
+            else:  # a cross: not carried
+                cv2.line(img, (here[0] - 6, here[1] - 6), (here[0] + 6, here[1] + 6), colour, 2, cv2.LINE_AA)
+                cv2.line(img, (here[0] - 6, here[1] + 6), (here[0] + 6, here[1] - 6), colour, 2, cv2.LINE_AA)
             if prev is not None:
                 cv2.line(img, prev, here, colour, 2, cv2.LINE_AA)
             prev = here
@@ -243,9 +250,10 @@ def plot(report: dict, out: Path, width: int = 900, height: int = 480) -> None:
         cv2.putText(img, f"{kind}: {best} carried", (width - right + 10, top + 20 + 20 * i), font, 0.45, colour, 1,
                     cv2.LINE_AA)
     m = report["machine"]
-    cv2.putText(img, "share of each stream's windows delivered (min over streams; filled = carried)",
+    cv2.putText(img, "share of each stream's windows delivered, min over streams (dot: carried, cross: not)",
                 (left, 22), font, 0.5, (30, 30, 30), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{m['cpu_count']} cores, load {m['load_average_start'][0]}; stride {STRIDE_S} s",
+    cv2.putText(img, f"{m['cpu_count']} cores, load {m['load_average_start'][0]}-{m.get('load_average_end', ['?'])[0]}; "
+                     f"stride {STRIDE_S} s; speech: pace kept ({report.get('speech_lag_s', 2.0):g} s / glass-to-result p95)",
                 (left, 40), font, 0.4, (90, 90, 90), 1, cv2.LINE_AA)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), img)
@@ -294,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         from tools.bench_describer import load_frames
 
         frames = load_frames(media.fetch_vtest(Path.home() / ".cache" / "streamcap-test-media"), 40.0)
-    report: dict = {"tool": "tools/bench_capacity.py", "stride_s": STRIDE_S, "queue_per_stream": args.queue_per_stream, "seconds": args.seconds,
+    report: dict = {"tool": "tools/bench_capacity.py", "stride_s": STRIDE_S, "queue_per_stream": args.queue_per_stream,
+                    "speech_lag_s": args.speech_lag_s, "seconds": args.seconds,
                     "warmup_s": args.warmup,
                     "machine": {"cpu_count": os.cpu_count(), "load_average_start": _load_avg()}, "points": []}
     for kind in kinds:
