@@ -43,7 +43,10 @@ which caption the streams whatever the viewer count) and that of its event-loop 
 main thread: the hub, the senders, the websocket writes, the pipeline's bookkeeping), VmRSS at T0
 (viewers connected) and at T1 and VmHWM, the viewer processes' CPU and event-loop lag (a 20 ms
 ticker's overshoot: when it is large the viewers, not the server, add latency), the machine's busy
-share. Connect time: from starting the viewer processes to the last pong. Per caption, the latency
+share, and the server's garbage-collector pauses in the window (it runs the real CLI through
+``tools.bench_gateway``'s bootstrap, which notes them). ``--freeze-server-gc`` (an experiment)
+makes the server call ``gc.freeze()`` once its viewers are connected. Connect time: from starting
+the viewer processes to the last pong. Per caption, the latency
 of its first viewer and the spread to its last (``tools/soak.py``'s "delivery spread"); the latency
 per second of the window. The load average is recorded at the start and end of every viewer count.
 
@@ -72,6 +75,7 @@ from pathlib import Path
 
 from tools.bench_gateway import (
     CLK_TCK,
+    GC_BOOT,
     BenchError,
     _latency_summary,
     _loadavg,
@@ -80,6 +84,7 @@ from tools.bench_gateway import (
     _proc_cpu_s,
     _proc_mem_mb,
     _raise_fd_limit,
+    gc_summary,
 )
 
 TARGET_P99_MS = 100.0
@@ -106,6 +111,13 @@ class ServerProc:
     http_url: str  # http://127.0.0.1:PORT
     log_path: Path
     streams: list[str]
+    gc_log: Path
+
+    def gc_pauses(self) -> list | None:
+        """The server's collector pauses (generation, ms, wall time); None when not written (killed)."""
+        if not self.gc_log.exists():
+            return None
+        return json.loads(self.gc_log.read_text())
 
     @property
     def pid(self) -> int:
@@ -135,7 +147,11 @@ async def start_server(folder: Path, sources: dict[str, str], *, client_queue: i
     config.write_text(server_config(client_queue))
     log_path = folder / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCAP_")}
-    cmd = [sys.executable, "-m", "streamcap.cli", "run", "--port", "0", "--host", "127.0.0.1", "--no-speech",
+    gc_log = folder / "server-gc.json"
+    gc_log.unlink(missing_ok=True)
+    env["BENCH_GC_LOG"] = str(gc_log)
+    # the real CLI through bench_gateway's bootstrap, which notes the collector's pauses
+    cmd = [sys.executable, "-c", GC_BOOT, "run", "--port", "0", "--host", "127.0.0.1", "--no-speech",
            "--data-dir", str(folder / "data"), "--config", str(config)]
     for sid, url in sources.items():
         cmd += ["--source", f"{sid}={url}"]
@@ -153,7 +169,7 @@ async def start_server(folder: Path, sources: dict[str, str], *, client_queue: i
                                      f"{log_path.read_text(errors='replace')[-1500:]}")
                 m = re.search(r"serving on (http://\S+?)/?$", line.strip())
                 if m:
-                    return ServerProc(proc, m.group(1).rstrip("/"), log_path, list(sources))
+                    return ServerProc(proc, m.group(1).rstrip("/"), log_path, list(sources), gc_log)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -417,7 +433,7 @@ def _dropped_delta(before: dict, after: dict) -> dict[str, int]:
 
 
 async def run_round(folder: Path, *, clients: int, streams: int, scene_s: float, duration_s: float, subscribe: str,
-                    client_procs: int, drain_s: float, client_queue: int | None) -> dict:
+                    client_procs: int, drain_s: float, client_queue: int | None, freeze_gc: bool = False) -> dict:
     sources = stream_sources(streams, scene_s)
     stream_ids = list(sources)
     load0 = _loadavg()
@@ -452,6 +468,8 @@ async def run_round(folder: Path, *, clients: int, streams: int, scene_s: float,
             raise BenchError(f"streamcap run exited ({srv.proc.returncode}) while viewers connected")
         _progress(f"{connected}/{clients} viewers connected and subscribed in {connect_s:.1f} s; measuring "
                   f"{duration_s:g} s")
+        if freeze_gc:
+            os.kill(srv.pid, signal.SIGUSR1)  # gc.freeze() in the server: its connected state is never scanned again
         m0 = await server_metrics(srv.http_url)
         for c in conns:
             c.send(("measure",))
@@ -486,11 +504,14 @@ async def run_round(folder: Path, *, clients: int, streams: int, scene_s: float,
                 p.kill()
                 p.join(5)
     load1 = _loadavg()
+    pauses = srv.gc_pauses()
     return summarise_round(
         results, finals, stream_ids, subscribe, t0=t0, t1=t1,
         base={"clients": clients, "connected": connected, "streams": streams, "scene_s": scene_s,
               "duration_s": duration_s, "subscribe": subscribe, "client_procs": len(procs),
-              "client_queue": client_queue, "connect_s": round(connect_s, 1), "window_s": round(wall, 2),
+              "client_queue": client_queue, "freeze_server_gc": freeze_gc,
+              "server_gc": None if pauses is None else gc_summary(pauses, t0, t1),
+              "connect_s": round(connect_s, 1), "window_s": round(wall, 2),
               "server_cpu_pct": round(100 * cpu / wall, 1), "server_loop_cpu_pct": round(100 * loop_cpu / wall, 1),
               "server_rss_mb": {"idle": rss_idle, "connected": rss0, "end": rss1, "peak": hwm},
               "machine_busy_pct": round(100 * (busy1 - busy0) / max(1, total1 - total0), 1),
@@ -584,8 +605,9 @@ def summarise_round(results: list[dict], finals: dict[str, list[tuple[int, float
 
 
 def markdown(rounds: list[dict]) -> str:
-    lines = ["| viewers | connect s | received (per viewer min) | latency p50 / p99 / max ms | first viewer p50 / p99 ms "
-             "| spread first→last p99 ms | lost | dropped (clients / msgs) | server CPU % (loop thread) "
+    lines = ["| viewers | connect s | received (per viewer min) | latency p50 / p99 / max ms "
+             "| first viewer p50 / p99 ms | spread first→last p99 ms | lost | dropped (clients / msgs) "
+             "| server CPU % (loop thread) "
              "| server RSS MB (connected → end, peak) | viewers' CPU % | machine busy % | load avg 1 min |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rounds:
@@ -596,7 +618,8 @@ def markdown(rounds: list[dict]) -> str:
             f"({r['received_per_viewer']['min']}) | {lm.get('p50')} / {lm.get('p99')} / {lm.get('max')} | "
             f"{fv.get('p50')} / {fv.get('p99')} | {sp.get('p99')} | {r['lost']} | "
             f"{sum(r['dropped_clients'].values())} / {sum(r['dropped_messages'].values())} | "
-            f"{r['server_cpu_pct']} ({r['server_loop_cpu_pct']}) | {rss['connected']} → {rss['end']}, {rss['peak']} | "
+            f"{r['server_cpu_pct']} ({r['server_loop_cpu_pct']}) | "
+            f"{rss['connected']} → {rss['end']}, {rss['peak']} | "
             f"{round(sum(r['viewer_cpu_pct']), 1)} | {r['machine_busy_pct']} | "
             f"{r['load_average']['start'][0]}–{r['load_average']['end'][0]} |")
     return "\n".join(lines)
@@ -606,17 +629,20 @@ async def _main(args: argparse.Namespace, counts: list[int]) -> dict:
     result: dict = {"cores": os.cpu_count(), "python": sys.version.split()[0], "rounds": [],
                     "config": {"clients": counts, "streams": args.streams, "scene_s": args.scene_s,
                                "duration_s": args.duration_s, "subscribe": args.subscribe,
-                               "client_procs": args.client_procs, "client_queue": args.client_queue},
+                               "client_procs": args.client_procs, "client_queue": args.client_queue,
+                               "freeze_server_gc": args.freeze_server_gc},
                     "load_average_start": _loadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         for i, n in enumerate(counts):
             r = await run_round(Path(tmp) / f"round{i}", clients=n, streams=args.streams, scene_s=args.scene_s,
                                 duration_s=args.duration_s, subscribe=args.subscribe,
-                                client_procs=args.client_procs, drain_s=args.drain_s, client_queue=args.client_queue)
+                                client_procs=args.client_procs, drain_s=args.drain_s,
+                                client_queue=args.client_queue, freeze_gc=args.freeze_server_gc)
             _progress(json.dumps({k: r[k] for k in ("clients", "connected", "received", "latency_ms",
                                                      "first_viewer_ms", "fanout_spread_ms", "lost",
                                                      "dropped_clients", "dropped_messages", "closed_early",
                                                      "server_cpu_pct", "server_loop_cpu_pct", "server_rss_mb",
+                                                     "server_gc",
                                                      "viewer_cpu_pct", "viewer_loop_lag_ms", "machine_busy_pct")}))
             result["rounds"].append(r)
     result["load_average_end"] = _loadavg()
@@ -636,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="server.client_queue_size (default: streamcap's, 256)")
     ap.add_argument("--drain-s", type=float, default=30.0,
                     help="seconds the viewers get to receive the window's last finals")
+    ap.add_argument("--freeze-server-gc", action="store_true",
+                    help="experiment: gc.freeze() in the server once the viewers are connected (SIGUSR1)")
     ap.add_argument("--quick", action="store_true", help="20 viewers, 2 streams, 10 s (the integration test)")
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--markdown", type=Path, help="write the table here")
@@ -687,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
               f"closed early {r['closed_early']} → {'met' if r['target_met'] else 'MISSED'}; "
               f"{r['captions_in_window']} captions in the window ({r['finals_in_window']} finals; the server's "
               f"counter: {r['captions_published_counter']}), union seq gaps {r['union_seq_gaps']}; viewer loop lag "
-              f"{r['viewer_loop_lag_ms']}; RSS idle {r['server_rss_mb']['idle']} MB")
+              f"{r['viewer_loop_lag_ms']}; server GC in the window {r['server_gc'] or 'not recorded'}; "
+              f"RSS idle {r['server_rss_mb']['idle']} MB")
     return 0
 
 

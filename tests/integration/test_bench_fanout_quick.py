@@ -39,6 +39,7 @@ def test_quick_fanout_benchmark_delivers_every_caption_and_reports_latencies(tmp
     assert r["dropped_clients"] == {} and r["dropped_messages"] == {}
     assert r["clients_gauge_end"] == 20
     assert r["server_exit"] == 0
+    assert r["server_gc"] is not None and r["server_gc"]["count"] >= r["server_gc"]["full"] >= 0
     lat = r["latency_ms"]
     assert lat["n"] == r["received"]
     for q in ("p50", "p95", "p99", "max"):
