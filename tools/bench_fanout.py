@@ -258,6 +258,8 @@ def _client_proc(conn: Connection, ws_url: str, subscriptions: list[list[str] | 
     _raise_fd_limit()
     try:
         result = asyncio.run(_clients(conn, ws_url, subscriptions))
+    except EOFError:  # the parent closed the pipe: it stopped (an error, Ctrl-C) and needs nothing more
+        return
     except BaseException as exc:  # boundary: the parent must hear why this process failed
         with contextlib.suppress(OSError):
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -695,6 +697,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench_fanout: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench_fanout: interrupted (the server and the viewer processes were stopped)", file=sys.stderr)
+        return 130
     c = result["config"]
     head = (f"One `streamcap run`, {c['streams']} synthetic streams (scene {c['scene_s']:g} s), "
             f"{'every viewer all streams' if c['subscribe'] == 'all' else 'each viewer one stream'}, "
