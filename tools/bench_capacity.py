@@ -115,25 +115,11 @@ async def live_point(kind: str, n: int, seconds: float, warmup_s: float, *, fram
     stop = asyncio.Event()
     feeders = []
     if kind == "describer":
-        from tools.bench_describer import FPS
+        from tools.bench_describer import publish
 
-        async def publish(i: int, sid: str) -> None:
-            assert frames is not None
-            source = pipeline.push_source(sid, create=False)
-            offset = (i * len(frames)) // max(n, 1)
-            t0, j = time.monotonic(), 0
-            while not stop.is_set():
-                image = await asyncio.to_thread(source.prepare, frames[(offset + j) % len(frames)])
-                source.push(image, pts_s=j / FPS, publisher="bench")
-                j += 1
-                delay = t0 + j / FPS - time.monotonic()
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                    except TimeoutError:
-                        pass
-
-        feeders = [asyncio.ensure_future(publish(i, sid)) for i, sid in enumerate(ids)]
+        assert frames is not None
+        feeders = [asyncio.ensure_future(publish(pipeline, sid, frames, (i * len(frames)) // max(n, 1), stop))
+                   for i, sid in enumerate(ids)]
     try:
         await asyncio.sleep(warmup_s)  # a benchmark's pacing, not a test's synchronisation
         t0, c0, d0, p0 = time.monotonic(), time.process_time(), len(drops), len(progress)

@@ -99,6 +99,24 @@ def per_window(engine, frames: list[np.ndarray], *, cache: bool) -> dict:
             "hit_rate": round(hits / (hits + misses), 3) if cache and hits + misses else 0.0}
 
 
+async def publish(pipeline, sid: str, frames: list[np.ndarray], offset: int, stop: asyncio.Event) -> None:
+    """Push ``frames`` into stream ``sid``'s push source at ``FPS`` of wall time from ``offset``,
+    each resized off the event loop as the server does, until ``stop`` is set."""
+    source = pipeline.push_source(sid, create=False)
+    t0 = time.monotonic()
+    j = 0
+    while not stop.is_set():
+        image = await asyncio.to_thread(source.prepare, frames[(offset + j) % len(frames)])
+        source.push(image, pts_s=j / FPS, publisher="bench")
+        j += 1
+        delay = t0 + j / FPS - time.monotonic()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+
 async def live_streams(n: int, frames: list[np.ndarray], seconds: float, warmup_s: float, threads: int) -> dict:
     from streamcap.core.events import DropEvent
     from streamcap.engine.base import load_describer_from_config, load_engine_from_config
@@ -120,23 +138,8 @@ async def live_streams(n: int, frames: list[np.ndarray], seconds: float, warmup_
     run = asyncio.ensure_future(pipeline.run())
     stop = asyncio.Event()
 
-    async def publish(i: int, sid: str) -> None:
-        source = pipeline.push_source(sid, create=False)
-        offset = (i * len(frames)) // max(n, 1)
-        t0 = time.monotonic()
-        j = 0
-        while not stop.is_set():
-            image = await asyncio.to_thread(source.prepare, frames[(offset + j) % len(frames)])
-            source.push(image, pts_s=j / FPS, publisher="bench")
-            j += 1
-            delay = t0 + j / FPS - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
-
-    publishers = [asyncio.ensure_future(publish(i, sid)) for i, sid in enumerate(ids)]
+    publishers = [asyncio.ensure_future(publish(pipeline, sid, frames, (i * len(frames)) // max(n, 1), stop))
+                  for i, sid in enumerate(ids)]
     try:
         await asyncio.sleep(warmup_s)  # a benchmark's pacing, not a test's synchronisation
         h0 = pipeline.health()
