@@ -74,13 +74,150 @@ def session_setup(manifest, *, provider: str, providers: Sequence[str] | None, i
     return opts, providers, [(p, provider_options.get(p, {})) for p in providers]
 
 
+def _host(value) -> np.ndarray:
+    """A numpy array for an OrtValue (a copy) or an array."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+# ONNX TensorProto data types → numpy (the ones exported weights use)
+_ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 10: np.float16,
+                11: np.float64}
+SHARE_MIN_BYTES = 1 << 12  # smaller initializers are not worth sharing
+
+
+def _varint(buf, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
+
+
+def _fields(buf, start: int, end: int):
+    """Protobuf wire-format fields of ``buf[start:end]``: (number, value or (offset, end))."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+            yield number, value
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            yield number, (i, i + n)
+            i += n
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def _initializers(buf) -> dict[str, tuple[int, tuple[int, ...], int, int]]:
+    """The raw-data initializers of a serialized ModelProto: name → (data type, dims, offset, end).
+    A few lines of protobuf reading instead of the ``onnx`` package (not a runtime dependency)."""
+    out = {}
+    for number, value in _fields(buf, 0, len(buf)):
+        if number != 7:  # ModelProto.graph
+            continue
+        for gnum, gval in _fields(buf, *value):
+            if gnum != 5:  # GraphProto.initializer
+                continue
+            name, dtype, dims, raw, external = "", 0, [], None, False
+            for tnum, tval in _fields(buf, *gval):
+                if tnum == 1:  # dims: one varint each, or packed
+                    if isinstance(tval, tuple):
+                        j = tval[0]
+                        while j < tval[1]:
+                            d, j = _varint(buf, j)
+                            dims.append(d)
+                    else:
+                        dims.append(tval)
+                elif tnum == 2:
+                    dtype = tval
+                elif tnum == 8:
+                    name = bytes(buf[tval[0]:tval[1]]).decode()
+                elif tnum == 9:
+                    raw = tval
+                elif tnum == 14:
+                    external = tval == 1
+            if raw is not None and not external and dtype in _ONNX_DTYPES:
+                out[name] = (dtype, tuple(dims), *raw)
+    return out
+
+
+def shared_initializers(paths: Sequence[os.PathLike | str]) -> tuple[list[dict[str, object]], list]:
+    """Initializers that are byte for byte the same in several graphs (the decoder weights of the
+    prefill and step graphs), as one OrtValue each: per graph ``{initializer name: OrtValue}`` for
+    ``SessionOptions.add_initializer``, and the objects that must stay alive while the sessions
+    live. The values are read-only views of the first graph file, memory-mapped: one copy in
+    memory, shared with the page cache, instead of one per session."""
+    import hashlib
+    import mmap
+
+    from onnxruntime import OrtValue
+
+    found: list[dict[str, tuple]] = []
+    maps, digests = [], {}
+    for path in paths:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            maps.append(mm)
+            keys = {}
+            for name, (dtype, dims, start, end) in _initializers(mm).items():
+                if end - start < SHARE_MIN_BYTES:
+                    continue
+                # hashed through small reads, not the map: pages of a graph whose values are not
+                # kept would otherwise count in this process's resident (and peak) memory
+                h = hashlib.blake2b(digest_size=16)
+                for at in range(start, end, 1 << 22):
+                    h.update(os.pread(f.fileno(), min(1 << 22, end - at), at))
+                key = (dtype, dims, h.digest())
+                digests.setdefault(key, (len(maps) - 1, start, end))
+                keys[name] = key
+        found.append(keys)
+    counts: dict = {}
+    for keys in found:
+        for key in set(keys.values()):
+            counts[key] = counts.get(key, 0) + 1
+    values: dict = {}
+    per_graph: list[dict[str, object]] = []
+    for keys in found:
+        named = {}
+        for name, key in keys.items():
+            if counts[key] < 2:
+                continue
+            if key not in values:
+                i, start, end = digests[key]
+                arr = np.frombuffer(maps[i], dtype=_ONNX_DTYPES[key[0]], count=(end - start) // np.dtype(
+                    _ONNX_DTYPES[key[0]]).itemsize, offset=start).reshape(key[1])
+                values[key] = (arr, OrtValue.ortvalue_from_numpy(arr))
+            named[name] = values[key][1]
+        per_graph.append(named)
+    used = {digests[k][0] for k in values}
+    for i, mm in enumerate(maps):
+        if i not in used:
+            mm.close()
+    return per_graph, [maps[i] for i in sorted(used)] + list(values.values())
+
+
 class OnnxCaptionEngine(WindowEngine):
-    """A ``CaptionEngine`` on ONNX Runtime (CPU by default)."""
+    """A ``CaptionEngine`` on ONNX Runtime (CPU by default).
+
+    ``share_decoder_weights``: the prefill and step sessions hold one copy of the decoder weights
+    instead of one each (CPU only; ``None``: for fp32 engines, where it saves the most, e.g.
+    360 MB for GIT-base). It costs speed, since shared weights are not pre-packed for the CPU
+    kernels (on the benchmark model about 7 % per fp32 window, and far more for int8: its
+    quantised GEMMs need their packed weights, hence not by default there)."""
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "cpu", providers: Sequence[str] | None = None,
                  intra_op_threads: int | None = None, verify_hashes: bool = True,
                  frame_cache_size: int = 256, provider_options: dict | None = None,
-                 trt_cache_dir: str | os.PathLike | None = None) -> None:
+                 trt_cache_dir: str | os.PathLike | None = None, share_decoder_weights: bool | None = None) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise EngineLoadError("ONNX Runtime is not installed: pip install 'streamcap[cpu]' "
                                   "(or 'streamcap[gpu]' on an NVIDIA GPU)")
@@ -98,9 +235,12 @@ class OnnxCaptionEngine(WindowEngine):
                                                 intra_op_threads=intra_op_threads,
                                                 provider_options=provider_options, trt_cache_dir=trt_cache_dir)
         try:
+            self._prefill, self._step = self._decoder_sessions(
+                m, lambda: session_setup(m, provider=provider, providers=providers, intra_op_threads=intra_op_threads,
+                                         provider_options=provider_options, trt_cache_dir=trt_cache_dir)[0],
+                chosen, share=providers == ["CPUExecutionProvider"] and (
+                    m.precision == "fp32" if share_decoder_weights is None else share_decoder_weights))
             self._vision = _session(m.path(m.graphs["vision_encoder"]), opts, chosen)
-            self._prefill = _session(m.path(m.graphs["decoder_prefill"]), opts, chosen)
-            self._step = _session(m.path(m.graphs["decoder_step"]), opts, chosen)
             self._tok = Tokenizer.from_file(str(m.path(m.tokenizer)))
         except Exception as e:  # onnxruntime raises its own exception types; one boundary here
             raise EngineLoadError(f"could not load engine {path}: {e}") from e
@@ -109,10 +249,35 @@ class OnnxCaptionEngine(WindowEngine):
         kinds = ("key", "value")
         self._self_names = [f"{k}_{i}" for i in range(m.num_layers) for k in kinds]
         self._cross_names = [f"cross_{k}_{i}" for i in range(m.num_layers) for k in kinds] if m.cross_attention else []
+        self._prefill_outputs = [o.name for o in self._prefill.get_outputs()]
+        self._step_outputs = [o.name for o in self._step.get_outputs()]
         self.vision_frames_encoded = 0
         self.debug_logits: list[np.ndarray] | None = None  # a list collects every raw logits array (tests)
         log.info("engine %s loaded from %s (%s, %s, K=%d, %dpx)", self.name, path, ",".join(providers),
                  m.precision, self.frames_per_window, self.preprocessing.image_size)
+
+    def _decoder_sessions(self, m, make_opts, chosen, *, share: bool):
+        """The prefill and step sessions. With ``share`` they hold one copy of the decoder
+        weights between them (``shared_initializers``), not one each, and do not pre-pack them (a
+        pre-packed copy per session would undo the sharing)."""
+        # an export that has it: the step whose cache comes in two parts (the prefill's, never
+        # copied, and the generated text's), instead of one concatenated anew at every token
+        self._split_step = "decoder_step_split" in m.graphs and not m.cross_attention
+        step = m.graphs["decoder_step_split" if self._split_step else "decoder_step"]
+        paths = [m.path(m.graphs["decoder_prefill"]), m.path(step)]
+        shared: list[dict] = [{}, {}]
+        self._shared_keepalive: list = []
+        if share:
+            shared, self._shared_keepalive = shared_initializers(paths)
+        sessions = []
+        for path, values in zip(paths, shared):
+            opts = make_opts()
+            if values:
+                opts.add_session_config_entry("session.disable_prepacking", "1")
+            for name, value in values.items():
+                opts.add_initializer(name, value)
+            sessions.append(_session(path, opts, chosen))
+        return sessions
 
     # ------------------------------------------------------------------ public
 
@@ -131,29 +296,76 @@ class OnnxCaptionEngine(WindowEngine):
         feats = self._window_features(windows, keys)
         prompt_ids = self._prompt_ids(prompt)
         ids = np.tile(np.asarray(prompt_ids, dtype=np.int64), (len(windows), 1))
-        out = self._prefill.run(None, {"features": feats, "input_ids": ids})
-        logits, cache = out[0], dict(zip(self._self_names + self._cross_names, out[1:]))
+        # IO binding: the cache stays in ONNX Runtime's OrtValues from the prefill through every
+        # step (each step's present cache is bound as the next step's past), never copied out to
+        # numpy and back; only the logits are read on the host
+        out = self._run_bound(self._prefill, {"features": feats, "input_ids": ids}, self._prefill_outputs)
+        logits = out[0].numpy()
+        cache = dict(zip(self._self_names + self._cross_names, out[1:]))
         if self.debug_logits is not None:
             self.debug_logits.append(logits)
         state = {"self": [cache[n] for n in self._self_names], "cross": [cache[n] for n in self._cross_names]}
+        if self._split_step:
+            return self._results(self._decode_split(logits, prompt_ids, state["self"], opts))
 
         def step(tokens: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
-            if parents is not None:
-                state["self"] = [c[parents] for c in state["self"]]
-                state["cross"] = [c[parents] for c in state["cross"]]
+            if parents is not None:  # beam search: rows continue from other rows (host copies)
+                state["self"] = [_host(c)[parents] for c in state["self"]]
+                state["cross"] = [_host(c)[parents] for c in state["cross"]]
             feed = {"input_ids": tokens.reshape(-1, 1).astype(np.int64)}
             feed.update({f"past_{n}": c for n, c in zip(self._self_names, state["self"])})
             feed.update({n: c for n, c in zip(self._cross_names, state["cross"])})
-            res = self._step.run(None, feed)
+            res = self._run_bound(self._step, feed, self._step_outputs)
             state["self"] = res[1:]
+            logits = res[0].numpy()
             if self.debug_logits is not None:
-                self.debug_logits.append(res[0])
-            return res[0]
+                self.debug_logits.append(logits)
+            return logits
 
         m = self.manifest
         hyps = decode(logits, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
         return self._results(hyps)
 
+    def _decode_split(self, logits: np.ndarray, prompt_ids: list[int], prefix: list, opts) -> list:
+        """Decoding with the split step graph: the prefill's cache (``prefix``) is bound as it is
+        at every step; only the generated tokens' cache (``text_*``) changes."""
+        m = self.manifest
+        b, h, _, hd = prefix[0].shape()
+        state = {"prefix": prefix, "text": [np.zeros((b, h, 0, hd), np.float32) for _ in self._self_names]}
+
+        def step(tokens: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
+            if parents is not None:  # beam search: rows continue from other rows (host copies)
+                if not np.array_equal(parents, np.arange(len(parents))):
+                    state["prefix"] = [_host(c)[parents] for c in state["prefix"]]
+                state["text"] = [_host(c)[parents] for c in state["text"]]
+            feed = {"input_ids": tokens.reshape(-1, 1).astype(np.int64)}
+            feed.update({f"past_{n}": c for n, c in zip(self._self_names, state["prefix"])})
+            feed.update({f"text_{n}": c for n, c in zip(self._self_names, state["text"])})
+            res = self._run_bound(self._step, feed, self._step_outputs)
+            state["text"] = res[1:]
+            out = res[0].numpy()
+            if self.debug_logits is not None:
+                self.debug_logits.append(out)
+            return out
+
+        return decode(logits, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
+
+    @staticmethod
+    def _run_bound(session, feed: dict, outputs: Sequence[str]) -> list:
+        """Run ``session`` with IO binding: numpy arrays or OrtValues in, OrtValues out (allocated
+        by ONNX Runtime on the host; nothing is copied to numpy)."""
+        binding = session.io_binding()
+        for name, value in feed.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
     def close(self) -> None:
         self._vision = self._prefill = self._step = None  # type: ignore[assignment]
+        self._shared_keepalive = []
         self.cache.clear()

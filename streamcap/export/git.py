@@ -57,6 +57,54 @@ def _layer(layer, x, mask, past_k=None, past_v=None):
     return layer.output(layer.intermediate(a), a), k, v
 
 
+def _heads_qkv(layer, x):
+    att = layer.attention.self
+    b, n, _ = x.shape
+    h, hd = att.num_attention_heads, att.attention_head_size
+
+    def heads(t):
+        return t.view(b, n, h, hd).transpose(1, 2)
+
+    return heads(att.query(x)), heads(att.key(x)), heads(att.value(x)), hd
+
+
+def _finish(layer, x, ctx):
+    b, h, n, hd = ctx.shape
+    a = layer.attention.output(ctx.transpose(1, 2).reshape(b, n, h * hd), x)
+    return layer.output(layer.intermediate(a), a)
+
+
+def _prefill_layer(layer, x, n_img: int, text_mask):
+    """The prefill's layer without an (n × n) mask: image rows attend to the image columns only
+    (what the mask allowed them), text rows to everything before them (``text_mask``: (L, n)
+    additive). The same arithmetic as ``_layer`` with the mask (a masked score's weight is an
+    exact 0), without building, adding and reading a mask the size of all the scores."""
+    import torch
+
+    q, k, v, hd = _heads_qkv(layer, x)
+    ki, vi = k[:, :, :n_img], v[:, :, :n_img]
+    img = torch.matmul(torch.softmax(torch.matmul(q[:, :, :n_img], ki.transpose(-1, -2)) / math.sqrt(hd), dim=-1), vi)
+    txt_scores = torch.matmul(q[:, :, n_img:], k.transpose(-1, -2)) / math.sqrt(hd) + text_mask
+    txt = torch.matmul(torch.softmax(txt_scores, dim=-1), v)
+    return _finish(layer, x, torch.cat([img, txt], dim=2)), k, v
+
+
+def _split_step_layer(layer, x, past_k, past_v, text_k, text_v):
+    """One token's layer with its cache in two parts: the prefill's (image + prompt), never
+    copied, and the generated text's (short), which grows by this token. Scores over both parts
+    go through one softmax, so the result is ``_layer``'s over their concatenation."""
+    import torch
+
+    q, k, v, hd = _heads_qkv(layer, x)
+    text_k, text_v = torch.cat([text_k, k], dim=2), torch.cat([text_v, v], dim=2)
+    scores = torch.cat([torch.matmul(q, past_k.transpose(-1, -2)), torch.matmul(q, text_k.transpose(-1, -2))],
+                       dim=-1) / math.sqrt(hd)
+    probs = torch.softmax(scores, dim=-1)
+    p = past_k.shape[2]
+    ctx = torch.matmul(probs[..., :p], past_v) + torch.matmul(probs[..., p:], text_v)
+    return _finish(layer, x, ctx), text_k, text_v
+
+
 def _wrappers(model, n_prefix: int):
     import torch
     from torch import nn
@@ -78,15 +126,16 @@ def _wrappers(model, n_prefix: int):
             text = self.git.embeddings(input_ids=input_ids)
             x = torch.cat([vis, text], dim=1)
             n_img, n = k * t, k * t + input_ids.shape[1]
-            row = torch.arange(n).unsqueeze(1)
+            row = torch.arange(n_img, n).unsqueeze(1)
             col = torch.arange(n).unsqueeze(0)
-            # image rows see every image column; text rows see the image and earlier text
-            allowed = (col < n_img) | ((row >= n_img) & (col <= row))
+            # image rows see every image column (and no text: _prefill_layer); text rows see the
+            # image and earlier text
+            allowed = col <= row
             mask = torch.where(allowed, torch.zeros((), dtype=x.dtype),
-                               torch.full((), torch.finfo(x.dtype).min, dtype=x.dtype)).reshape(1, 1, n, n)
+                               torch.full((), torch.finfo(x.dtype).min, dtype=x.dtype)).reshape(1, 1, n - n_img, n)
             cache = []
             for layer in self.git.encoder.layer:
-                x, kk, vv = _layer(layer, x, mask)
+                x, kk, vv = _prefill_layer(layer, x, n_img, mask)
                 cache += [kk, vv]
             return (self.output(x[:, -1]), *cache)
 
@@ -106,6 +155,28 @@ def _wrappers(model, n_prefix: int):
                 cache += [kk, vv]
             return (self.output(x[:, -1]), *cache)
 
+    class SplitStep(nn.Module):
+        """``Step`` with the cache in two parts (``_split_step_layer``): inputs ``input_ids``, the
+        prefill's cache ``past_*`` (read, never copied) and the generated tokens' ``text_*`` (may
+        be empty); outputs the logits and ``present_text_*`` (one longer)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.git, self.output = git, model.output
+
+        def forward(self, input_ids, *caches):
+            n = len(self.git.encoder.layer)
+            past, text = caches[:2 * n], caches[2 * n:]
+            emb = self.git.embeddings
+            length = (torch.ones_like(past[0][:, 0, :, 0], dtype=torch.long).sum(dim=1, keepdim=True)
+                      + torch.ones_like(text[0][:, 0, :, 0], dtype=torch.long).sum(dim=1, keepdim=True))
+            x = emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(length - n_prefix))
+            out = []
+            for i, layer in enumerate(self.git.encoder.layer):
+                x, kk, vv = _split_step_layer(layer, x, past[2 * i], past[2 * i + 1], text[2 * i], text[2 * i + 1])
+                out += [kk, vv]
+            return (self.output(x[:, -1]), *out)
+
     class Vision(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -114,7 +185,7 @@ def _wrappers(model, n_prefix: int):
         def forward(self, pixel_values):
             return self.enc(pixel_values).last_hidden_state
 
-    return Vision().eval(), Prefill().eval(), Step().eval()
+    return Vision().eval(), Prefill().eval(), Step().eval(), SplitStep().eval()
 
 
 def export(checkpoint: Path, out: Path, opts: ExportOptions, *, preprocessing: Preprocessing | None = None,
@@ -140,7 +211,7 @@ def export(checkpoint: Path, out: Path, opts: ExportOptions, *, preprocessing: P
     heads = cfg.num_attention_heads
     head_dim = cfg.hidden_size // heads
     out.mkdir(parents=True, exist_ok=True)
-    vision, prefill, step = _wrappers(model, n_prefix)
+    vision, prefill, step, split_step = _wrappers(model, n_prefix)
     kv_names = [f"{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
     present = [f"present_{n}" for n in kv_names]
     past = [f"past_{n}" for n in kv_names]
@@ -163,9 +234,18 @@ def export(checkpoint: Path, out: Path, opts: ExportOptions, *, preprocessing: P
                           dynamic_axes={"input_ids": {0: "b"}, "logits": {0: "b"},
                                         **{n: {0: "b", 2: "p"} for n in past},
                                         **{n: {0: "b", 2: "p1"} for n in present}})
+        text = [f"text_{n}" for n in kv_names]
+        text_t = tuple(torch.randn(2, heads, 2, head_dim) for _ in text)
+        torch.onnx.export(split_step, (ids[:, :1], *past_t, *text_t), out / "decoder_step_split.onnx",
+                          input_names=["input_ids", *past, *text], output_names=["logits", *[f"present_{n}" for n in text]],
+                          opset_version=opts.opset, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "b"}, "logits": {0: "b"},
+                                        **{n: {0: "b", 2: "p"} for n in past},
+                                        **{n: {0: "b", 2: "t"} for n in text},
+                                        **{f"present_{n}": {0: "b", 2: "t1"} for n in text}})
     tok = copy_tokenizer(checkpoint, out)
     graphs = {"vision_encoder": "vision_encoder.onnx", "decoder_prefill": "decoder_prefill.onnx",
-              "decoder_step": "decoder_step.onnx"}
+              "decoder_step": "decoder_step.onnx", "decoder_step_split": "decoder_step_split.onnx"}
     fields = {
         "name": opts.name or out.name,
         "architecture": "git",
