@@ -154,7 +154,8 @@ def shared_initializers(paths: Sequence[os.PathLike | str]) -> tuple[list[dict[s
     """Initializers that are byte for byte the same in several graphs (the decoder weights of the
     prefill and step graphs), as one OrtValue each: per graph ``{initializer name: OrtValue}`` for
     ``SessionOptions.add_initializer``, and the objects that must stay alive while the sessions
-    live: one copy in memory instead of one per session."""
+    live. The values are read-only views of the first graph file, memory-mapped: one copy in
+    memory, shared with the page cache, instead of one per session."""
     import hashlib
     import mmap
 
@@ -183,44 +184,25 @@ def shared_initializers(paths: Sequence[os.PathLike | str]) -> tuple[list[dict[s
     for keys in found:
         for key in set(keys.values()):
             counts[key] = counts.get(key, 0) + 1
-    # the shared values, read into one anonymous buffer (64-byte aligned) that asks for huge pages:
-    # the step reads all of them for every token, and fewer TLB misses make that faster
-    chosen = [k for k in digests if counts.get(k, 0) >= 2]
-    offsets, total = {}, 0
-    for key in chosen:
-        offsets[key] = total
-        _, start, end = digests[key]
-        total += -(-(end - start) // 64) * 64
     values: dict = {}
-    keep: list = []
-    if total:
-        buf = mmap.mmap(-1, total)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                buf.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:  # not every kernel allows it; only a speed hint
-                pass
-        keep.append(buf)
-        files = [open(path, "rb") for path in paths]  # noqa: SIM115 (closed below)
-        try:
-            for key in chosen:
+    per_graph: list[dict[str, object]] = []
+    for keys in found:
+        named = {}
+        for name, key in keys.items():
+            if counts[key] < 2:
+                continue
+            if key not in values:
                 i, start, end = digests[key]
-                view = memoryview(buf)[offsets[key]:offsets[key] + end - start]
-                got = 0
-                while got < end - start:
-                    got += os.preadv(files[i].fileno(), [view[got:]], start + got)
-                dtype = _ONNX_DTYPES[key[0]]
-                arr = np.frombuffer(buf, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize,
-                                    offset=offsets[key]).reshape(key[1])
-                values[key] = OrtValue.ortvalue_from_numpy(arr)
-                keep.append(arr)
-        finally:
-            for f in files:
-                f.close()
-    for mm in maps:
-        mm.close()
-    per_graph = [{name: values[key] for name, key in keys.items() if key in values} for keys in found]
-    return per_graph, keep + list(values.values())
+                arr = np.frombuffer(maps[i], dtype=_ONNX_DTYPES[key[0]], count=(end - start) // np.dtype(
+                    _ONNX_DTYPES[key[0]]).itemsize, offset=start).reshape(key[1])
+                values[key] = (arr, OrtValue.ortvalue_from_numpy(arr))
+            named[name] = values[key][1]
+        per_graph.append(named)
+    used = {digests[k][0] for k in values}
+    for i, mm in enumerate(maps):
+        if i not in used:
+            mm.close()
+    return per_graph, [maps[i] for i in sorted(used)] + list(values.values())
 
 
 class OnnxCaptionEngine(WindowEngine):
