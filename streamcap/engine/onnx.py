@@ -274,6 +274,10 @@ class OnnxCaptionEngine(WindowEngine):
             opts = make_opts()
             if values:
                 opts.add_session_config_entry("session.disable_prepacking", "1")
+                if path == paths[0]:
+                    # the prefill's activations (attention scores over every image token) are the
+                    # largest buffers: freed after each call instead of kept in an arena
+                    opts.enable_cpu_mem_arena = False
             for name, value in values.items():
                 opts.add_initializer(name, value)
             sessions.append(_session(path, opts, chosen))
