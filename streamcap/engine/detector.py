@@ -91,9 +91,8 @@ class Detector:
         opts, _, chosen = session_setup(SimpleNamespace(folder=self.folder, precision=precision), provider=provider,
                                         providers=None, intra_op_threads=intra_op_threads, provider_options=None,
                                         trt_cache_dir=None)
-        # a detector call is ~15 ms and calls come a few times a second per stream: threads that
-        # spin between calls burn a core for nothing on a machine shared with decoding and speech
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # (session_setup turns spin-waiting off: a detector call is ~15 ms and calls come a few
+        # times a second per stream, so spinning threads would burn a core for nothing)
         try:
             self._session = ort.InferenceSession(str(self.folder / model_name), opts,
                                                  providers=[p for p, _ in chosen],
