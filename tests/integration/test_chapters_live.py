@@ -42,7 +42,9 @@ async def test_caption_chapters_gives_a_chapter_per_scene(tmp_path, require_syst
     assert [c["title"] for c in chapters] == truth, (chapters, truth)
     for i, c in enumerate(chapters):  # each starts near its scene's cut (a final needs 3 windows)
         assert i * SCENE_S - 0.01 <= c["start"] <= i * SCENE_S + 2.6, c
-    assert chapters[-1]["end"] == pytest.approx(DURATION_S, abs=0.6)
+    # the last window ends by the last frame (29.9 s), on the caption model's frame grid (0.4 s
+    # steps, at or before its nominal end 29.5 s): within a stride and a grid step of the end
+    assert DURATION_S - 0.9 <= chapters[-1]["end"] <= DURATION_S
     assert "wrote 5 chapter(s)" in proc.stderr
     vtt = tmp_path / "chapters.vtt"
     proc = subprocess.run([sys.executable, "-m", "streamcap.cli", "caption", str(path), "--chapters",
