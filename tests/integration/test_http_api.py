@@ -65,7 +65,9 @@ async def test_a_clip_posted_as_base64_json_is_captioned_with_the_ground_truth(s
         doc = await r.json()
     caps = doc["captions"]
     assert [c["text"] for c in caps] == [story.caption_at(0.0), story.caption_at(SCENE_S)]
-    assert caps[0]["start"] == 0.0 and caps[-1]["end"] == pytest.approx(CLIP_S, abs=0.6)
+    # the last window ends by the last frame, on the caption model's 0.4 s frame grid at or before
+    # its nominal end: within a stride and a grid step of the clip's end
+    assert caps[0]["start"] == 0.0 and CLIP_S - 0.9 <= caps[-1]["end"] <= CLIP_S
     assert abs(caps[1]["start"] - SCENE_S) <= 2.5
     assert "clip-1" not in svc.pipeline.stream_ids()  # the job stream is gone, never listed
 
