@@ -67,7 +67,11 @@ def test_quick_stability_run_on_a_storyline_file_meets_the_stability_targets(tmp
     assert run["source"] == "file" and run["seed"] == 11
     assert 1.9 < report["media_min"] <= 2.0
     assert report["scenes"] == 20 and report["cuts_scored"] == 19
-    assert run["windows"] == round((run["media_s"] - window_s) / stride_s) + 1  # every window captioned
+    # every window captioned: the last one's nominal end lies within one frame-grid step (window /
+    # (K-1) = 0.4 s for the demo model) after its true end, media_s
+    step = window_s / 5
+    assert (round((run["media_s"] - window_s) / stride_s) + 1 <= run["windows"]
+            <= math.floor((run["media_s"] + step - 1e-6 - window_s) / stride_s) + 1)
     assert run["windows_dropped"] == {}  # a file loses nothing
     assert report["scenes"] - 1 <= report["finals"] <= 2 * report["scenes"]
     for key in ("final_accuracy", "spurious_per_min", "change_delay_s_p95", "change_delay_s_median",
