@@ -50,6 +50,8 @@ def load_engine_from_config(cfg) -> CaptionEngine:
                                           max_new_tokens=max(32, cfg.max_new_tokens or 0))
     else:
         options["intra_op_threads"] = cfg.threads or (os.cpu_count() or 1)
+        if cfg.share_decoder_weights is not None:
+            options["share_decoder_weights"] = cfg.share_decoder_weights
         if cfg.provider == "tensorrt":
             options["trt_cache_dir"] = os.path.expanduser(cfg.trt_cache_dir)
     return load_engine(cfg.path, **options)

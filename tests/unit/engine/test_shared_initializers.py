@@ -72,3 +72,20 @@ def test_nothing_shared_between_different_graphs(tmp_path):
     _graph(tmp_path / "two.onnx", {"w": rng.standard_normal((128, 128)).astype(np.float32)}, np.zeros(128, np.float32))
     per_graph, _ = shared_initializers([tmp_path / "one.onnx", tmp_path / "two.onnx"])
     assert per_graph == [{}, {}]
+
+
+@pytest.mark.parametrize("setting,shared", [(None, True), (False, False), (True, True)])
+def test_engine_share_decoder_weights_comes_from_the_config(setting, shared):
+    """[engine] share_decoder_weights reaches the ONNX engine: unset shares an fp32 engine's decoder
+    weights (the demo model is fp32), false gives each session its own pre-packed copy."""
+    from streamcap.engine.base import load_engine_from_config
+    from streamcap.runtime.config import load_config
+
+    overrides = {"engine": {"threads": 1, **({} if setting is None else {"share_decoder_weights": setting})}}
+    engine = load_engine_from_config(load_config(None, environ={}, overrides=overrides).engine)
+    try:
+        assert bool(engine._shared_keepalive) is shared
+        (result,) = engine.caption_batch([[np.zeros((224, 224, 3), np.uint8)] * engine.frames_per_window])
+        assert result.text  # the sessions run either way
+    finally:
+        engine.close()
