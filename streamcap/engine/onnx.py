@@ -319,11 +319,7 @@ class OnnxCaptionEngine(WindowEngine):
             feed = {"input_ids": tokens.reshape(-1, 1).astype(np.int64)}
             feed.update({f"past_{n}": c for n, c in zip(self._self_names, state["self"])})
             feed.update({n: c for n, c in zip(self._cross_names, state["cross"])})
-            res = self._run_bound(self._step, feed, self._step_outputs)
-            state["self"] = res[1:]
-            logits = res[0].numpy()
-            if self.debug_logits is not None:
-                self.debug_logits.append(logits)
+            logits, state["self"] = self._step_once(feed)
             return logits
 
         m = self.manifest
@@ -345,14 +341,18 @@ class OnnxCaptionEngine(WindowEngine):
             feed = {"input_ids": tokens.reshape(-1, 1).astype(np.int64)}
             feed.update({f"past_{n}": c for n, c in zip(self._self_names, state["prefix"])})
             feed.update({f"text_{n}": c for n, c in zip(self._self_names, state["text"])})
-            res = self._run_bound(self._step, feed, self._step_outputs)
-            state["text"] = res[1:]
-            out = res[0].numpy()
-            if self.debug_logits is not None:
-                self.debug_logits.append(out)
-            return out
+            logits, state["text"] = self._step_once(feed)
+            return logits
 
         return decode(logits, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
+
+    def _step_once(self, feed: dict) -> tuple[np.ndarray, list]:
+        """One decoder step: the logits on the host and the step's present cache (OrtValues)."""
+        res = self._run_bound(self._step, feed, self._step_outputs)
+        logits = res[0].numpy()
+        if self.debug_logits is not None:
+            self.debug_logits.append(logits)
+        return logits, res[1:]
 
     @staticmethod
     def _run_bound(session, feed: dict, outputs: Sequence[str]) -> list:

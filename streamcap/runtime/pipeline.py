@@ -119,6 +119,10 @@ class WindowQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def _full(self) -> bool:
+        # below the configured size the queue is never full: the streams are counted only past it
+        return len(self._items) >= self.base_size and len(self._items) >= self.maxsize
+
     def _victim(self, stream: str) -> int | None:
         """Index of the live window to drop for a new window of ``stream`` (None: no live one)."""
         own = next((i for i, (w, lv) in enumerate(self._items) if lv and w.stream == stream), None)
@@ -135,7 +139,7 @@ class WindowQueue:
 
     async def put(self, window: Window, *, live: bool) -> None:
         async with self._cond:
-            if live and len(self._items) >= self.maxsize:
+            if live and self._full():
                 victim = self._victim(window.stream)
                 if victim is None:  # only file windows queued: the live one is dropped instead
                     self._on_drop(window, DropReason.ENGINE_BUSY)
@@ -143,7 +147,7 @@ class WindowQueue:
                 dropped, _ = self._items[victim]
                 del self._items[victim]
                 self._on_drop(dropped, DropReason.ENGINE_BUSY)
-            while len(self._items) >= self.maxsize:
+            while self._full():
                 await self._cond.wait()
             self._items.append((window, live))
             self._cond.notify_all()
