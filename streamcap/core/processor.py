@@ -67,7 +67,8 @@ from streamcap.core.types import (
     Transcript,
     Window,
 )
-from streamcap.core.windowing import MAX_MEDIA_S, WindowPlanner, build_window, min_ring_capacity, pick_frames
+from streamcap.core.windowing import (MAX_MEDIA_S, WindowPlanner, build_window, min_frame_gap_s, min_ring_capacity,
+                                     pick_frames)
 from streamcap.outputs.livevtt import LiveVttSegmenter
 from streamcap.outputs.subtitles import SubtitleRules
 
@@ -229,7 +230,7 @@ class StreamProcessor:
                           if t.live_vtt is not None else None),
                 history=deque(maxlen=settings.finals_history),
             )
-        self._min_gap_s = 1.0 / settings.max_ingest_fps - 1e-3
+        self._min_gap_s = min_frame_gap_s(settings.max_ingest_fps)
         self._last_kept_pts: float | None = None
         self._in_flight = 0
         self._events: list[Event] = []

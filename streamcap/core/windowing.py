@@ -280,6 +280,15 @@ def build_window(stream: str, spec: WindowSpec, frames: Sequence[Frame], track: 
                   frames=tuple(frames), track=track)
 
 
+def min_frame_gap_s(max_fps: float) -> float:
+    """Ingest sub-sampling: a frame closer than this (seconds of media time) to the last kept one
+    is skipped, so at most ``max_fps`` frames a second are kept (1 ms of slack for timestamps
+    rounded to the container's time base). The processor and the decoders apply the same rule."""
+    if not max_fps > 0:
+        raise ValueError(f"max_fps must be > 0, got {max_fps!r}")
+    return 1.0 / max_fps - 1e-3
+
+
 def min_ring_capacity(window_s: float, fps: float) -> int:
     """Smallest ring that can hold one whole window at ``fps`` plus the frame before it.
 

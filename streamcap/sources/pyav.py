@@ -62,6 +62,7 @@ from typing import Any
 import av
 
 from streamcap.core.types import DropReason
+from streamcap.core.windowing import min_frame_gap_s
 from streamcap.sources.audio import Chunker, Resampler
 from streamcap.sources.reader import (
     Decoded,
@@ -269,7 +270,7 @@ class FrameThinning:
     Per connection (``gen``): a reconnect starts afresh, as does a time that goes backwards."""
 
     def __init__(self, max_fps: float) -> None:
-        self._min_gap_s = 1.0 / max_fps - 1e-3
+        self._min_gap_s = min_frame_gap_s(max_fps)
         self._gen: int | None = None
         self._last: float | None = None
 
