@@ -12,13 +12,12 @@ one after another, with the same number of threads:
   naive         transformers: AutoProcessor + GitForCausalLM.generate on every window, all 6 frames
                 re-encoded each time (what the usual Hugging Face video-captioning tutorials show)
   fp32          streamcap engine (ONNX Runtime) through caption_batch(keys=...): the frame cache
-                means only the new frames of each window pass the vision encoder; one copy of the
-                decoder weights for the prefill and step sessions (the fp32 default)
+                means only the new frames of each window pass the vision encoder; the unified
+                decoder graph (prefill and steps in one session: the weights once, pre-packed)
   int8          the same with the int8 (dynamically quantised) engine
-  raw_ort       ONNX Runtime alone on the fp32 engine's graphs, the engine's techniques (split step
-                graph, IO binding, session options), every session's weights pre-packed: the ceiling
+  raw_ort       ONNX Runtime alone on the fp32 engine's graphs, the engine's techniques (unified
+                decoder graph, IO binding, session options): the ceiling
   raw_ort_int8  the same on the int8 graphs
-  fp32_fast     streamcap fp32 with share_decoder_weights=False (a pre-packed copy per session)
 
 Usage:
   python tools/bench.py                          # full run: 3 rounds × 12 measured windows per variant
@@ -51,24 +50,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BENCH_VERSION = 2  # bump when the way checkpoints or engines are built changes (invalidates the cache)
+BENCH_VERSION = 3  # bump when the way checkpoints or engines are built changes (invalidates the cache)
 LIVE_WINDOW_S, LIVE_STRIDE_S = 2.0, 0.5  # streamcap's live defaults (window_s, stride_s)
 STREAMS = {"live": None, "stride2": 2}  # --stream: frame stride between windows (None: the live grid)
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-VARIANTS = ("naive", "fp32", "int8", "raw_ort", "raw_ort_int8", "fp32_fast")
+VARIANTS = ("naive", "fp32", "int8", "raw_ort", "raw_ort_int8")
 DESCRIPTIONS = {
     "naive": "transformers `generate`, every frame re-encoded",
-    "fp32": "streamcap fp32 engine, frame cache, one copy of the decoder weights",
+    "fp32": "streamcap fp32 engine, frame cache, unified decoder graph",
     "int8": "streamcap int8 engine, frame cache",
     "raw_ort": "ONNX Runtime alone, fp32 graphs (ceiling)",
     "raw_ort_int8": "ONNX Runtime alone, int8 graphs (ceiling)",
-    "fp32_fast": "streamcap fp32, a pre-packed copy of the decoder weights per session",
 }
 TARGETS = {"fp32_vs_naive": 2.5, "int8_vs_naive": 5.0, "streamcap_vs_raw_ort_max": 1.2,
            "fp32_peak_rss_vs_naive_max": 1.0}
 RATIOS = {"fp32_vs_naive": ("fp32", "naive"), "int8_vs_naive": ("int8", "naive"),
-          "raw_ort_vs_fp32": ("raw_ort", "fp32"), "raw_ort_int8_vs_int8": ("raw_ort_int8", "int8"),
-          "fp32_fast_vs_naive": ("fp32_fast", "naive")}
+          "raw_ort_vs_fp32": ("raw_ort", "fp32"), "raw_ort_int8_vs_int8": ("raw_ort_int8", "int8")}
 GOALS = {"fp32_vs_naive": (TARGETS["fp32_vs_naive"], ">="), "int8_vs_naive": (TARGETS["int8_vs_naive"], ">="),
          "raw_ort_vs_fp32": (TARGETS["streamcap_vs_raw_ort_max"], "<="),
          "raw_ort_int8_vs_int8": (TARGETS["streamcap_vs_raw_ort_max"], "<="),
@@ -225,8 +222,7 @@ def streamcap_captioner(job: dict, frames: list[np.ndarray], precision: str):
     """streamcap's engine as the pipeline calls it: frames named by (stream, index) for the cache."""
     from streamcap.engine.base import load_engine
 
-    engine = load_engine(job["assets"][precision], intra_op_threads=job["threads"],
-                         share_decoder_weights=job.get("share_decoder_weights"))
+    engine = load_engine(job["assets"][precision], intra_op_threads=job["threads"])
     n_tok = job["tokens"]
 
     def caption(idx: list[int]) -> int:
@@ -240,12 +236,10 @@ def streamcap_captioner(job: dict, frames: list[np.ndarray], precision: str):
 
 def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
     """The same graphs on bare ONNX Runtime, no streamcap code: the ceiling for the engine. It uses
-    the engine's techniques: the same session options (threads, no spin-waiting), the split step
-    graph when the export has one (the prefill's cache bound as it is at every step, only the
-    generated tokens' cache passed on), IO binding (the cache stays in ONNX Runtime's OrtValues,
-    never copied to numpy), a feature dict for the frames. Each session pre-packs its weights (the
-    fastest: the engine's fp32 default gives that up to hold one copy of the decoder weights, so
-    the fp32 ceiling includes that cost; ``fp32_fast`` is the engine without it)."""
+    the engine's techniques: the same session options (threads, no spin-waiting), the unified
+    decoder graph (one session for the prefill and the steps; the prefill's cache bound as it is at
+    every step, only the generated tokens' cache passed on), IO binding (the cache stays in ONNX
+    Runtime's OrtValues, never copied to numpy), a feature dict for the frames."""
     import onnxruntime as ort
 
     folder = Path(job["assets"][precision])
@@ -259,13 +253,12 @@ def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return ort.InferenceSession(str(folder / manifest["graphs"][graph]), opts, providers=["CPUExecutionProvider"])
 
-    split = "decoder_step_split" in manifest["graphs"]
     vision = session("vision_encoder")
-    prefill = session("decoder_prefill")
-    step = session("decoder_step_split" if split else "decoder_step")
-    pre_out = [o.name for o in prefill.get_outputs()]
-    step_out = [o.name for o in step.get_outputs()]
-    kv = pre_out[1:]  # present_key_0, present_value_0, ...
+    decoder = session("decoder_unified")
+    outputs = [o.name for o in decoder.get_outputs()]
+    kv = [n[len("present_"):] for n in outputs[1:]]  # key_0, value_0, ...
+    dims = {i.name: i.shape for i in decoder.get_inputs()}[f"past_{kv[0]}"]
+    empty = np.zeros((1, dims[1], 0, dims[3]), np.float32)
     pre = manifest["preprocessing"]
     mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
@@ -274,8 +267,8 @@ def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
     feats: dict[int, np.ndarray] = {}
     n_tok = job["tokens"]
 
-    def run(sess, feed: dict, outputs: list[str]) -> list:
-        binding = sess.io_binding()
+    def run(feed: dict) -> list:
+        binding = decoder.io_binding()
         for name, value in feed.items():
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
@@ -283,7 +276,7 @@ def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
                 binding.bind_ortvalue_input(name, value)
         for name in outputs:
             binding.bind_output(name, "cpu")
-        sess.run_with_iobinding(binding)
+        decoder.run_with_iobinding(binding)
         return binding.get_outputs()
 
     def caption(idx: list[int]) -> int:
@@ -293,23 +286,16 @@ def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
                 feats[i] = f
         for i in [i for i in feats if i < idx[0]]:
             del feats[i]
-        out = run(prefill, {"features": np.stack([feats[i] for i in idx])[None], "input_ids": bos}, pre_out)
+        window = np.stack([feats[i] for i in idx])[None]
+        out = run({"features": window, "input_ids": bos, **{f"past_{n}": empty for n in kv},
+                   **{f"text_{n}": empty for n in kv}})
         token = out[0].numpy().argmax(-1).astype(np.int64).reshape(1, 1)
-        cache = out[1:]
-        if split:
-            b, h, _, hd = cache[0].shape()
-            text = [np.zeros((b, h, 0, hd), np.float32) for _ in kv]
+        prefix, text = out[1:], [empty] * len(kv)
+        no_frames = np.zeros((1, 0, *window.shape[2:]), np.float32)
         for _ in range(n_tok - 1):
-            feed = {"input_ids": token}
-            if split:
-                feed.update({f"past_{n[len('present_'):]}": c for n, c in zip(kv, cache)})
-                feed.update({f"text_{n[len('present_'):]}": c for n, c in zip(kv, text)})
-                res = run(step, feed, step_out)
-                text = res[1:]
-            else:
-                feed.update({f"past_{n[len('present_'):]}": c for n, c in zip(kv, cache)})
-                res = run(step, feed, step_out)
-                cache = res[1:]
+            res = run({"features": no_frames, "input_ids": token, **{f"past_{n}": c for n, c in zip(kv, prefix)},
+                       **{f"text_{n}": c for n, c in zip(kv, text)}})
+            text = res[1:]
             token = res[0].numpy().argmax(-1).astype(np.int64).reshape(1, 1)
         return len(new)
 
@@ -322,8 +308,6 @@ def make_captioner(job: dict, frames: list[np.ndarray]):
         return naive_captioner(job, frames)
     if v in ("fp32", "int8"):
         return streamcap_captioner(job, frames, v)
-    if v == "fp32_fast":
-        return streamcap_captioner({**job, "share_decoder_weights": False}, frames, "fp32")
     return raw_ort_captioner(job, frames, "int8" if v == "raw_ort_int8" else "fp32")
 
 
@@ -549,7 +533,7 @@ def plot(report: dict, out: Path, width: int = 900, height: int = 460) -> None:
         cv2.putText(img, f"{tick:g}", (10, yy + 4), font, 0.4, (90, 90, 90), 1, cv2.LINE_AA)
     slot = (width - left - right) / len(names)
     colours = {"naive": (60, 60, 200), "fp32": (200, 120, 40), "int8": (40, 150, 40),
-               "raw_ort": (150, 150, 150), "raw_ort_int8": (150, 150, 150), "fp32_fast": (230, 170, 100)}
+               "raw_ort": (150, 150, 150), "raw_ort_int8": (150, 150, 150)}
     for i, v in enumerate(names):
         x0, x1 = int(left + slot * (i + 0.2)), int(left + slot * (i + 0.8))
         wps = res[v]["windows_per_s"]

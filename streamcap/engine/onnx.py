@@ -208,11 +208,16 @@ def shared_initializers(paths: Sequence[os.PathLike | str]) -> tuple[list[dict[s
 class OnnxCaptionEngine(WindowEngine):
     """A ``CaptionEngine`` on ONNX Runtime (CPU by default).
 
-    ``share_decoder_weights``: the prefill and step sessions hold one copy of the decoder weights
-    instead of one each (CPU only; ``None``: for fp32 engines, where it saves the most, e.g.
-    360 MB for GIT-base). It costs speed, since shared weights are not pre-packed for the CPU
-    kernels (on the benchmark model about 7 % per fp32 window, and far more for int8: its
-    quantised GEMMs need their packed weights, hence not by default there)."""
+    On the CPU, an engine folder with a ``decoder_unified`` graph (the prefill and the step in one
+    graph, written by the GIT exporter) runs prefill and steps in one session: the decoder weights
+    are held once, pre-packed for the CPU kernels.
+
+    ``share_decoder_weights`` (folders without that graph, CPU only): the prefill and step
+    sessions hold one copy of the decoder weights instead of one each (``None``: for fp32
+    engines, where it saves the most, e.g. 360 MB for GIT-base). It costs speed, since shared
+    weights are not pre-packed for the CPU kernels (on the benchmark model about 7 % per fp32
+    window, and far more for int8: its quantised GEMMs need their packed weights, hence not by
+    default there)."""
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "cpu", providers: Sequence[str] | None = None,
                  intra_op_threads: int | None = None, verify_hashes: bool = True,
@@ -249,24 +254,34 @@ class OnnxCaptionEngine(WindowEngine):
         kinds = ("key", "value")
         self._self_names = [f"{k}_{i}" for i in range(m.num_layers) for k in kinds]
         self._cross_names = [f"cross_{k}_{i}" for i in range(m.num_layers) for k in kinds] if m.cross_attention else []
+        if self._unified:  # (heads, head size) of the cache, for the prefill's empty one
+            shape = {i.name: i.shape for i in self._prefill.get_inputs()}[f"past_{self._self_names[0]}"]
+            self._cache_dims = (int(shape[1]), int(shape[3]))
         self._prefill_outputs = [o.name for o in self._prefill.get_outputs()]
         self._step_outputs = [o.name for o in self._step.get_outputs()]
         self.vision_frames_encoded = 0
         self.debug_logits: list[np.ndarray] | None = None  # a list collects every raw logits array (tests)
-        log.info("engine %s loaded from %s (%s, %s, K=%d, %dpx)", self.name, path, ",".join(providers),
-                 m.precision, self.frames_per_window, self.preprocessing.image_size)
+        log.info("engine %s loaded from %s (%s, %s, K=%d, %dpx, %s)", self.name, path, ",".join(providers),
+                 m.precision, self.frames_per_window, self.preprocessing.image_size,
+                 "unified decoder" if self._unified else "prefill + step decoder")
 
     def _decoder_sessions(self, m, make_opts, chosen, *, share: bool):
-        """The prefill and step sessions. With ``share`` they hold one copy of the decoder
-        weights between them (``shared_initializers``), not one each, and do not pre-pack them (a
+        """The decoder's sessions, as (prefill, step). On the CPU with a ``decoder_unified``
+        graph, one session that is both: the decoder weights once, pre-packed. Otherwise the
+        prefill and step graphs' sessions; with ``share`` they hold one copy of the decoder weights
+        between them (``shared_initializers``), not one each, and do not pre-pack them (a
         pre-packed copy per session would undo the sharing)."""
-        # an export that has it: the step whose cache comes in two parts (the prefill's, never
-        # copied, and the generated text's), instead of one concatenated anew at every token
-        self._split_step = "decoder_step_split" in m.graphs and not m.cross_attention
-        step = m.graphs["decoder_step_split" if self._split_step else "decoder_step"]
+        self._shared_keepalive: list = []
+        self._unified = ("decoder_unified" in m.graphs and not m.cross_attention
+                         and all(p == "CPUExecutionProvider" for p, _ in chosen))
+        if self._unified:
+            # with its arena: the graph computes image attention a frame at a time, so the
+            # prefill's largest buffers are small enough to keep (and a step reuses them)
+            session = _session(m.path(m.graphs["decoder_unified"]), make_opts(), chosen)
+            return [session, session]
+        step = m.graphs["decoder_step"]
         paths = [m.path(m.graphs["decoder_prefill"]), m.path(step)]
         shared: list[dict] = [{}, {}]
-        self._shared_keepalive: list = []
         if share:
             shared, self._shared_keepalive = shared_initializers(paths)
         sessions = []
@@ -303,14 +318,19 @@ class OnnxCaptionEngine(WindowEngine):
         # IO binding: the cache stays in ONNX Runtime's OrtValues from the prefill through every
         # step (each step's present cache is bound as the next step's past), never copied out to
         # numpy and back; only the logits are read on the host
-        out = self._run_bound(self._prefill, {"features": feats, "input_ids": ids}, self._prefill_outputs)
+        feed = {"features": feats, "input_ids": ids}
+        if self._unified:  # the prefill is the unified graph's call with no cache yet
+            heads, head_dim = self._cache_dims
+            empty = np.zeros((len(windows), heads, 0, head_dim), np.float32)
+            feed.update({f"{part}_{n}": empty for part in ("past", "text") for n in self._self_names})
+        out = self._run_bound(self._prefill, feed, self._prefill_outputs)
         logits = out[0].numpy()
         cache = dict(zip(self._self_names + self._cross_names, out[1:]))
         if self.debug_logits is not None:
             self.debug_logits.append(logits)
         state = {"self": [cache[n] for n in self._self_names], "cross": [cache[n] for n in self._cross_names]}
-        if self._split_step:
-            return self._results(self._decode_split(logits, prompt_ids, state["self"], opts))
+        if self._unified:
+            return self._results(self._decode_unified(logits, prompt_ids, state["self"], opts, feats.shape[2:]))
 
         def step(tokens: np.ndarray, parents: np.ndarray | None) -> np.ndarray:
             if parents is not None:  # beam search: rows continue from other rows (host copies)
@@ -326,9 +346,12 @@ class OnnxCaptionEngine(WindowEngine):
         hyps = decode(logits, prompt_ids, step, opts, eos_id=m.eos_token_id, pad_id=m.pad_token_id)
         return self._results(hyps)
 
-    def _decode_split(self, logits: np.ndarray, prompt_ids: list[int], prefix: list, opts) -> list:
-        """Decoding with the split step graph: the prefill's cache (``prefix``) is bound as it is
-        at every step; only the generated tokens' cache (``text_*``) changes."""
+    def _decode_unified(self, logits: np.ndarray, prompt_ids: list[int], prefix: list, opts,
+                        frame_shape: tuple[int, ...]) -> list:
+        """Decoding on the unified graph: each step is its call with no frames (``frame_shape``:
+        a frame's (tokens, width)); the prefill's cache (``prefix``) is bound as it is at every
+        step, and only the generated tokens' cache (``text_*``) grows, instead of the whole cache
+        concatenated anew at every token."""
         m = self.manifest
         b, h, _, hd = prefix[0].shape()
         state = {"prefix": prefix, "text": [np.zeros((b, h, 0, hd), np.float32) for _ in self._self_names]}
@@ -338,7 +361,8 @@ class OnnxCaptionEngine(WindowEngine):
                 if not np.array_equal(parents, np.arange(len(parents))):
                     state["prefix"] = [_host(c)[parents] for c in state["prefix"]]
                 state["text"] = [_host(c)[parents] for c in state["text"]]
-            feed = {"input_ids": tokens.reshape(-1, 1).astype(np.int64)}
+            feed = {"features": np.zeros((len(tokens), 0, *frame_shape), np.float32),
+                    "input_ids": tokens.reshape(-1, 1).astype(np.int64)}
             feed.update({f"past_{n}": c for n, c in zip(self._self_names, state["prefix"])})
             feed.update({f"text_{n}": c for n, c in zip(self._self_names, state["text"])})
             logits, state["text"] = self._step_once(feed)

@@ -153,10 +153,12 @@ class EngineConfig(_Model):
                                     description="Per-frame vision features kept so overlapping windows encode "
                                                 "each frame once (least recently used evicted; 0 = off).")
     share_decoder_weights: bool | None = Field(
-        None, description="ONNX Runtime on the CPU: the decoder's prefill and step sessions hold one copy of the "
-                          "decoder weights between them (true) or a pre-packed copy each (false: about 10 % faster "
-                          "per window, about 360 MB more for a GIT-base-sized model). Unset: shared for fp32 "
-                          "engines, not for int8 (their quantised kernels need packed weights).")
+        None, description="ONNX Runtime on the CPU, engine folders without a unified decoder graph (those hold "
+                          "the decoder weights once, pre-packed, whatever this says): the prefill and step sessions "
+                          "hold one copy of the decoder weights between them (true) or a pre-packed copy each "
+                          "(false: about 10 % faster per window, about 360 MB more for a GIT-base-sized model). "
+                          "Unset: shared for fp32 engines, not for int8 (their quantised kernels need packed "
+                          "weights).")
     # the global decoding defaults: declared once, in DecodingConfig
     num_beams: int = _same_field(DecodingConfig, "num_beams")
     max_new_tokens: int | None = _same_field(DecodingConfig, "max_new_tokens")

@@ -114,9 +114,8 @@ def test_batch_results_identical_to_batch_of_one(git):
     eng.cache.clear()
     single = [eng.caption_batch([w])[0] for w in windows]
     assert [r.text for r in batched] == [r.text for r in single]
-    # fp32 engines share the decoder weights unpacked, and the CPU's one-row GEMM adds up in
-    # another order than the many-row one: scores agree to rounding, not bit for bit (they do
-    # with share_decoder_weights=False)
+    # the CPU's one-row GEMM adds up in another order than the many-row one: scores agree to
+    # rounding, not bit for bit
     assert np.allclose([r.score for r in batched], [r.score for r in single], rtol=0, atol=1e-5)
 
 
@@ -139,7 +138,7 @@ def test_manifest_records_the_export(git):
     assert m["decoder"]["prefix_tokens"] == git["k"] * ((IMAGE_SIZE // 8) ** 2 + 1)
     assert m["preprocessing"]["resize"] == "center_crop"
     assert set(m["files"]) == {"vision_encoder.onnx", "decoder_prefill.onnx", "decoder_step.onnx",
-                               "decoder_step_split.onnx", "tokenizer.json"}
+                               "decoder_unified.onnx", "tokenizer.json"}
 
 
 def test_too_many_frames_is_a_clear_error(git, tmp_path):
@@ -150,26 +149,27 @@ def test_too_many_frames_is_a_clear_error(git, tmp_path):
         export_checkpoint(git["ckpt"], tmp_path / "x", frames=git["k"] + 1)
 
 
-@pytest.mark.parametrize("variant", ["unshared", "shared", "legacy_step"])
+@pytest.mark.parametrize("variant", ["unified", "two_sessions_shared", "two_sessions_unshared"])
 def test_engine_variants_match_pytorch(git, variant, tmp_path):
-    """The decoder with its weights shared between prefill and step or not (pre-packed), and the
-    plain step graph (engines exported before the split step) give the same tokens and logits."""
+    """The unified decoder graph (one session: the CPU default) and the prefill and step graphs'
+    two sessions (other providers, older engine folders), with the decoder weights shared
+    between them or a pre-packed copy each, give the same tokens and logits."""
     import shutil
 
     from streamcap.engine import load_engine
 
     folder, options = git["dir"], {}
-    if variant == "legacy_step":
+    if variant != "unified":
         folder = tmp_path / "engine"
         shutil.copytree(git["dir"], folder)
         manifest = json.loads((folder / "engine.json").read_text())
-        del manifest["graphs"]["decoder_step_split"]
+        del manifest["graphs"]["decoder_unified"]
         (folder / "engine.json").write_text(json.dumps(manifest))
-    else:
-        options["share_decoder_weights"] = variant == "shared"
+        options["share_decoder_weights"] = variant == "two_sessions_shared"
     eng = load_engine(folder, **options)
-    assert eng._split_step == (variant != "legacy_step")
-    assert bool(eng._shared_keepalive) == (variant != "unshared")  # fp32: shared by default
+    assert eng._unified == (variant == "unified")
+    assert (eng._prefill is eng._step) == (variant == "unified")
+    assert bool(eng._shared_keepalive) == (variant == "two_sessions_shared")
     windows = _windows(git["k"], seed=3)
     with torch.no_grad():
         g = git["model"].generate(pixel_values=_hf_pixels(git, windows), max_new_tokens=MAX_NEW, do_sample=False,
