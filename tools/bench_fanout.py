@@ -58,11 +58,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import importlib.util
 import json
-import multiprocessing
 import os
 import re
 import signal
@@ -76,16 +73,32 @@ from pathlib import Path
 from tools.bench_gateway import (
     CLK_TCK,
     GC_BOOT,
-    BenchError,
     _latency_summary,
     _loadavg,
     _machine_cpu,
-    _percentile,
     _proc_cpu_s,
     _proc_mem_mb,
-    _raise_fd_limit,
     gc_summary,
 )
+from tools.viewers import (
+    BenchError,
+    LoopLag,
+    ServerProc,
+    Viewer,
+    connect_in_turn,
+    drain,
+    end_viewers,
+    from_viewers,
+    quiet_collector,
+    recv_command,
+    start_viewers,
+    stop,
+    viewer_process,
+    viewers_ready,
+    watch,
+)
+from tools.viewers import percentile as _percentile
+from tools.viewers import raise_fd_limit as _raise_fd_limit
 
 TARGET_P99_MS = 100.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,29 +116,6 @@ def _thread_cpu_s(pid: int, tid: int) -> float:
 
 
 # --- the server ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ServerProc:
-    proc: asyncio.subprocess.Process
-    http_url: str  # http://127.0.0.1:PORT
-    log_path: Path
-    streams: list[str]
-    gc_log: Path
-
-    def gc_pauses(self) -> list | None:
-        """The server's collector pauses (generation, ms, wall time); None when not written (killed)."""
-        if not self.gc_log.exists():
-            return None
-        return json.loads(self.gc_log.read_text())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def ws_url(self) -> str:
-        return self.http_url.replace("http://", "ws://", 1) + "/ws"
 
 
 def stream_sources(streams: int, scene_s: float) -> dict[str, str]:
@@ -169,7 +159,7 @@ async def start_server(folder: Path, sources: dict[str, str], *, client_queue: i
                                      f"{log_path.read_text(errors='replace')[-1500:]}")
                 m = re.search(r"serving on (http://\S+?)/?$", line.strip())
                 if m:
-                    return ServerProc(proc, m.group(1).rstrip("/"), log_path, list(sources), gc_log)
+                    return ServerProc(proc, m.group(1).rstrip("/"), log_path, gc_log)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -255,28 +245,16 @@ async def stored_finals(ws_url: str, streams: list[str], timeout_s: float = 60.0
 def _client_proc(conn: Connection, ws_url: str, subscriptions: list[list[str] | None]) -> None:
     """A process of viewers (run by multiprocessing): connect and subscribe all, say ready, collect
     until told to drain, then send back what the parent needs."""
-    _raise_fd_limit()
-    try:
-        result = asyncio.run(_clients(conn, ws_url, subscriptions))
-    except EOFError:  # the parent closed the pipe: it stopped (an error, Ctrl-C) and needs nothing more
-        return
-    except BaseException as exc:  # boundary: the parent must hear why this process failed
-        with contextlib.suppress(OSError):
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
-    conn.send(("result", result))
-    conn.close()
+    viewer_process(conn, _clients, ws_url, subscriptions)
 
 
 @dataclass
-class _Viewer:
-    streams: list[str] | None  # None: every stream
+class _Viewer(Viewer):
+    streams: list[str] | None = None  # None: every stream
     # (stream, seq, state is final, sent, received) of every live caption after the pong
     received: list[tuple[str, int, bool, float, float]] = field(default_factory=list)
     finals: dict[str, set[int]] = field(default_factory=dict)
     live: bool = False
-    closed: str = ""  # why the connection ended before the viewer was done ("" while open)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: dict[str, set[int]] | None = None
 
     def check_done(self) -> None:
@@ -287,26 +265,14 @@ class _Viewer:
 async def _clients(conn: Connection, ws_url: str, subscriptions: list[list[str] | None]) -> dict:
     import aiohttp
 
-    loads = json.loads
-    viewers = [_Viewer(s) for s in subscriptions]
+    viewers = [_Viewer(streams=s) for s in subscriptions]
     failures: list[str] = []
     stopping = False
-
-    async def run(v: _Viewer, session: aiohttp.ClientSession, ready: asyncio.Event) -> None:
-        try:
-            ws = await session.ws_connect(ws_url, heartbeat=None, autoping=True, compress=0, max_msg_size=0)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
-            v.closed = f"connect: {type(exc).__name__}"
-            ready.set()
-            v.done.set()
-            return
-        try:
-            async for msg in ws:
-                now = time.time()
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                m = loads(msg.data)
+    lag = LoopLag()
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def begin(v: _Viewer, ready: asyncio.Event) -> None:
+            async def on_message(ws, m: dict, now: float) -> None:
                 kind = m.get("type")
                 if kind == "caption":
                     if v.live:
@@ -324,62 +290,26 @@ async def _clients(conn: Connection, ws_url: str, subscriptions: list[list[str] 
                     ready.set()
                 elif kind == "error":
                     failures.append(f"error message: {m}")
-            if not stopping:
-                v.closed = f"closed by the server: {ws.close_code}"
-        finally:
-            ready.set()
-            v.done.set()
-            await ws.close()
 
-    lags: list[float] = []
-    measuring = False
+            await watch(v, session, ws_url, ready, failures, on_message, lambda: stopping)
 
-    async def ticker() -> None:
-        period = 0.02
-        loop = asyncio.get_running_loop()
-        while True:
-            t = loop.time()
-            await asyncio.sleep(period)  # measures the loop's lag: the overshoot is the figure
-            if measuring:
-                lags.append((loop.time() - t - period) * 1000)
-
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = []
-        for v in viewers:
-            ready = asyncio.Event()
-            tasks.append(asyncio.create_task(run(v, session, ready)))
-            await ready.wait()  # subscribed (pong) before the next connects
-        tick = asyncio.create_task(ticker())
+        tasks = await connect_in_turn(viewers, begin)  # subscribed (pong) before the next connects
+        tick = asyncio.create_task(lag.run())
         conn.send(("ready", sum(v.live for v in viewers), failures[:5]))
-        cmd = await asyncio.to_thread(conn.recv)
-        assert cmd[0] == "measure", cmd
-        # the viewers are the instrument: their own collector's pauses are not the server's latency
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        measuring = True
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        cmd = await asyncio.to_thread(conn.recv)
-        assert cmd[0] == "drain", cmd
-        cpu1, wall1 = time.process_time(), time.monotonic()
-        measuring = False
-        gc.enable()
-        _, t0, finals, drain_s = cmd
+        await recv_command(conn, "measure")
+        with quiet_collector():
+            lag.measuring = True
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            _, t0, finals, drain_s = await recv_command(conn, "drain")
+            cpu1, wall1 = time.process_time(), time.monotonic()
+            lag.measuring = False
         expected = {s: {seq for seq, _ in items} for s, items in finals.items()}
         for v in viewers:
             v.expected = {s: seqs for s, seqs in expected.items() if v.streams is None or s in v.streams}
             v.check_done()
-        t_drain = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_s):
-                await asyncio.gather(*(v.done.wait() for v in viewers))
-        drained_s = time.monotonic() - t_drain
+        drained_s = await drain(viewers, drain_s)
         stopping = True
-        tick.cancel()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, tick, return_exceptions=True)
+        await stop([*tasks, tick])
     # per stream, the window ends at its last final sent in [T0, T1] (everything sent before it
     # is in front of it in a viewer's queue)
     ends = {s: max(sent for _, sent in items) for s, items in finals.items() if items}
@@ -402,28 +332,13 @@ async def _clients(conn: Connection, ws_url: str, subscriptions: list[list[str] 
                 pc[2] = max(pc[2], recv)
                 pc[3] += 1
         per_viewer.append((v.streams, got, v.closed))
-    lags.sort()
     return {
         "connected": sum(v.live for v in viewers), "failures": failures[:5], "latency_ms": lat,
         "per_caption": per_caption, "viewers": per_viewer,
         "cpu_pct": round(100 * (cpu1 - cpu0) / max(1e-9, wall1 - wall0), 1),
-        "loop_lag_ms": {"p99": round(_percentile(lags, 99), 1), "max": round(lags[-1], 1)} if lags else {},
+        "loop_lag_ms": lag.summary(),
         "drained_s": round(drained_s, 2), "not_done": sum(not v.done.is_set() or bool(v.closed) for v in viewers),
     }
-
-
-async def _recv(conn: Connection, timeout_s: float, proc: multiprocessing.process.BaseProcess):
-    """The next message of a viewer process; BenchError when it fails, dies or says nothing in time."""
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(conn.poll, 1.0):  # polls with a deadline: notices a dead process
-        if not proc.is_alive():
-            raise BenchError(f"a viewer process exited ({proc.exitcode}) without a word")
-        if time.monotonic() > deadline:
-            raise BenchError(f"a viewer process said nothing for {timeout_s:g} s")
-    msg = await asyncio.to_thread(conn.recv)
-    if msg[0] == "error":
-        raise BenchError(f"a viewer process failed: {msg[1]}")
-    return msg
 
 
 # --- one viewer count ---------------------------------------------------------------------------
@@ -443,28 +358,15 @@ async def run_round(folder: Path, *, clients: int, streams: int, scene_s: float,
     rss_idle, _ = _proc_mem_mb(srv.pid)
     _progress(f"{clients} viewers: streamcap run pid {srv.pid} on {srv.http_url} ({rss_idle} MB), "
               f"{streams} synthetic streams")
-    ctx = multiprocessing.get_context("spawn")
     procs: list = []
     conns: list[Connection] = []
     results: list[dict] = []
     exit_code = None
     try:
         subs = [None if subscribe == "all" else [stream_ids[i % streams]] for i in range(clients)]
-        n_procs = max(1, min(client_procs, clients))
         t_connect = time.monotonic()
-        for p in range(n_procs):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_proc, args=(child, srv.ws_url, subs[p::n_procs]), daemon=True)
-            proc.start()
-            child.close()
-            procs.append(proc)
-            conns.append(parent)
-        connected = 0
-        for c, proc in zip(conns, procs):
-            msg = await _recv(c, 600, proc)
-            connected += msg[1]
-            if msg[2]:
-                _progress(f"connect failures: {msg[2]}")
+        start_viewers(_client_proc, srv.ws_url, subs, max(1, min(client_procs, clients)), procs, conns)
+        connected = await viewers_ready(conns, procs, 600, _progress)
         connect_s = time.monotonic() - t_connect
         if srv.proc.returncode is not None:
             raise BenchError(f"streamcap run exited ({srv.proc.returncode}) while viewers connected")
@@ -494,17 +396,11 @@ async def run_round(folder: Path, *, clients: int, streams: int, scene_s: float,
         for c in conns:
             c.send(("drain", t0, finals, drain_s))
         for c, proc in zip(conns, procs):
-            results.append((await _recv(c, drain_s + 300, proc))[1])
+            results.append((await from_viewers(c, drain_s + 300, proc))[1])
         m2 = await server_metrics(srv.http_url)
     finally:
         exit_code = await stop_server(srv)
-        for c in conns:
-            c.close()  # a viewer process still waiting for a command gets EOF and ends
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+        end_viewers(conns, procs)
     load1 = _loadavg()
     pauses = srv.gc_pauses()
     return summarise_round(

@@ -52,10 +52,8 @@ import asyncio
 import contextlib
 import gc
 import json
-import multiprocessing
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -66,6 +64,26 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from tools.viewers import (
+    BenchError,
+    LoopLag,
+    ServerProc,
+    Viewer,
+    connect_in_turn,
+    drain,
+    end_viewers,
+    from_viewers,
+    quiet_collector,
+    recv_command,
+    start_viewers,
+    stop,
+    viewer_process,
+    viewers_ready,
+    watch,
+)
+from tools.viewers import percentile as _percentile
+from tools.viewers import raise_fd_limit as _raise_fd_limit
 
 TARGET_P99_MS = 100.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -112,32 +130,14 @@ def gc_summary(pauses: list, t0: float, t1: float) -> dict:
             "total_ms": round(sum(ms for _, ms in inside), 1), "max_ms": round(max((ms for _, ms in inside), default=0.0), 1)}
 
 
-class BenchError(RuntimeError):
-    """A prerequisite is missing or a process did not start; the message says which."""
-
-
 def _progress(msg: str) -> None:
     print(f"[bench_gateway {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[k]
 
 
 def _latency_summary(values_ms: list[float]) -> dict:
@@ -235,26 +235,7 @@ class RedisProc:
                 self.proc.wait()
 
 
-@dataclass
-class GatewayProc:
-    proc: asyncio.subprocess.Process
-    http_url: str  # http://127.0.0.1:PORT
-    log_path: Path
-    gc_log: Path | None
-
-    def gc_pauses(self) -> list | None:
-        """The gateway's collector pauses; None when not recorded (profiled, or killed before it exited)."""
-        if self.gc_log is None or not self.gc_log.exists():
-            return None
-        return json.loads(self.gc_log.read_text())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def ws_url(self) -> str:
-        return self.http_url.replace("http://", "ws://", 1) + "/ws"
+GatewayProc = ServerProc  # a gateway process: the same handle as a `streamcap run` one
 
 
 async def start_gateway(bus_url: str, folder: Path, *, profile: Path | None = None, heartbeat_s: float | None = None,
@@ -326,27 +307,18 @@ async def gateway_metrics(http_url: str) -> dict:
 # --- the viewer processes -----------------------------------------------------------------------
 
 
-def _client_proc(conn: Connection, ws_url: str, subscriptions: list[str | None], connect_concurrency: int) -> None:
+def _client_proc(conn: Connection, ws_url: str, subscriptions: list[str | None]) -> None:
     """A process of viewers (run by multiprocessing): connect all, say ready, collect until told to
     stop, then send back latencies and each viewer's final seqs."""
-    _raise_fd_limit()
-    try:
-        result = asyncio.run(_clients(conn, ws_url, subscriptions, connect_concurrency))
-    except BaseException as exc:  # boundary: the parent must hear why this process failed
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
-    conn.send(("result", result))
-    conn.close()
+    viewer_process(conn, _clients, ws_url, subscriptions)
 
 
 @dataclass
-class _Viewer:
-    stream: str | None
+class _Viewer(Viewer):
+    stream: str | None = None
     # (stream, seq, producer send wall time, receive wall time) of every caption while measuring
     received: list[tuple[str, int, float, float]] = field(default_factory=list)
     finals: dict[str, list[int]] = field(default_factory=dict)
-    closed_early: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: dict[str, set[int]] | None = None
 
     def check_done(self) -> None:
@@ -355,34 +327,30 @@ class _Viewer:
             self.done.set()
 
 
-async def _clients(conn: Connection, ws_url: str, subscriptions: list[str | None], concurrency: int) -> dict:
+async def _clients(conn: Connection, ws_url: str, subscriptions: list[str | None]) -> dict:
     import aiohttp
 
-    loads = json.loads
-    viewers = [_Viewer(s) for s in subscriptions]
-    gate = asyncio.Semaphore(concurrency)
+    viewers = [_Viewer(stream=s) for s in subscriptions]
     connected = 0
     failures: list[str] = []
-    measuring = False
+    measuring = stopping = False
 
-    async def run(v: _Viewer, session: aiohttp.ClientSession, ready: asyncio.Event) -> None:
-        nonlocal connected
-        url = ws_url if v.stream is None else f"{ws_url}?streams={v.stream}"
-        try:
-            async with gate:
-                ws = await session.ws_connect(url, heartbeat=None, autoping=True, compress=0, max_msg_size=0)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
-            ready.set()
-            v.closed_early = True
-            v.done.set()
-            return
-        try:
-            async for msg in ws:
-                now = time.time()
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                m = loads(msg.data)
+    pauses: list[tuple[int, float, float]] = []
+    began = [0.0]
+
+    def note_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], (time.perf_counter() - began[0]) * 1000, time.time()))
+
+    gc.callbacks.append(note_gc)
+    lag = LoopLag()
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def begin(v: _Viewer, ready: asyncio.Event) -> None:
+            def on_message(ws, m: dict, now: float) -> None:
+                nonlocal connected
                 kind = m.get("type")
                 if kind == "caption":
                     if measuring:
@@ -394,77 +362,34 @@ async def _clients(conn: Connection, ws_url: str, subscriptions: list[str | None
                 elif kind == "hello":
                     connected += 1
                     ready.set()
-            v.closed_early = not stopping
-        finally:
-            v.done.set()
-            await ws.close()
 
-    lags: list[float] = []
-    pauses: list[tuple[int, float, float]] = []
-    began = [0.0]
+            url = ws_url if v.stream is None else f"{ws_url}?streams={v.stream}"
+            await watch(v, session, url, ready, failures, on_message, lambda: stopping)
 
-    def note_gc(phase: str, info: dict) -> None:
-        if phase == "start":
-            began[0] = time.perf_counter()
-        else:
-            pauses.append((info["generation"], (time.perf_counter() - began[0]) * 1000, time.time()))
-
-    gc.callbacks.append(note_gc)
-
-    async def ticker() -> None:
-        period = 0.02
-        loop = asyncio.get_running_loop()
-        while True:
-            t = loop.time()
-            await asyncio.sleep(period)  # measures the loop's lag: the overshoot is the figure
-            if measuring:
-                lags.append((loop.time() - t - period) * 1000)
-
-    stopping = False
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = []
-        for v in viewers:
-            ready = asyncio.Event()
-            tasks.append(asyncio.create_task(run(v, session, ready)))
-            await ready.wait()  # one greeted before the next: a steady, bounded connect rate
-        tick = asyncio.create_task(ticker())
+        tasks = await connect_in_turn(viewers, begin)
+        tick = asyncio.create_task(lag.run())
         conn.send(("ready", connected, failures[:5]))
-        cmd = await asyncio.to_thread(conn.recv)
-        assert cmd[0] == "measure", cmd
-        # the viewers are the instrument: their own collector's pauses are not the gateway's latency
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        measuring = True
-        cpu0, wall0, t0 = time.process_time(), time.monotonic(), time.time()
-        cmd = await asyncio.to_thread(conn.recv)
-        assert cmd[0] == "stop", cmd
-        cpu1, wall1, t1 = time.process_time(), time.monotonic(), time.time()
-        measuring = False
-        gc.enable()
+        await recv_command(conn, "measure")
+        with quiet_collector():
+            measuring = lag.measuring = True
+            cpu0, wall0, t0 = time.process_time(), time.monotonic(), time.time()
+            cmd = await recv_command(conn, "stop")
+            cpu1, wall1, t1 = time.process_time(), time.monotonic(), time.time()
+            measuring = lag.measuring = False
         expected: dict[str, set[int]] = {k: set(v) for k, v in cmd[1].items()}
         drain_s: float = cmd[2]
         for v in viewers:
             v.expected = expected if v.stream is None else {v.stream: expected.get(v.stream, set())}
             v.check_done()
-        t_drain = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_s):
-                await asyncio.gather(*(v.done.wait() for v in viewers))
-        drained_s = time.monotonic() - t_drain
+        drained_s = await drain(viewers, drain_s)
         stopping = True
-        tick.cancel()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, tick, return_exceptions=True)
-    lags.sort()
+        await stop([*tasks, tick])
     return {
         "connected": connected, "failures": failures[:5],
         "received": [x for v in viewers for x in v.received],
-        "viewers": [(v.stream, v.finals, v.closed_early) for v in viewers],
+        "viewers": [(v.stream, v.finals, bool(v.closed)) for v in viewers],
         "cpu_pct": round(100 * (cpu1 - cpu0) / max(1e-9, wall1 - wall0), 1),
-        "loop_lag_ms": {"p99": round(_percentile(lags, 99), 1), "max": round(lags[-1], 1)} if lags else {},
+        "loop_lag_ms": lag.summary(),
         "drained_s": round(drained_s, 2), "gc": gc_summary(pauses, t0, t1),
     }
 
@@ -536,15 +461,6 @@ async def produce(bus_url: str, streams: list[str], rate_hz: float, seconds: flo
 # --- one client count ---------------------------------------------------------------------------
 
 
-async def _recv(conn: Connection, timeout_s: float):
-    if not await asyncio.to_thread(conn.poll, timeout_s):
-        raise BenchError(f"a viewer process said nothing for {timeout_s:g} s")
-    msg = await asyncio.to_thread(conn.recv)
-    if msg[0] == "error":
-        raise BenchError(f"a viewer process failed: {msg[1]}")
-    return msg
-
-
 async def run_round(redis: RedisProc, folder: Path, *, clients: int, streams: int, rate_hz: float,
                     seconds: float, subscribe: str, client_procs: int, final_every: int, drain_s: float,
                     profile: Path | None, freeze_gc: bool = False, heartbeat_s: float | None = None,
@@ -562,25 +478,13 @@ async def run_round(redis: RedisProc, folder: Path, *, clients: int, streams: in
     gw = await start_gateway(redis.url, folder, profile=profile, heartbeat_s=heartbeat_s, no_ceil=no_ceil)
     rss_idle, _ = _proc_mem_mb(gw.pid)
     _progress(f"{clients} viewers: gateway pid {gw.pid} on {gw.http_url} ({rss_idle} MB idle)")
-    ctx = multiprocessing.get_context("spawn")
-    procs, conns = [], []
+    procs: list = []
+    conns: list[Connection] = []
     try:
         subs = [None if subscribe == "all" else stream_ids[i % streams] for i in range(clients)]
-        n_procs = max(1, min(client_procs, clients))
-        for p in range(n_procs):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_proc, args=(child, gw.ws_url, subs[p::n_procs], 25), daemon=True)
-            proc.start()
-            child.close()
-            procs.append(proc)
-            conns.append(parent)
+        start_viewers(_client_proc, gw.ws_url, subs, max(1, min(client_procs, clients)), procs, conns)
         t_connect = time.monotonic()
-        connected = 0
-        for c in conns:
-            msg = await _recv(c, 300)
-            connected += msg[1]
-            if msg[2]:
-                _progress(f"connect failures: {msg[2]}")
+        connected = await viewers_ready(conns, procs, 300, _progress)
         connect_s = time.monotonic() - t_connect
         _progress(f"{connected}/{clients} viewers connected in {connect_s:.1f} s; publishing {streams} streams x "
                   f"{rate_hz:g}/s for {seconds:g} s")
@@ -604,16 +508,11 @@ async def run_round(redis: RedisProc, folder: Path, *, clients: int, streams: in
         rss, hwm = _proc_mem_mb(gw.pid)
         for c in conns:
             c.send(("stop", finals, drain_s))
-        results = [(await _recv(c, drain_s + 120))[1] for c in conns]
+        results = [(await from_viewers(c, drain_s + 120, p))[1] for c, p in zip(conns, procs)]
         metrics = await gateway_metrics(gw.http_url)
     finally:
         await stop_gateway(gw)
-        for c in conns:
-            c.close()  # a viewer process still waiting for a command gets EOF and ends
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+        end_viewers(conns, procs)
     load1 = _loadavg()
     gateway_pauses = gw.gc_pauses()
     received = [x for res in results for x in res["received"]]
