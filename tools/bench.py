@@ -236,11 +236,13 @@ def streamcap_captioner(job: dict, frames: list[np.ndarray], precision: str):
 
 def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
     """The same graphs on bare ONNX Runtime, no streamcap code: the ceiling for the engine. It uses
-    the engine's techniques: the same session options (threads, no spin-waiting), the unified
+    the engine's techniques: the same session options (threads, bounded spin-waiting), the unified
     decoder graph (one session for the prefill and the steps; the prefill's cache bound as it is at
     every step, only the generated tokens' cache passed on), IO binding (the cache stays in ONNX
     Runtime's OrtValues, never copied to numpy), a feature dict for the frames."""
     import onnxruntime as ort
+
+    from streamcap.engine.onnx import SPIN_WAIT_US
 
     folder = Path(job["assets"][precision])
     manifest = json.loads((folder / "engine.json").read_text())
@@ -249,7 +251,9 @@ def raw_ort_captioner(job: dict, frames: list[np.ndarray], precision: str):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = job["threads"]
         opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # the engine's spin-waiting: bounded to SPIN_WAIT_US (a number, not streamcap code)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_WAIT_US))
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return ort.InferenceSession(str(folder / manifest["graphs"][graph]), opts, providers=["CPUExecutionProvider"])
 

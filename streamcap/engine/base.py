@@ -41,6 +41,7 @@ def load_engine_from_config(cfg) -> CaptionEngine:
     """Load ``cfg.path`` (an ``EngineConfig``) with its runtime settings."""
     import os
 
+    apply_runtime_settings(cfg)
     options: dict = {"provider": cfg.provider, "frame_cache_size": cfg.frame_cache_frames}
     if cfg.provider == "tensorrt-native":
         from streamcap.engine.trt_options import ProfileLimits
@@ -57,6 +58,14 @@ def load_engine_from_config(cfg) -> CaptionEngine:
     return load_engine(cfg.path, **options)
 
 
+def apply_runtime_settings(engine_cfg) -> None:
+    """The process-wide ONNX Runtime settings of an ``EngineConfig`` (``[engine]``), before any
+    engine of the process (caption, describer, speech) makes its sessions."""
+    from streamcap.engine.onnx import set_spin_wait_us
+
+    set_spin_wait_us(engine_cfg.spin_wait_us)
+
+
 def load_describer_from_config(cfg, engine_cfg=None) -> CaptionEngine | None:
     """The scene describer of a ``DescriberConfig`` (``[describer]``), or None when its folder is
     not there. ``engine_cfg``: the ``[engine]`` section, for the provider."""
@@ -69,6 +78,8 @@ def load_describer_from_config(cfg, engine_cfg=None) -> CaptionEngine | None:
     import os
 
     provider = getattr(engine_cfg, "provider", "cpu")
+    if engine_cfg is not None:
+        apply_runtime_settings(engine_cfg)
     return DescriberEngine(os.path.expanduser(cfg.path), provider="tensorrt" if provider == "tensorrt-native" else provider,
                            intra_op_threads=cfg.threads or (os.cpu_count() or 1), precision=cfg.precision,
                            frame_cache_size=cfg.frame_cache_frames, refresh_s=cfg.refresh_s or None)

@@ -91,8 +91,8 @@ class Detector:
         opts, _, chosen = session_setup(SimpleNamespace(folder=self.folder, precision=precision), provider=provider,
                                         providers=None, intra_op_threads=intra_op_threads, provider_options=None,
                                         trt_cache_dir=None)
-        # (session_setup turns spin-waiting off: a detector call is ~15 ms and calls come a few
-        # times a second per stream, so spinning threads would burn a core for nothing)
+        # (session_setup bounds spin-waiting: a detector call is ~15 ms and calls come a few
+        # times a second per stream, so threads spinning long after each would burn a core)
         try:
             self._session = ort.InferenceSession(str(self.folder / model_name), opts,
                                                  providers=[p for p, _ in chosen],

@@ -29,6 +29,19 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
+SPIN_WAIT_US = 200  # default: how long an ONNX Runtime worker out of work spins before it sleeps
+_spin_wait_us = SPIN_WAIT_US
+
+
+def set_spin_wait_us(us: int) -> None:
+    """For every session made from now on in this process (``[engine] spin_wait_us``): how long
+    an ONNX Runtime worker thread out of work spins before it sleeps, in µs (0: never spins)."""
+    global _spin_wait_us
+    if us < 0:
+        raise ValueError(f"spin_wait_us must be 0 or more, not {us}")
+    _spin_wait_us = int(us)
+
+
 def _session(path, opts, providers):
     import onnxruntime as ort
 
@@ -45,9 +58,14 @@ def session_setup(manifest, *, provider: str, providers: Sequence[str] | None, i
     opts = ort.SessionOptions()
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
-    # no spin-waiting: between calls ORT's worker threads would otherwise burn a core each
-    # looking for work (a machine shared by many streams and engines needs those cycles)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # bounded spin-waiting: a worker thread out of work spins at most _spin_wait_us before it
+    # sleeps. That covers the gaps between the operators of one call and between a decoder's
+    # calls (a sleeping worker needs a wake-up per operator), while between windows the threads
+    # sleep: ORT's default spinning burns a core per thread long after each call, on a machine
+    # shared by many streams and engines
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if _spin_wait_us else "0")
+    if _spin_wait_us:
+        opts.add_session_config_entry("session.intra_op.spin_duration_us", str(_spin_wait_us))
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     available = ort.get_available_providers()

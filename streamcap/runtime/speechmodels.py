@@ -24,8 +24,11 @@ def load_speech(cfg: Config) -> tuple[object, Callable[[], object]]:
     for what, path in (("speech engine", sp.engine_path), ("voice-activity detector", sp.vad_path)):
         if not (Path(path).expanduser() / "engine.json").is_file():
             raise ConfigError(f"the {what} is not installed at {path} (install it: {INSTALL_HINT})")
+    from streamcap.engine.base import apply_runtime_settings
     from streamcap.engine.vad import SileroVad
     from streamcap.engine.whisper import load_speech_engine
+
+    apply_runtime_settings(cfg.engine)
 
     provider = cfg.engine.provider if cfg.engine.provider in ("cpu", "cuda", "tensorrt") else "cuda"
     engine = load_speech_engine(str(Path(sp.engine_path).expanduser()), provider=provider,
