@@ -226,13 +226,6 @@ class SpeechConfig(_Model):
                                                                                "any spoken language.")
     num_beams: int = Field(1, ge=1, le=8, description="Beam width (1 = greedy).")
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = all cores).")
-    spin_wait_us: int = Field(200, ge=0, le=100_000,
-                              description="ONNX Runtime worker threads of every engine (caption, describer, "
-                                          "speech): how long a thread out of work spins before it sleeps, in "
-                                          "microseconds. Covers the gaps between the operators of a call and "
-                                          "between a decoder's calls (fp32 decoder steps 14 % faster in wall time "
-                                          "than with 0) while threads sleep between windows; 0 = never spin (the "
-                                          "least CPU when idle).")
     max_batch: int = Field(4, ge=1, le=64, description="Most streams' speech windows in one encoder call.")
     queue_size: int = Field(16, ge=1, le=1024, description="Speech windows waiting for the engine; when full a "
                                                            "live stream's oldest waiting window is dropped "
