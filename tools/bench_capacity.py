@@ -60,10 +60,6 @@ def _load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _p95(values: list[float]) -> float | None:
-    return round(float(np.percentile(values, 95)), 3) if values else None
-
-
 async def live_point(kind: str, n: int, seconds: float, warmup_s: float, *, frames: list | None = None,
                      speech_lag_s: float = 2.0, queue_per_stream: int | None = None) -> dict:
     """One measured point: ``n`` live streams of ``kind`` for ``seconds``."""

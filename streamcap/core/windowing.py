@@ -85,7 +85,9 @@ class WindowPlanner:
         self._stride_s = float(stride_s)
         self._k = int(frames_per_window)
         self._max_backlog = max_backlog
-        if sampling == "aligned" and stride_s < window_s / (frames_per_window - 1) - PTS_EPSILON_S:
+        # ``aligned``: the stream's grid, the trained spacing of the K frames (both ends included)
+        self._grid_step_s = self._window_s / (self._k - 1)
+        if sampling == "aligned" and stride_s < self._grid_step_s - PTS_EPSILON_S:
             # a stride shorter than the grid step would end consecutive windows on the same grid
             # point (the same frames captioned twice): such a planner samples the plain span
             sampling = "span"
@@ -154,7 +156,7 @@ class WindowPlanner:
             raise ValueError("the planner has not seen a frame yet")
         if self._sampling == "aligned":
             n = self._grid_end(index)
-            step = self._window_s / (self._k - 1)
+            step = self._grid_step_s
             return WindowSpec(index, self._t0_s + (n - self._k + 1) * step, self._t0_s + n * step)
         start = self._t0_s + index * self._stride_s
         return WindowSpec(index, start, start + self._window_s)
@@ -162,8 +164,7 @@ class WindowPlanner:
     def _grid_end(self, index: int) -> int:
         """``aligned``: the grid point (in steps of ``window_s / (K-1)`` from ``t0``) window
         ``index`` ends on: the last one at or before its nominal end ``index*stride + window``."""
-        step = self._window_s / (self._k - 1)
-        return math.floor((index * self._stride_s + self._window_s) / step + 1e-9)
+        return math.floor((index * self._stride_s + self._window_s) / self._grid_step_s + 1e-9)
 
     def due(self, latest_pts_s: float) -> list[WindowSpec]:
         """Windows that ended at or before ``latest_pts_s`` and were not handed out yet, oldest
@@ -211,8 +212,7 @@ class WindowPlanner:
             assert self._t0_s is not None
             # from grid indices (not by adding steps) so windows name a shared frame by one float
             n = self._grid_end(spec.index)
-            step = self._window_s / last
-            return [self._t0_s + (n - last + j) * step for j in range(self._k)]
+            return [self._t0_s + (n - last + j) * self._grid_step_s for j in range(self._k)]
         if self._sampling == "grid":
             step = span / self._k
             return [spec.end_s - step * (last - j) for j in range(self._k)]

@@ -44,6 +44,7 @@ from aiohttp import web
 from streamcap.core.errors import ErrorCode, HttpError
 from streamcap.core.secrets import printable
 from streamcap.core.types import AUDIO_RATE
+from streamcap.core.windowing import min_frame_gap_s
 from streamcap.runtime.config import WebRTCConfig
 from streamcap.server.app import Server
 from streamcap.server.responses import error_response, guarded
@@ -104,7 +105,7 @@ class WhipRoutes:
         self.control = control
         self.streams = streams
         self.config = config
-        self.min_gap_s = 1.0 / max_ingest_fps - 1e-3
+        self.min_gap_s = min_frame_gap_s(max_ingest_fps)
         self.sessions: dict[str, WhipSession] = {}
         self._ids = itertools.count(1)
         if config.loopback_candidates:
